@@ -1,0 +1,126 @@
+"""The interface every semi-supervised method implements, and what a training step returns.
+
+Following Microsoft's USB, a method is one class with one ``train_step`` that turns a labeled batch
+and a weak/strong unlabeled batch into a loss. The trainer
+(:class:`monai_ssl_ext.engines.SemiSupervisedTrainer`) owns everything else: devices, mixed
+precision, the backward pass, the optimizer, events, checkpoints and distributed training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from monai_ssl_ext.algorithms.schedules import RampUp
+from monai_ssl_ext.keys import DataKeys, OutputKeys
+from monai_ssl_ext.losses.supervised import TaskLoss
+from monai_ssl_ext.networks.heads import as_output_dict
+
+__all__ = ["SemiSupervisedAlgorithm", "StepOutput"]
+
+
+@dataclass
+class StepOutput:
+    """What a training step returns to the trainer.
+
+    Attributes:
+        loss: the scalar to back-propagate.
+        terms: named loss terms (unweighted), for logging.
+        logs: other scalars to log (weights, mask rate, thresholds...).
+        labeled_outputs: the network's outputs on the labeled batch (detached), for training metrics.
+        pseudo_label: image-level pseudo labels of the unlabeled batch ``(B_u,)``, if the method makes them.
+        pseudo_mask: their weights ``(B_u,)`` (> 0: used). With hidden labels (benchmark mode) the
+            trainer reports the accuracy of the used pseudo labels from these two.
+    """
+
+    loss: torch.Tensor
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+    logs: dict[str, float] = field(default_factory=dict)
+    labeled_outputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    pseudo_label: torch.Tensor | None = None
+    pseudo_mask: torch.Tensor | None = None
+
+
+class SemiSupervisedAlgorithm(nn.Module):
+    """Base class of the semi-supervised methods.
+
+    Batches (already on the device):
+        - ``labeled``: ``image`` ``(B, C, H, W)``, ``label`` ``(B,)`` and optionally ``mask`` ``(B, 1, H, W)``.
+        - ``unlabeled``: ``image_weak`` and ``image_strong`` ``(B_u, C, H, W)``, ``index`` ``(B_u,)``;
+          ``None`` for methods with ``uses_unlabeled = False``.
+
+    Networks return class logits ``(B, K)`` or a dict with ``class``, optional ``seg`` ``(B, K_s, H, W)``
+    and ``features``; :meth:`forward_views` normalises both to dicts.
+
+    Subclasses implement :meth:`train_step` and may override :meth:`setup` (build teachers, size
+    buffers) and :meth:`after_optimizer_step` (update teachers). State that must survive a resume
+    lives in submodules or buffers, so ``state_dict()`` carries it into checkpoints.
+
+    Args:
+        num_classes: number of image classes.
+        supervised_loss: loss on the labeled batch (default :class:`~monai_ssl_ext.losses.TaskLoss`).
+    """
+
+    uses_unlabeled: ClassVar[bool] = True
+
+    def __init__(self, num_classes: int, supervised_loss: nn.Module | None = None) -> None:
+        super().__init__()
+        self.num_classes = int(num_classes)
+        self.supervised_loss = supervised_loss if supervised_loss is not None else TaskLoss()
+        self.total_steps: int | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def setup(self, network: nn.Module, total_steps: int, num_unlabeled: int | None = None) -> None:
+        """Called once by the trainer before training (and before a checkpoint is loaded).
+
+        Args:
+            network: the student network (possibly wrapped in ``DistributedDataParallel``).
+            total_steps: planned number of optimisation steps (for ramp-ups expressed as fractions).
+            num_unlabeled: size of the unlabeled set (for per-sample state).
+        """
+        self.total_steps = int(total_steps)
+        for module in self.modules():
+            for value in vars(module).values():
+                if isinstance(value, RampUp):
+                    value.set_total_steps(total_steps)
+
+    def train_step(
+        self, network: nn.Module, labeled: dict[str, Any], unlabeled: dict[str, Any] | None, step: int
+    ) -> StepOutput:
+        """Compute the loss of one iteration; ``step`` counts from 0."""
+        raise NotImplementedError
+
+    def after_optimizer_step(self, network: nn.Module, step: int) -> None:
+        """Called after ``optimizer.step()`` (for example to update an EMA teacher)."""
+
+    # ------------------------------------------------------------------ helpers for subclasses
+    @staticmethod
+    def forward_views(network: nn.Module, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Run ``network`` once on the concatenated ``images`` and split the outputs back per view.
+
+        One forward pass keeps batch-normalisation statistics computed over all views together, as
+        in the reference FixMatch implementation, and lets ``DistributedDataParallel`` see one call.
+        """
+        sizes = [int(x.shape[0]) for x in images]
+        outputs = as_output_dict(network(torch.cat(images, dim=0)))
+        per_view: list[dict[str, torch.Tensor]] = [{} for _ in images]
+        for key, value in outputs.items():
+            for view, part in zip(per_view, torch.split(value, sizes, dim=0), strict=True):
+                view[key] = part
+        return per_view
+
+    @staticmethod
+    def unlabeled_indices(unlabeled: dict[str, Any]) -> torch.Tensor | None:
+        index = unlabeled.get(DataKeys.INDEX)
+        return None if index is None else torch.as_tensor(index).long()
+
+    @staticmethod
+    def tasks(outputs: dict[str, torch.Tensor]) -> list[str]:
+        """The prediction tasks present in a network output (``class``, ``seg``)."""
+        return [k for k in (OutputKeys.CLASS, OutputKeys.SEG) if k in outputs]
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}"

@@ -1,0 +1,79 @@
+"""Ramp-up and ramp-down schedules for loss weights, as functions of the training step."""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["RampUp", "cosine_rampdown", "linear_rampup", "sigmoid_rampup"]
+
+
+def sigmoid_rampup(step: float, length: float) -> float:
+    """``exp(-5 (1 - t)^2)`` with ``t = clip(step / length, 0, 1)``: 0.0067 at 0, 1 at ``length``.
+
+    The schedule of Laine & Aila (ICLR 2017) and Tarvainen & Valpola (Mean Teacher, NeurIPS 2017).
+    """
+    if length <= 0:
+        return 1.0
+    t = min(max(step / length, 0.0), 1.0)
+    return float(math.exp(-5.0 * (1.0 - t) ** 2))
+
+
+def linear_rampup(step: float, length: float) -> float:
+    """``clip(step / length, 0, 1)``."""
+    if length <= 0:
+        return 1.0
+    return float(min(max(step / length, 0.0), 1.0))
+
+
+def cosine_rampdown(step: float, length: float) -> float:
+    """``0.5 (cos(pi t) + 1)`` with ``t = clip(step / length, 0, 1)`` (Loshchilov & Hutter, SGDR)."""
+    if length <= 0:
+        return 1.0
+    t = min(max(step / length, 0.0), 1.0)
+    return float(0.5 * (math.cos(math.pi * t) + 1.0))
+
+
+_SHAPES = {"sigmoid": sigmoid_rampup, "linear": linear_rampup, "constant": lambda step, length: 1.0}
+
+
+class RampUp:
+    """A loss weight ``max_value * shape(step, length)``, configurable from a bundle.
+
+    Args:
+        max_value: weight reached at the end of the ramp.
+        length: ramp length in steps. When ``None``, ``fraction`` of the run's total steps (resolved by
+            :meth:`set_total_steps`, which the trainer calls before the first step).
+        fraction: ramp length as a share of the run, used when ``length`` is ``None``.
+        shape: ``"sigmoid"`` (default), ``"linear"`` or ``"constant"``.
+    """
+
+    def __init__(
+        self, max_value: float = 1.0, length: int | None = None, fraction: float = 0.4, shape: str = "sigmoid"
+    ) -> None:
+        if shape not in _SHAPES:
+            raise ValueError(f"unknown ramp-up shape '{shape}'; choose from {sorted(_SHAPES)}.")
+        if length is None and not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"ramp-up fraction must be in [0, 1], got {fraction}.")
+        self.max_value = float(max_value)
+        self.length = None if length is None else int(length)
+        self.fraction = float(fraction)
+        self.shape = shape
+        self.total_steps: int | None = None
+
+    def set_total_steps(self, total_steps: int) -> None:
+        self.total_steps = int(total_steps)
+
+    @property
+    def length_steps(self) -> float:
+        if self.length is not None:
+            return float(self.length)
+        if self.total_steps is None:
+            raise RuntimeError("RampUp length is a fraction of the run; call set_total_steps() first.")
+        return self.fraction * self.total_steps
+
+    def __call__(self, step: float) -> float:
+        return self.max_value * _SHAPES[self.shape](step, self.length_steps)
+
+    def __repr__(self) -> str:
+        span = f"length={self.length}" if self.length is not None else f"fraction={self.fraction}"
+        return f"RampUp(max_value={self.max_value}, {span}, shape='{self.shape}')"

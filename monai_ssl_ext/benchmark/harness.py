@@ -1,0 +1,176 @@
+"""The benchmark harness: every requested algorithm x seed, trained and tested under one profile.
+
+For each run the harness trains the bundle (model selection on the validation split), evaluates
+the selected checkpoint once on the test split, and appends a record to ``results.json``; after each
+run ``results.md`` (mean +- std over seeds) is rewritten, so a long benchmark shows its table as it
+goes and can be resumed (finished runs are skipped).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from monai_ssl_ext.benchmark.bundle_runner import bundle_command, find_bundle, run_workflow
+from monai_ssl_ext.benchmark.tables import results_markdown
+from monai_ssl_ext.engines.handlers import format_duration
+from monai_ssl_ext.metrics.report import headline_metrics
+from monai_ssl_ext.utils.atomic import write_json, write_text
+
+__all__ = ["BenchmarkSpec", "run_benchmark"]
+
+logger = logging.getLogger("monai_ssl_ext.benchmark")
+
+
+@dataclass
+class BenchmarkSpec:
+    """What to run.
+
+    Attributes:
+        bundle: bundle folder or name under ``bundles/``.
+        algorithms: values of the bundle's ``algorithm_name`` key.
+        seeds: run seeds (each also draws its own labeled subset).
+        labels: label budget, a count (``216``) or a fraction (``0.2``).
+        profile: ``smoke`` or ``full`` (``configs/profiles/<profile>.json`` of the bundle).
+        datalist: manifest path, or ``"synthetic"``.
+        data_root: data root of the manifest's relative paths.
+        output_dir: folder of the run folders and the results files.
+        classes: keep only these classes of the manifest.
+        overrides: further ``key: value`` config overrides for every run.
+        nproc: processes per run (torchrun when above 1).
+        command: the command line that started the benchmark (recorded in ``results.md``).
+    """
+
+    bundle: str
+    algorithms: Sequence[str]
+    seeds: Sequence[int]
+    labels: int | float
+    profile: str = "smoke"
+    datalist: str = "synthetic"
+    data_root: str | None = None
+    output_dir: str = "runs/benchmark"
+    classes: Sequence[str] | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    nproc: int = 1
+    command: str = ""
+
+
+def _dataset_name(spec: BenchmarkSpec) -> str:
+    if spec.datalist == "synthetic":
+        return "synthetic_ultrasound"
+    from monai_ssl_ext.data.manifest import Manifest
+
+    return Manifest.load(spec.datalist).name
+
+
+def _overrides(spec: BenchmarkSpec, algorithm: str, seed: int, run_dir: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "algorithm_name": algorithm,
+        "seed": seed,
+        "label_budget": spec.labels,
+        "datalist": str(Path(spec.datalist).resolve()) if spec.datalist != "synthetic" else "synthetic",
+        "ckpt_dir": str(run_dir / "models"),
+        "output_dir": str(run_dir),
+    }
+    if spec.data_root is not None:
+        out["data_root"] = str(Path(spec.data_root).resolve())
+    if spec.classes:
+        out["classes"] = list(spec.classes)
+    out.update(spec.overrides)
+    return out
+
+
+def _load_results(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return json.loads(path.read_text())
+
+
+def run_benchmark(spec: BenchmarkSpec) -> list[dict]:
+    """Run the benchmark described by ``spec``; return the list of run records (also in ``results.json``)."""
+    bundle = find_bundle(spec.bundle)
+    out_dir = Path(spec.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    profile_cfg = f"profiles/{spec.profile}.json"
+    if not (bundle / "configs" / profile_cfg).is_file():
+        available = sorted(p.stem for p in (bundle / "configs" / "profiles").glob("*.json"))
+        raise FileNotFoundError(
+            f"Profile '{spec.profile}' not found in {bundle}/configs/profiles (available: {available})."
+        )
+    dataset = _dataset_name(spec)
+    results_path = out_dir / "results.json"
+    results = _load_results(results_path)
+    done = {(r["algorithm"], r["seed"], str(r["labels"]), r["profile"], r["dataset"]) for r in results}
+    runs = [(a, s) for a in spec.algorithms for s in spec.seeds]
+    started = time.perf_counter()
+    finished_here = 0
+    for n, (algorithm, seed) in enumerate(runs, 1):
+        key = (algorithm, seed, str(spec.labels), spec.profile, dataset)
+        if key in done:
+            logger.info(f"[{n}/{len(runs)}] {algorithm} seed {seed}: already in {results_path}, skipped")
+            continue
+        run_dir = out_dir / dataset / f"labels{spec.labels}" / algorithm / f"seed{seed}"
+        overrides = _overrides(spec, algorithm, seed, run_dir)
+        remaining = len(runs) - n + 1
+        eta = (time.perf_counter() - started) / finished_here * remaining if finished_here else float("nan")
+        logger.info(
+            f"[{n}/{len(runs)}] {algorithm} seed {seed}: training ({run_dir}) | benchmark ETA {format_duration(eta)}"
+        )
+
+        train_cmd = bundle_command(bundle, "training", ["train.json", profile_cfg], overrides, nproc=spec.nproc)
+        progress = _progress_echo(f"[{n}/{len(runs)}] {algorithm} seed {seed}")
+        train_s = run_workflow(train_cmd, run_dir / "train.log", echo=progress)
+        eval_overrides = {**overrides, "eval_split": "test", "eval_output_dir": str(run_dir / "eval_test")}
+        eval_cmd = bundle_command(bundle, "evaluating", ["train.json", profile_cfg, "evaluate.json"], eval_overrides)
+        eval_s = run_workflow(eval_cmd, run_dir / "evaluate.log")
+
+        summary = json.loads((run_dir / "train_summary.json").read_text())
+        metrics = headline_metrics(json.loads((run_dir / "eval_test" / "metrics.json").read_text()))
+        record = {
+            "bundle": bundle.name,
+            "algorithm": algorithm,
+            "dataset": dataset,
+            "labels": spec.labels,
+            "seed": seed,
+            "profile": spec.profile,
+            "metrics": metrics,
+            "train_images_per_s": summary.get("train_images_per_s"),
+            "peak_memory_mb": summary.get("peak_memory_mb"),
+            "wall_s": train_s,
+            "eval_wall_s": eval_s,
+            "iterations": summary.get("iterations"),
+            "best_val_metric": {summary.get("best_metric_name") or "val": summary.get("best_metric")},
+            "best_val_epoch": summary.get("best_metric_epoch"),
+            "device": summary.get("device"),
+            "run_dir": str(run_dir),
+        }
+        results.append(record)
+        finished_here += 1
+        write_json(results_path, results)
+        write_text(out_dir / "results.md", results_markdown(results, command=spec.command))
+        shown = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("accuracy", "auc", "dice") if k in metrics)
+        logger.info(f"[{n}/{len(runs)}] {algorithm} seed {seed}: {shown} (train {format_duration(train_s)})")
+    write_text(out_dir / "results.md", results_markdown(results, command=spec.command))
+    logger.info(f"results: {results_path} and {out_dir / 'results.md'}")
+    return results
+
+
+def _progress_echo(prefix: str):
+    """Forward the trainer's progress lines (they carry the ETA) and errors; drop the rest of the log."""
+
+    def echo(line: str) -> None:
+        if "[train]" in line or "Traceback" in line or "Error" in line:
+            text = line.split("[train]", 1)[-1].strip() if "[train]" in line else line
+            logger.info(f"{prefix} {text}")
+
+    return echo
+
+
+def default_output_dir(profile: str) -> str:
+    return os.path.join("runs", f"benchmark_{profile}")

@@ -1,0 +1,69 @@
+"""Summaries of benchmark results: mean +- standard deviation over seeds, as Markdown."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+
+__all__ = ["mean_std", "results_markdown"]
+
+_COLUMNS = [
+    ("accuracy", "Accuracy"),
+    ("balanced_accuracy", "Balanced acc."),
+    ("macro_f1", "Macro-F1"),
+    ("auc", "AUC"),
+    ("dice", "Dice"),
+    ("iou", "IoU"),
+]
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (``n - 1``; 0 for one value) of the finite values."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not finite:
+        return float("nan"), float("nan")
+    mean = sum(finite) / len(finite)
+    if len(finite) == 1:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1))
+
+
+def _fmt(values: Sequence[float], percent: bool = True) -> str:
+    mean, std = mean_std(values)
+    if math.isnan(mean):
+        return "-"
+    scale = 100.0 if percent else 1.0
+    return f"{mean * scale:.2f} ± {std * scale:.2f}"
+
+
+def results_markdown(results: Sequence[dict], command: str = "") -> str:
+    """One table per (dataset, labels, profile): a row per algorithm, mean ± std over its seeds (in %)."""
+    groups: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in results:
+        groups[(r["dataset"], r["labels"], r["profile"], r.get("bundle", ""))][r["algorithm"]].append(r)
+    lines = ["# Benchmark results", ""]
+    if command:
+        lines += ["Produced by:", "", "```", command, "```", ""]
+    for (dataset, labels, profile, bundle), by_algorithm in groups.items():
+        present = [
+            (k, name) for k, name in _COLUMNS if any(k in r["metrics"] for rs in by_algorithm.values() for r in rs)
+        ]
+        lines.append(f"## {dataset}, {labels} labels, profile `{profile}` ({bundle})")
+        lines.append("")
+        header = ["Algorithm", "Seeds", *[name for _, name in present], "Train img/s", "Peak MiB", "Train time"]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "|".join(["---"] * len(header)) + "|")
+        for algorithm, runs in by_algorithm.items():
+            seeds = ",".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
+            cells = [algorithm, seeds]
+            cells += [_fmt([r["metrics"].get(k) for r in runs]) for k, _ in present]
+            speed, _ = mean_std([r.get("train_images_per_s") for r in runs])
+            memory, _ = mean_std([r.get("peak_memory_mb") for r in runs])
+            wall, _ = mean_std([r.get("wall_s") for r in runs])
+            cells += [f"{speed:.1f}", f"{memory:.0f}", f"{wall / 60:.1f} min"]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    lines.append("Metrics on the test split, in %, mean ± sample standard deviation over seeds; the checkpoint")
+    lines.append("evaluated is the one with the best validation key metric.")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,366 @@
+"""The ``monai-ssl`` command.
+
+    monai-ssl demo                       train and test a baseline on generated data (no data needed)
+    monai-ssl train BUNDLE ...           run a bundle's training workflow (prints the monai.bundle command)
+    monai-ssl evaluate BUNDLE ...        test the selected checkpoint
+    monai-ssl infer BUNDLE --input PATH  predict on images
+    monai-ssl benchmark ...              algorithms x seeds at a label budget and a profile
+    monai-ssl split MANIFEST ...         write a label-budget split
+    monai-ssl synthetic --output DIR     generate the synthetic ultrasound data set
+    monai-ssl check_bundle BUNDLE        model-zoo checks: metadata, network shapes, TorchScript export
+    monai-ssl manifest SOURCE PATH OUT   build a manifest from a data set (busi, medmnist)
+
+Errors caused by input (missing files, bad manifests, impossible label budgets, unreadable images)
+print one line naming the problem and exit with status 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import fire
+
+__all__ = ["Commands", "main"]
+
+logger = logging.getLogger("monai_ssl_ext.cli")
+
+_DEFAULT_BUNDLE = "baselines_ultrasound"
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from monai_ssl_ext.benchmark import BundleRunError
+    from monai_ssl_ext.data import LabelBudgetError, ManifestError
+    from monai_ssl_ext.io import ImageReadError
+
+    return (FileNotFoundError, ManifestError, LabelBudgetError, ImageReadError, BundleRunError, KeyError, ValueError)
+
+
+def _friendly(func: Callable) -> Callable:
+    """Turn input errors into one line on stderr and exit status 2 (tracebacks with ``--debug``)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, debug: bool = False, **kwargs: Any) -> Any:
+        _setup_logging(debug)
+        try:
+            return func(*args, **kwargs)
+        except _user_errors() as e:
+            if debug:
+                raise
+            message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+            print(f"monai-ssl {func.__name__}: error: {message}", file=sys.stderr)
+            sys.exit(2)
+
+    # show --debug in the command's help and let fire accept it for every command
+    signature = inspect.signature(func)
+    params = list(signature.parameters.values())
+    debug = inspect.Parameter("debug", inspect.Parameter.KEYWORD_ONLY, default=False, annotation="bool")
+    position = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD), len(params))
+    params.insert(position, debug)
+    wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _setup_logging(debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S"
+    )
+
+
+def _as_list(value: Any) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [v.strip() for v in str(value).split(",") if v.strip()]
+
+
+def _data_overrides(datalist: str | None, data_root: str | None, classes: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if datalist is not None:
+        out["datalist"] = datalist if datalist == "synthetic" else str(Path(datalist).resolve())
+    if data_root is not None:
+        out["data_root"] = str(Path(data_root).resolve())
+    if classes is not None:
+        out["classes"] = _as_list(classes)
+    return out
+
+
+def _print_metrics(metrics_file: Path) -> dict:
+    from monai_ssl_ext.metrics import format_report, headline_metrics
+
+    report = json.loads(metrics_file.read_text())
+    print(f"\nTest-split metrics - {metrics_file}")
+    print(format_report(report))
+    matrix = report["classification"].get("confusion_matrix")
+    if matrix is not None:
+        print(f"confusion matrix (rows: true, columns: predicted; {', '.join(report['class_names'])}): {matrix}")
+    return headline_metrics(report)
+
+
+class Commands:
+    """Semi-supervised medical image models for MONAI."""
+
+    @staticmethod
+    @_friendly
+    def demo(
+        algorithm: str = "fixmatch",
+        output: str = "runs/demo",
+        profile: str = "smoke",
+        bundle: str = _DEFAULT_BUNDLE,
+        **overrides: Any,
+    ) -> None:
+        """Generate the synthetic ultrasound data set, train a baseline on it, test it and print the metrics.
+
+        Args:
+            algorithm: supervised, mean_teacher, fixmatch or flexmatch.
+            output: folder for the data, checkpoints, curves and metrics.
+            profile: bundle profile (``smoke`` runs in a few minutes on 2 CPU cores).
+            bundle: bundle folder or name.
+            overrides: further bundle config overrides (``--num_iterations 100``).
+        """
+        from monai_ssl_ext.benchmark import bundle_command, find_bundle, run_workflow
+        from monai_ssl_ext.data.synthetic import ensure_synthetic_dataset
+
+        out = Path(output).resolve()
+        bundle_dir = find_bundle(bundle)
+        data_root = out / "data" / "synthetic_ultrasound"
+        logger.info(f"[demo] generating the synthetic ultrasound data set in {data_root}")
+        ensure_synthetic_dataset(data_root)
+        settings = {
+            "algorithm_name": algorithm,
+            "datalist": "synthetic",
+            "data_root": str(data_root),
+            "ckpt_dir": str(out / "models"),
+            "output_dir": str(out),
+            **overrides,
+        }
+        configs = ["train.json", f"profiles/{profile}.json"]
+        cmd = bundle_command(bundle_dir, "training", configs, settings)
+        logger.info(f"[demo] training {algorithm} ({profile} profile):\n  {' '.join(cmd)}")
+        run_workflow(cmd, out / "train.log", echo=_echo_progress)
+        eval_cmd = bundle_command(
+            bundle_dir,
+            "evaluating",
+            [*configs, "evaluate.json"],
+            {**settings, "eval_output_dir": str(out / "eval_test")},
+        )
+        logger.info("[demo] testing the checkpoint chosen on the validation split")
+        run_workflow(eval_cmd, out / "evaluate.log")
+        _print_metrics(out / "eval_test" / "metrics.json")
+        print(
+            f"\nCurves: {out / 'training_curves.png'}  Confusion matrix: {out / 'eval_test' / 'confusion_matrix.png'}"
+        )
+
+    @staticmethod
+    @_friendly
+    def train(
+        bundle: str = _DEFAULT_BUNDLE,
+        algorithm: str | None = None,
+        profile: str | None = None,
+        datalist: str | None = None,
+        data_root: str | None = None,
+        classes: Any = None,
+        nproc: int = 1,
+        **overrides: Any,
+    ) -> None:
+        """Train a bundle (``python -m monai.bundle run training`` with the given overrides).
+
+        Args:
+            bundle: bundle folder or name.
+            algorithm: value of ``algorithm_name``.
+            profile: ``smoke`` or ``full`` overlay (default: the bundle's own settings).
+            datalist: manifest JSON or ``synthetic``.
+            data_root: folder the manifest's paths are relative to.
+            classes: keep only these classes (comma-separated).
+            nproc: processes (torchrun) for multi-GPU training.
+        """
+        from monai_ssl_ext.benchmark import bundle_command, find_bundle, run_workflow
+
+        bundle_dir = find_bundle(bundle)
+        configs = ["train.json"] + ([f"profiles/{profile}.json"] if profile else [])
+        if nproc > 1:
+            configs.append("multi_gpu_train.json")
+        settings = {**_data_overrides(datalist, data_root, classes), **overrides}
+        if algorithm:
+            settings["algorithm_name"] = algorithm
+        cmd = bundle_command(bundle_dir, "training", configs, settings, nproc=nproc)
+        print("$ " + " ".join(cmd), flush=True)
+        log = Path(settings.get("output_dir", bundle_dir / "runs" / (algorithm or "default"))) / "train.log"
+        run_workflow(cmd, log, echo=print)
+
+    @staticmethod
+    @_friendly
+    def evaluate(
+        bundle: str = _DEFAULT_BUNDLE,
+        algorithm: str | None = None,
+        profile: str | None = None,
+        split: str = "test",
+        datalist: str | None = None,
+        data_root: str | None = None,
+        classes: Any = None,
+        **overrides: Any,
+    ) -> None:
+        """Evaluate the selected checkpoint on a split (``test`` by default) and print the metrics."""
+        from monai_ssl_ext.benchmark import bundle_command, find_bundle, run_workflow
+
+        bundle_dir = find_bundle(bundle)
+        configs = ["train.json"] + ([f"profiles/{profile}.json"] if profile else []) + ["evaluate.json"]
+        settings = {**_data_overrides(datalist, data_root, classes), "eval_split": split, **overrides}
+        if algorithm:
+            settings["algorithm_name"] = algorithm
+        cmd = bundle_command(bundle_dir, "evaluating", configs, settings)
+        print("$ " + " ".join(cmd), flush=True)
+        out = Path(settings.get("output_dir", bundle_dir / "runs" / (algorithm or "fixmatch")))
+        run_workflow(cmd, out / f"evaluate_{split}.log", echo=print)
+
+    @staticmethod
+    @_friendly
+    def infer(input: str, bundle: str = _DEFAULT_BUNDLE, output: str | None = None, **overrides: Any) -> None:
+        """Predict on an image, a folder of images or a manifest's test split; writes predictions.csv/json."""
+        from monai_ssl_ext.benchmark import bundle_command, find_bundle, run_workflow
+
+        bundle_dir = find_bundle(bundle)
+        settings = {"input_dir": str(Path(input).resolve()), **overrides}
+        if output:
+            settings["output_dir"] = str(Path(output).resolve())
+        cmd = bundle_command(bundle_dir, "run", ["inference.json"], settings)
+        print("$ " + " ".join(cmd), flush=True)
+        run_workflow(
+            cmd, Path(settings.get("output_dir", bundle_dir / "eval" / "inference")) / "inference.log", echo=print
+        )
+
+    @staticmethod
+    @_friendly
+    def benchmark(
+        bundle: str = _DEFAULT_BUNDLE,
+        algorithms: Any = "supervised,mean_teacher,fixmatch,flexmatch",
+        seeds: Any = "0,1,2",
+        labels: float = 216,
+        profile: str = "smoke",
+        datalist: str = "synthetic",
+        data_root: str | None = None,
+        classes: Any = None,
+        output: str | None = None,
+        nproc: int = 1,
+        **overrides: Any,
+    ) -> str:
+        """Train and test every algorithm for every seed; write results.json and results.md.
+
+        Args:
+            bundle: bundle folder or name.
+            algorithms: comma-separated algorithm names.
+            seeds: comma-separated seeds.
+            labels: label budget (count, or a fraction below 1).
+            profile: ``smoke`` (minutes on a CPU) or ``full`` (paper-scale, for a GPU).
+            datalist: manifest JSON or ``synthetic``.
+            data_root: data root of the manifest.
+            classes: keep only these classes.
+            output: results folder (default ``runs/benchmark_<profile>``).
+            nproc: processes per run.
+        """
+        from monai_ssl_ext.benchmark import BenchmarkSpec, run_benchmark
+
+        labels_value: int | float = int(labels) if float(labels) >= 1 and float(labels).is_integer() else float(labels)
+        spec = BenchmarkSpec(
+            bundle=bundle,
+            algorithms=_as_list(algorithms),
+            seeds=[int(s) for s in _as_list(seeds)],
+            labels=labels_value,
+            profile=profile,
+            datalist=datalist,
+            data_root=data_root,
+            output_dir=output or f"runs/benchmark_{profile}",
+            classes=_as_list(classes) or None,
+            overrides=overrides,
+            nproc=nproc,
+            command="monai-ssl " + " ".join(sys.argv[1:]),
+        )
+        run_benchmark(spec)
+        return str(Path(spec.output_dir) / "results.md")
+
+    @staticmethod
+    @_friendly
+    def split(manifest: str, budget: float, seed: int = 0, output: str | None = None, classes: Any = None) -> dict:
+        """Write the labeled subset of a manifest's training split for a label budget and a seed."""
+        from monai_ssl_ext.data import Manifest
+        from monai_ssl_ext.utils.atomic import write_json
+
+        m = Manifest.load(manifest)
+        if classes is not None:
+            m = m.with_classes(_as_list(classes))
+        budget_value = int(budget) if float(budget) >= 1 else float(budget)
+        result = m.label_split(budget_value, seed=seed)
+        record = {"manifest": Path(manifest).name, **result.to_dict()}
+        if output:
+            write_json(output, record, indent=1)
+        print(result.summary())
+        return {"budget": result.budget, "per_class": result.per_class}
+
+    @staticmethod
+    @_friendly
+    def manifest(
+        source: str, path: str, output: str, classes: Any = None, seed: int = 0, name: str | None = None
+    ) -> str:
+        """Build a manifest from a data set as distributed and write it to ``output``.
+
+        Args:
+            source: ``busi`` (a folder with benign/, malignant/, normal/) or ``medmnist`` (a ``.npz`` file;
+                its images are written as PNG files beside ``output``).
+            path: the data set folder or file.
+            output: the manifest JSON to write.
+            classes: keep only these classes (comma-separated, BUSI).
+            seed: split seed (data sets without official splits are split 70/10/20, stratified).
+            name: manifest name.
+        """
+        from monai_ssl_ext.data.builders import BUILDERS
+
+        if source not in BUILDERS:
+            raise KeyError(f"unknown manifest source '{source}'; choose one of {sorted(BUILDERS)}.")
+        out = Path(output)
+        if source == "medmnist":
+            built = BUILDERS[source](path, out.parent, classes=_as_list(classes) or None, name=name)
+        else:
+            built = BUILDERS[source](path, classes=_as_list(classes) or None, seed=seed, name=name)
+        built.save(out)
+        print(built.summary())
+        print(f"wrote {out} (paths relative to {path if source != 'medmnist' else out.parent})")
+        return str(out)
+
+    @staticmethod
+    @_friendly
+    def synthetic(output: str, num_images: int = 600, image_size: int = 128, seed: int = 0, force: bool = False) -> str:
+        """Generate the synthetic ultrasound-like data set (images, masks, datalist.json) into ``output``."""
+        from monai_ssl_ext.data.synthetic import write_synthetic_dataset
+
+        return write_synthetic_dataset(output, num_images=num_images, image_size=image_size, seed=seed, force=force)
+
+    @staticmethod
+    @_friendly
+    def check_bundle(*bundles: str, schema: str | None = None) -> list:
+        """Model-zoo checks for each bundle: metadata schema, network input/output, TorchScript export."""
+        from monai_ssl_ext.benchmark import find_bundle
+        from monai_ssl_ext.deploy import check_bundle
+
+        names: Sequence[str] = bundles or [_DEFAULT_BUNDLE]
+        return [check_bundle(find_bundle(b), schema=schema) for b in names]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``monai-ssl`` console script."""
+    fire.Fire(Commands, command=list(argv) if argv is not None else None, name="monai-ssl")
+
+
+def _echo_progress(line: str) -> None:
+    if "[train]" in line or "Error" in line or "Traceback" in line:
+        print(line.split(" - ")[-1] if " - " in line else line, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+"""Manifests, label budgets, data set builders and the iteration-indexed training streams."""
+
+from .inputs import IMAGE_SUFFIXES, list_inputs
+from .label_budget import LabelBudgetError, LabelSplit, resolve_budget, split_label_budget, stratified_group_split
+from .manifest import SPLITS, Manifest, ManifestError, load_manifest
+from .streams import IterationBatchSampler, SeededTransformDataset, SemiSupervisedLoader
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "SPLITS",
+    "IterationBatchSampler",
+    "LabelBudgetError",
+    "LabelSplit",
+    "Manifest",
+    "ManifestError",
+    "SeededTransformDataset",
+    "SemiSupervisedLoader",
+    "list_inputs",
+    "load_manifest",
+    "resolve_budget",
+    "split_label_budget",
+    "stratified_group_split",
+]

@@ -1,0 +1,46 @@
+"""Inputs of an inference run: a file, a folder of images, or a manifest split."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from monai_ssl_ext.keys import DataKeys
+
+__all__ = ["IMAGE_SUFFIXES", "list_inputs"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", ".nii", ".nii.gz")
+
+
+def _is_image(path: Path) -> bool:
+    name = path.name.lower()
+    # masks sit beside their images in public data sets (BUSI: "<name>_mask.png"); they are not inputs
+    return name.endswith(IMAGE_SUFFIXES) and "_mask" not in name and "_segmentation" not in name
+
+
+def list_inputs(path: str | os.PathLike, data_root: str | os.PathLike | None = None, split: str = "test") -> list[dict]:
+    """Entries ``{"image": path}`` to run inference on.
+
+    Args:
+        path: an image file; a folder (searched recursively for image files, masks skipped, sorted);
+            or a manifest ``.json`` whose ``split`` is used (labels are dropped: inference never sees them).
+        data_root: data root of a manifest's relative paths.
+        split: manifest split to use.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist or a folder holds no image.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"Inference input not found: {p}")
+    if p.is_file() and p.suffix.lower() == ".json":
+        from monai_ssl_ext.data.manifest import load_manifest
+
+        manifest = load_manifest(p, data_root)
+        return [{DataKeys.IMAGE: e[DataKeys.IMAGE]} for e in manifest.split(split)]
+    if p.is_file():
+        return [{DataKeys.IMAGE: str(p)}]
+    files = sorted(f for f in p.rglob("*") if f.is_file() and _is_image(f))
+    if not files:
+        raise FileNotFoundError(f"No image files ({', '.join(IMAGE_SUFFIXES)}) under {p}")
+    return [{DataKeys.IMAGE: str(f)} for f in files]

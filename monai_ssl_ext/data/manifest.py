@@ -1,0 +1,311 @@
+"""Manifests: MONAI datalist JSON with a class list, resolved against a data root at run time.
+
+A manifest is the datalist format MONAI's ``load_decathlon_datalist`` reads, with a few additions::
+
+    {
+        "name": "busi_binary",
+        "description": "...",
+        "classes": ["benign", "malignant"],
+        "source": {"builder": "busi", "seed": 0, ...},
+        "training":   [{"image": "benign/benign (1).png", "label": 0, "mask": ["benign/benign (1)_mask.png"],
+                        "group": "3f2a..."}, ...],
+        "validation": [...],
+        "test":       [...]
+    }
+
+- ``image`` and ``mask`` paths are relative to a *data root* given at run time (absolute paths are kept);
+  ``mask`` is one path or a list of paths whose union is the lesion mask.
+- ``label`` is an index into ``classes`` (a class name is accepted on input and converted).
+- ``group`` is an optional patient or lesion id (salted hash, never a name in clear). Label budgets and
+  splits keep a group on one side.
+
+:class:`Manifest` checks all of this when loaded and when resolved, so a bad data root, a missing
+file or an unknown label stops a run before training starts, with a message that names the entry.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from monai_ssl_ext.keys import DataKeys
+from monai_ssl_ext.utils.atomic import write_json
+
+if TYPE_CHECKING:
+    from monai_ssl_ext.data.label_budget import LabelSplit
+
+__all__ = ["SPLITS", "Manifest", "ManifestError", "load_manifest"]
+
+SPLITS = ("training", "validation", "test")
+_PATH_KEYS = (DataKeys.IMAGE, DataKeys.MASK)
+_MAX_LISTED = 10
+
+
+class ManifestError(ValueError):
+    """A manifest or its data does not meet the format; the message names the file and the entries."""
+
+
+@dataclass
+class Manifest:
+    """A labelled data set split into ``training``, ``validation`` and ``test`` lists of entries.
+
+    Attributes:
+        name: short identifier, used in results tables.
+        classes: class names; an entry's ``label`` indexes this list.
+        training, validation, test: entries (dicts with ``image``, ``label`` and optional ``mask``, ``group``).
+        description: free text.
+        source: how the manifest was built (builder name, split seed, fractions, ...).
+        path: the file it was read from, if any (named in error messages).
+        data_root: the folder relative paths were resolved against, once :meth:`resolve` has run.
+    """
+
+    name: str
+    classes: list[str]
+    training: list[dict] = field(default_factory=list)
+    validation: list[dict] = field(default_factory=list)
+    test: list[dict] = field(default_factory=list)
+    description: str = ""
+    source: dict = field(default_factory=dict)
+    path: str | None = None
+    data_root: str | None = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_dict(cls, data: dict, path: str | None = None) -> Manifest:
+        where = path or "<manifest>"
+        if not isinstance(data, dict):
+            raise ManifestError(f"{where}: a manifest is a JSON object, got {type(data).__name__}.")
+        classes = data.get("classes")
+        if not classes or not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+            raise ManifestError(f"{where}: 'classes' must be a non-empty list of class names.")
+        if len(set(classes)) != len(classes):
+            dup = [c for c, n in Counter(classes).items() if n > 1]
+            raise ManifestError(f"{where}: 'classes' lists {dup} more than once.")
+        unknown = set(data) - {"name", "description", "classes", "source", *SPLITS}
+        if unknown:
+            raise ManifestError(
+                f"{where}: unknown top-level keys {sorted(unknown)}; expected {list(SPLITS)} and metadata."
+            )
+        manifest = cls(
+            name=str(data.get("name") or Path(where).stem),
+            classes=list(classes),
+            description=str(data.get("description", "")),
+            source=dict(data.get("source", {})),
+            path=path,
+        )
+        for split in SPLITS:
+            entries = data.get(split, [])
+            if not isinstance(entries, list):
+                raise ManifestError(f"{where}: '{split}' must be a list of entries.")
+            setattr(manifest, split, [manifest._checked_entry(e, split, i) for i, e in enumerate(entries)])
+        if not manifest.training:
+            raise ManifestError(f"{where}: the 'training' split is empty.")
+        manifest.check_group_leakage()
+        return manifest
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Manifest:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"Manifest not found: {path}")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ManifestError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}).") from e
+        return cls.from_dict(data, path=str(path))
+
+    def _checked_entry(self, entry: Any, split: str, index: int) -> dict:
+        where = f"{self.path or self.name}: {split}[{index}]"
+        if not isinstance(entry, dict) or DataKeys.IMAGE not in entry:
+            raise ManifestError(f"{where} must be an object with an 'image' path, got {entry!r}.")
+        entry = dict(entry)
+        if DataKeys.LABEL not in entry:
+            raise ManifestError(f"{where} ({entry[DataKeys.IMAGE]}) has no 'label'.")
+        entry[DataKeys.LABEL] = self.label_index(entry[DataKeys.LABEL], where=f"{where} ({entry[DataKeys.IMAGE]})")
+        mask = entry.get(DataKeys.MASK)
+        if mask is not None and not isinstance(mask, (str, list)):
+            raise ManifestError(f"{where}: 'mask' must be a path or a list of paths, got {type(mask).__name__}.")
+        if isinstance(mask, list) and not mask:
+            raise ManifestError(f"{where}: 'mask' is an empty list; leave the key out when there is no mask.")
+        return entry
+
+    def label_index(self, label: Any, where: str = "") -> int:
+        """Class index of ``label`` (an index or a class name); raises :class:`ManifestError` if unknown."""
+        if isinstance(label, str) and not label.lstrip("-").isdigit():
+            if label not in self.classes:
+                raise ManifestError(f"{where}: label '{label}' is not one of the classes {self.classes}.")
+            return self.classes.index(label)
+        try:
+            idx = int(label)
+        except (TypeError, ValueError):
+            raise ManifestError(f"{where}: label {label!r} is neither a class index nor a class name.") from None
+        if not 0 <= idx < len(self.classes):
+            raise ManifestError(f"{where}: label {idx} is outside 0..{len(self.classes) - 1} (classes {self.classes}).")
+        return idx
+
+    # ------------------------------------------------------------------ views
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def split(self, name: str) -> list[dict]:
+        if name not in SPLITS:
+            raise KeyError(f"Unknown split '{name}'; expected one of {SPLITS}.")
+        return getattr(self, name)
+
+    @property
+    def has_masks(self) -> bool:
+        return any(DataKeys.MASK in e for split in SPLITS for e in self.split(split))
+
+    def class_counts(self, split: str = "training") -> dict[str, int]:
+        counts = Counter(e[DataKeys.LABEL] for e in self.split(split))
+        return {c: counts.get(i, 0) for i, c in enumerate(self.classes)}
+
+    def summary(self) -> str:
+        lines = [f"{self.name}: {self.num_classes} classes {self.classes}"]
+        for split in SPLITS:
+            counts = self.class_counts(split)
+            lines.append(
+                f"  {split:<10} {len(self.split(split)):>6}  " + ", ".join(f"{k}={v}" for k, v in counts.items())
+            )
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        out: dict[str, Any] = {"name": self.name, "description": self.description, "classes": list(self.classes)}
+        if self.source:
+            out["source"] = self.source
+        for split in SPLITS:
+            out[split] = [dict(e) for e in self.split(split)]
+        return out
+
+    def save(self, path: str | os.PathLike) -> Path:
+        return write_json(path, self.to_dict(), indent=1)
+
+    # ------------------------------------------------------------------ checks
+    def check_group_leakage(self) -> None:
+        """Raise if one ``group`` (patient/lesion) appears in more than one split."""
+        seen: dict[str, str] = {}
+        for split in SPLITS:
+            for e in self.split(split):
+                g = e.get(DataKeys.GROUP)
+                if g is None:
+                    continue
+                first = seen.setdefault(str(g), split)
+                if first != split:
+                    raise ManifestError(
+                        f"{self.path or self.name}: group '{g}' appears in both '{first}' and '{split}'; "
+                        "a patient or lesion must stay in one split or results leak."
+                    )
+
+    def with_classes(self, keep: Sequence[str]) -> Manifest:
+        """A copy restricted to the classes ``keep`` (in that order), labels re-indexed."""
+        missing = [c for c in keep if c not in self.classes]
+        if missing:
+            raise ManifestError(f"{self.name}: cannot keep classes {missing}; the manifest has {self.classes}.")
+        old_to_new = {self.classes.index(c): i for i, c in enumerate(keep)}
+        out = copy.deepcopy(self)
+        out.classes = list(keep)
+        for split in SPLITS:
+            kept = [
+                dict(e, label=old_to_new[e[DataKeys.LABEL]])
+                for e in self.split(split)
+                if e[DataKeys.LABEL] in old_to_new
+            ]
+            setattr(out, split, kept)
+        return out
+
+    # ------------------------------------------------------------------ paths
+    def resolve(self, data_root: str | os.PathLike | None, check_files: bool = True) -> Manifest:
+        """A copy whose relative paths are joined to ``data_root``; missing files raise one clear error.
+
+        Args:
+            data_root: folder that relative paths are relative to. ``None`` resolves against the
+                manifest's own folder.
+            check_files: verify that every image and mask file exists.
+        """
+        where = self.path or self.name
+        if data_root is None:
+            root = Path(self.path).parent if self.path else Path.cwd()
+        else:
+            root = Path(data_root).expanduser()
+            if not root.is_dir():
+                raise FileNotFoundError(
+                    f"Data root '{data_root}' does not exist or is not a folder (needed by manifest {where})."
+                )
+        out = copy.deepcopy(self)
+        out.data_root = str(root)
+        missing: list[str] = []
+        for split in SPLITS:
+            for entry in out.split(split):
+                for key in _PATH_KEYS:
+                    if key not in entry:
+                        continue
+                    value = entry[key]
+                    paths = [value] if isinstance(value, str) else list(value)
+                    resolved = [str(p if os.path.isabs(p) else root / p) for p in paths]
+                    if check_files:
+                        missing.extend(f"{split}: {key} {p}" for p in resolved if not os.path.isfile(p))
+                    entry[key] = resolved[0] if isinstance(value, str) else resolved
+        if missing:
+            listed = "\n  ".join(missing[:_MAX_LISTED])
+            more = f"\n  ... and {len(missing) - _MAX_LISTED} more" if len(missing) > _MAX_LISTED else ""
+            raise FileNotFoundError(
+                f"{len(missing)} file(s) listed in {where} are missing under data root '{root}':\n  {listed}{more}"
+            )
+        return out
+
+    # ------------------------------------------------------------------ label budgets
+    def label_split(
+        self, budget: int | float, seed: int = 0, hide_labels: bool = False, group_key: str = DataKeys.GROUP
+    ) -> LabelSplit:
+        """Split ``training`` into a labeled subset of size ``budget`` and the unlabeled rest.
+
+        See :func:`monai_ssl_ext.data.label_budget.split_label_budget`.
+        """
+        from monai_ssl_ext.data.label_budget import split_label_budget
+
+        return split_label_budget(
+            self.training,
+            budget,
+            seed=seed,
+            classes=self.classes,
+            group_key=group_key,
+            hide_labels=hide_labels,
+            source=self.path or self.name,
+        )
+
+
+def load_manifest(
+    datalist: str | os.PathLike | Manifest,
+    data_root: str | os.PathLike | None = None,
+    check_files: bool = True,
+    classes: Iterable[str] | None = None,
+) -> Manifest:
+    """Load a manifest and resolve its paths against ``data_root``.
+
+    Args:
+        datalist: a manifest JSON path, a :class:`Manifest`, or ``"synthetic"`` for the project's
+            generated ultrasound-like data set, which is created under ``data_root`` on first use.
+        data_root: folder that relative paths are relative to (``None``: the manifest's folder).
+        check_files: verify that every listed file exists.
+        classes: keep only these classes (for example ``["benign", "malignant"]``).
+    """
+    if isinstance(datalist, Manifest):
+        manifest = datalist
+    elif str(datalist) == "synthetic":
+        from monai_ssl_ext.data.synthetic import ensure_synthetic_dataset
+
+        if data_root is None:
+            raise ValueError("datalist 'synthetic' needs a data_root to generate the data set into.")
+        manifest = Manifest.load(ensure_synthetic_dataset(data_root))
+    else:
+        manifest = Manifest.load(datalist)
+    if classes is not None:
+        manifest = manifest.with_classes(list(classes))
+    return manifest.resolve(data_root, check_files=check_files)

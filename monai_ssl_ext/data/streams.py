@@ -1,0 +1,220 @@
+"""Iteration-indexed data streams for semi-supervised training.
+
+Semi-supervised training is counted in iterations, not epochs: each iteration takes one labeled and
+one unlabeled batch, and the (small) labeled set cycles many times while the unlabeled set cycles
+once. The pieces here make the content of every batch a pure function of ``(seed, step)``:
+
+- :class:`IterationBatchSampler` yields, for step ``t``, the sample indices of that step (a fresh
+  permutation per pass over the data) together with one augmentation seed per sample, and shards
+  each global batch across distributed ranks.
+- :class:`SeededTransformDataset` applies a random transform after seeding it with the sample's seed.
+- :class:`SemiSupervisedLoader` zips a labeled and an unlabeled stream into
+  ``{"labeled": batch, "unlabeled": batch}`` and can start at any step.
+
+Consequences: a run resumed at step ``k`` sees exactly the batches and augmentations of the
+uninterrupted run; results do not depend on the number of data-loading workers; and with ``W``
+ranks the union of the per-rank batches equals the single-process global batch.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator, Sequence
+from itertools import count
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import list_data_collate
+from monai.transforms import Randomizable, apply_transform
+from torch.utils.data import DataLoader
+
+from monai_ssl_ext.keys import DataKeys
+from monai_ssl_ext.utils.distributed import get_rank, get_world_size
+from monai_ssl_ext.utils.seeding import derive_seed
+
+__all__ = ["IterationBatchSampler", "SeededTransformDataset", "SemiSupervisedLoader"]
+
+LABELED_STREAM = 1
+UNLABELED_STREAM = 2
+# what a derived seed is for, so that the order of pass c and the augmentation of sample c never share one
+_ORDER = 0
+_AUGMENT = 1
+
+
+class IterationBatchSampler(torch.utils.data.Sampler):
+    """An endless batch sampler whose batch at step ``t`` depends only on ``(seed, stream, t)``.
+
+    Samples are taken from consecutive random permutations of ``range(num_samples)`` (one per pass),
+    so every sample is seen once per pass even when ``num_samples`` is not a multiple of the batch.
+    Each yielded item is ``(index, augmentation_seed)``, for :class:`SeededTransformDataset`.
+
+    Args:
+        num_samples: size of the data set.
+        batch_size: samples per rank per step.
+        seed: run seed.
+        stream: distinguishes streams drawn with the same seed (labeled vs unlabeled).
+        shuffle: permute each pass (``False`` keeps the data order, for debugging).
+        rank, world_size: distributed sharding; default to the current process group.
+        start_step: first step to yield (set by the trainer when it resumes).
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        seed: int = 0,
+        stream: int = 0,
+        shuffle: bool = True,
+        rank: int | None = None,
+        world_size: int | None = None,
+        start_step: int = 0,
+    ) -> None:
+        if num_samples < 1:
+            raise ValueError("IterationBatchSampler needs at least one sample.")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        self.num_samples = int(num_samples)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.stream = int(stream)
+        self.shuffle = shuffle
+        self.rank = get_rank() if rank is None else int(rank)
+        self.world_size = get_world_size() if world_size is None else int(world_size)
+        self.start_step = int(start_step)
+        self._perm_cache: dict[int, np.ndarray] = {}
+
+    def _permutation(self, cycle: int) -> np.ndarray:
+        perm = self._perm_cache.get(cycle)
+        if perm is None:
+            if self.shuffle:
+                perm = np.random.default_rng(derive_seed(self.seed, self.stream, _ORDER, cycle)).permutation(
+                    self.num_samples
+                )
+            else:
+                perm = np.arange(self.num_samples)
+            # a step never spans more than a few passes: keep only the most recent permutations
+            if len(self._perm_cache) > 4:
+                self._perm_cache.pop(min(self._perm_cache))
+            self._perm_cache[cycle] = perm
+        return perm
+
+    def batch_at(self, step: int) -> list[tuple[int, int]]:
+        """Indices and augmentation seeds of this rank's share of the global batch at ``step``."""
+        first = (step * self.world_size + self.rank) * self.batch_size
+        out = []
+        for position in range(first, first + self.batch_size):
+            cycle, offset = divmod(position, self.num_samples)
+            out.append((int(self._permutation(cycle)[offset]), derive_seed(self.seed, self.stream, _AUGMENT, position)))
+        return out
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step in count(self.start_step):
+            yield self.batch_at(step)
+
+
+class SeededTransformDataset(torch.utils.data.Dataset):
+    """``dataset[(i, seed)]``: item ``i`` of ``data`` passed through ``transform`` seeded with ``seed``.
+
+    ``data`` may be a list of dicts or a dataset (for example a MONAI ``CacheDataset`` holding the
+    deterministic loading and resizing); ``transform`` then holds only the random augmentations.
+    The item's position is stored under ``index`` (FlexMatch keeps a per-sample learning status).
+
+    Args:
+        data: a sequence of items or a ``Dataset``.
+        transform: a MONAI transform (usually a ``Compose``); random transforms in it are seeded per sample.
+        index_key: key under which the item's index is stored (``None`` to skip).
+    """
+
+    def __init__(
+        self,
+        data: Sequence | torch.utils.data.Dataset,
+        transform: Callable | None = None,
+        index_key: str | None = DataKeys.INDEX,
+    ) -> None:
+        self.data = data
+        self.transform = transform
+        self.index_key = index_key
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> Any:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        item = self.data[index]
+        if isinstance(self.data, (list, tuple)):
+            item = copy.deepcopy(item)  # transforms may edit the dict in place
+        if self.transform is not None:
+            if seed is not None and isinstance(self.transform, Randomizable):
+                self.transform.set_random_state(seed=seed)
+            item = apply_transform(self.transform, item)
+        if self.index_key is not None and isinstance(item, dict):
+            item[self.index_key] = index
+        return item
+
+
+class SemiSupervisedLoader:
+    """Yields ``{"labeled": batch, "unlabeled": batch}`` for every training step, endlessly.
+
+    Args:
+        labeled_dataset: dataset indexed by ``(index, seed)`` (see :class:`SeededTransformDataset`).
+        unlabeled_dataset: same for unlabeled items (each holding a weak and a strong view), or ``None``.
+        labeled_batch_size, unlabeled_batch_size: per-rank batch sizes.
+        seed: run seed; the stream is a function of it.
+        num_workers: data-loading worker processes per stream.
+        pin_memory: pin host memory for faster GPU copies.
+        collate_fn: batch collation (MONAI's ``list_data_collate`` by default).
+
+    ``start_step`` is the first step the next iterator yields; the trainer sets it from its
+    iteration counter when a run resumes. ``use_unlabeled`` is switched off by the trainer for
+    algorithms that ignore unlabeled data, so that supervised-only runs do not load it.
+    """
+
+    def __init__(
+        self,
+        labeled_dataset: torch.utils.data.Dataset,
+        unlabeled_dataset: torch.utils.data.Dataset | None,
+        labeled_batch_size: int,
+        unlabeled_batch_size: int = 0,
+        seed: int = 0,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        collate_fn: Callable = list_data_collate,
+    ) -> None:
+        if len(labeled_dataset) == 0:
+            raise ValueError("The labeled dataset is empty.")
+        self.labeled_dataset = labeled_dataset
+        self.unlabeled_dataset = unlabeled_dataset if unlabeled_dataset is not None and len(unlabeled_dataset) else None
+        self.labeled_batch_size = int(labeled_batch_size)
+        self.unlabeled_batch_size = int(unlabeled_batch_size)
+        self.seed = int(seed)
+        self.num_workers = int(num_workers)
+        self.pin_memory = pin_memory
+        self.collate_fn = collate_fn
+        self.start_step = 0
+        self.use_unlabeled = self.unlabeled_dataset is not None and self.unlabeled_batch_size > 0
+
+    def _loader(self, dataset: torch.utils.data.Dataset, batch_size: int, stream: int) -> DataLoader:
+        # torch's DataLoader, not MONAI's: every sample is seeded explicitly, and MONAI's loader resets
+        # the global torch generator when it has no workers
+        sampler = IterationBatchSampler(
+            len(dataset), batch_size, seed=self.seed, stream=stream, start_step=self.start_step
+        )
+        return DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            collate_fn=self.collate_fn,
+            persistent_workers=False,
+        )
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        labeled = iter(self._loader(self.labeled_dataset, self.labeled_batch_size, LABELED_STREAM))
+        if not self.use_unlabeled:
+            for batch in labeled:
+                yield {DataKeys.LABELED: batch, DataKeys.UNLABELED: None}
+            return
+        unlabeled = iter(self._loader(self.unlabeled_dataset, self.unlabeled_batch_size, UNLABELED_STREAM))
+        for lb, ub in zip(labeled, unlabeled, strict=False):
+            yield {DataKeys.LABELED: lb, DataKeys.UNLABELED: ub}

@@ -1,0 +1,82 @@
+"""An ignite metric over whole-epoch predictions, for validation-based model selection."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from ignite.metrics import Metric
+from monai.handlers import from_engine
+
+from monai_ssl_ext.keys import OutputKeys
+from monai_ssl_ext.utils.distributed import all_gather_objects
+
+__all__ = ["ClassificationMetric", "class_logits"]
+
+
+def class_logits(pred: Any) -> torch.Tensor:
+    """Class logits from a prediction that is a tensor or a dict with a ``class`` entry."""
+    if isinstance(pred, dict):
+        if OutputKeys.CLASS not in pred:
+            raise KeyError(f"prediction has no '{OutputKeys.CLASS}' output (keys: {sorted(pred)})")
+        return pred[OutputKeys.CLASS]
+    return pred
+
+
+class ClassificationMetric(Metric):
+    """One figure of :func:`monai_ssl_ext.metrics.classification_metrics` over an evaluator's epoch.
+
+    Rank statistics (AUC) and class-balanced figures are not averages of per-batch values, so the
+    metric keeps every sample's probabilities and label, gathers them from all ranks, and computes
+    the figure once at the end of the epoch.
+
+    Args:
+        metric: key of the figure (``auc``, ``accuracy``, ``balanced_accuracy``, ``macro_f1``...).
+        output_transform: maps ``engine.state.output`` to ``(pred, label)``; predictions may be
+            logits ``(C,)``/``(B, C)`` or dicts with a ``class`` entry (decollated lists are fine).
+        positive_class: positive class of binary tasks (for sensitivity/specificity).
+    """
+
+    def __init__(
+        self,
+        metric: str = "auc",
+        output_transform: Callable = from_engine(["pred", "label"]),
+        positive_class: int = 1,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.metric = metric
+        self.positive_class = positive_class
+        self._probs: list[torch.Tensor] = []
+        self._labels: list[torch.Tensor] = []
+        super().__init__(output_transform=output_transform, device=device)
+
+    def reset(self) -> None:
+        self._probs = []
+        self._labels = []
+
+    def update(self, output: Sequence[Any]) -> None:
+        preds, labels = output
+        if isinstance(preds, (list, tuple)):
+            logits = torch.stack([class_logits(p).detach().float().reshape(-1) for p in preds])
+            labels = torch.stack([torch.as_tensor(lb).reshape(-1)[0] for lb in labels])
+        else:
+            logits = class_logits(preds).detach().float()
+            labels = torch.as_tensor(labels).reshape(-1)
+        self._probs.append(torch.softmax(logits, dim=1).cpu())
+        self._labels.append(labels.long().cpu())
+
+    def compute(self) -> float:
+        from monai_ssl_ext.metrics import classification_metrics
+
+        # ranks may hold different numbers of samples (a validation set not divisible by the world size)
+        parts = all_gather_objects((self._probs, self._labels))
+        probs_parts = [p for rank_probs, _ in parts for p in rank_probs]
+        if not probs_parts:
+            raise RuntimeError("ClassificationMetric has no data: did the evaluator run on an empty split?")
+        probs = torch.cat(probs_parts)
+        labels = torch.cat([lb for _, rank_labels in parts for lb in rank_labels])
+        figures = classification_metrics(probs.numpy(), labels.numpy(), positive_class=self.positive_class)
+        if self.metric not in figures:
+            raise KeyError(f"unknown classification metric '{self.metric}'; available: {sorted(figures)}")
+        return float(figures[self.metric])

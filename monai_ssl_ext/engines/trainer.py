@@ -1,0 +1,252 @@
+"""The semi-supervised trainer: MONAI's ``Trainer`` running an algorithm's step over two batches."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from ignite.engine import Events
+from monai.engines import Trainer
+from monai.engines.utils import IterationEvents, default_metric_cmp_fn
+from monai.transforms import Decollated
+from monai.utils import CommonKeys
+from torch.optim.optimizer import Optimizer
+
+from monai_ssl_ext.algorithms.base import SemiSupervisedAlgorithm, StepOutput
+from monai_ssl_ext.keys import DataKeys, OutputKeys
+from monai_ssl_ext.utils.distributed import get_rank
+from monai_ssl_ext.utils.seeding import derive_seed
+
+__all__ = ["SemiSupervisedTrainer", "move_to_device"]
+
+
+def move_to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:
+    """Tensors in (nested) dicts/lists moved to ``device``; other values unchanged."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=non_blocking)
+    if isinstance(batch, dict):
+        return {k: move_to_device(v, device, non_blocking) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to_device(v, device, non_blocking) for v in batch)
+    return batch
+
+
+def _scalar(value: Any) -> float:
+    return float(value.detach().float().mean()) if isinstance(value, torch.Tensor) else float(value)
+
+
+class SemiSupervisedTrainer(Trainer):
+    """A MONAI trainer whose iteration hands a labeled and an unlabeled batch to an algorithm.
+
+    Each item of ``train_data_loader`` is ``{"labeled": batch, "unlabeled": batch}`` (see
+    :class:`monai_ssl_ext.data.SemiSupervisedLoader`). Per iteration the trainer moves both to the
+    device, calls ``algorithm.train_step`` (under autocast when ``amp``), back-propagates, steps the
+    optimizer, calls ``algorithm.after_optimizer_step`` (EMA teachers) and fires MONAI's
+    ``IterationEvents`` (``FORWARD_COMPLETED``, ``LOSS_COMPLETED``, ``BACKWARD_COMPLETED``,
+    ``MODEL_COMPLETED``), so ``StatsHandler``, ``TensorBoardStatsHandler``, ``CheckpointSaver``,
+    ``CheckpointLoader``, ``ValidationHandler``, ``LrScheduleHandler`` and ``EarlyStopHandler``
+    work unchanged.
+
+    ``engine.state.output`` is laid out as ``SupervisedTrainer``'s: ``image``, ``label`` and ``pred``
+    of the labeled batch and the scalar ``loss``; the named loss terms and logging values of
+    :class:`~monai_ssl_ext.algorithms.StepOutput` are added as scalars. When ``decollate`` is on
+    the output is decollated per labeled sample (so ``from_engine(["loss"], first=True)`` works).
+    When the unlabeled batch carries ``hidden_label`` (benchmark mode) the trainer, not the
+    algorithm, reads it to report ``pseudo_label_acc`` (accuracy of the pseudo labels used) and
+    ``pseudo_label_acc_all`` (of all pseudo labels).
+
+    Training length is counted in iterations: ``epoch_length`` iterations make an epoch (the
+    interval of validation and checkpoints), independent of the labeled set's size.
+
+    Determinism and resume: with ``seed`` set, torch's generator is re-seeded at every iteration
+    from ``(seed, iteration, rank)``, and the loader's batches and augmentations are functions of
+    ``(seed, iteration)``; a run resumed from a checkpoint (network, optimizer, algorithm,
+    trainer state) therefore continues exactly as the uninterrupted run.
+
+    Args:
+        device: device to train on.
+        max_epochs: number of epochs.
+        train_data_loader: iterable of ``{"labeled", "unlabeled"}`` dicts.
+        network: the student network (optionally ``DistributedDataParallel``-wrapped).
+        optimizer: optimizer of the network's parameters.
+        algorithm: the semi-supervised method.
+        epoch_length: iterations per epoch (required when the loader is endless).
+        seed: run seed for per-iteration re-seeding (``None`` leaves torch's generator alone).
+        amp: mixed precision on CUDA (ignored, with a warning, on CPU).
+        grad_clip_norm: clip the gradient norm to this value (``None``: no clipping).
+        non_blocking: asynchronous host-to-device copies.
+        postprocessing, key_train_metric, additional_metrics, metric_cmp_fn, train_handlers,
+        event_names, event_to_attr, amp_kwargs: as in MONAI's ``SupervisedTrainer``.
+        decollate: decollate ``engine.state.output`` per labeled sample after each iteration.
+        optim_set_to_none: ``optimizer.zero_grad(set_to_none=...)``.
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        max_epochs: int,
+        train_data_loader: Iterable,
+        network: torch.nn.Module,
+        optimizer: Optimizer,
+        algorithm: SemiSupervisedAlgorithm,
+        epoch_length: int | None = None,
+        seed: int | None = 0,
+        amp: bool = False,
+        grad_clip_norm: float | None = None,
+        non_blocking: bool = False,
+        postprocessing: Callable | None = None,
+        key_train_metric: dict | None = None,
+        additional_metrics: dict | None = None,
+        metric_cmp_fn: Callable = default_metric_cmp_fn,
+        train_handlers: Sequence | None = None,
+        event_names: list | None = None,
+        event_to_attr: dict | None = None,
+        decollate: bool = True,
+        optim_set_to_none: bool = False,
+        amp_kwargs: dict | None = None,
+    ) -> None:
+        device = torch.device(device)
+        if amp and device.type != "cuda":
+            warnings.warn("amp=True needs a CUDA device; training in full precision.", stacklevel=2)
+            amp = False
+        if epoch_length is None and not hasattr(train_data_loader, "__len__"):
+            raise ValueError("epoch_length is required when the training loader is endless.")
+        self._decollate_output = decollate
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            data_loader=train_data_loader,
+            epoch_length=epoch_length,
+            non_blocking=non_blocking,
+            postprocessing=postprocessing,
+            key_metric=key_train_metric,
+            additional_metrics=additional_metrics,
+            metric_cmp_fn=metric_cmp_fn,
+            handlers=train_handlers,
+            amp=amp,
+            event_names=event_names,
+            event_to_attr=event_to_attr,
+            decollate=False,  # the batch holds two differently sized halves: decollate the output only
+            amp_kwargs=amp_kwargs,
+        )
+        if decollate:
+            self._register_output_decollate()
+        self.network = network
+        self.optimizer = optimizer
+        self.algorithm = algorithm
+        self.seed = seed
+        self.grad_clip_norm = grad_clip_norm
+        self.optim_set_to_none = optim_set_to_none
+        self.state.samples_seen = 0
+
+        unlabeled = getattr(train_data_loader, "unlabeled_dataset", None)
+        if hasattr(train_data_loader, "use_unlabeled"):
+            train_data_loader.use_unlabeled = bool(algorithm.uses_unlabeled and unlabeled is not None)
+        if algorithm.uses_unlabeled and unlabeled is None and hasattr(train_data_loader, "unlabeled_dataset"):
+            raise ValueError(f"{type(algorithm).__name__} needs unlabeled data, but the loader has none.")
+        total_steps = max_epochs * (epoch_length if epoch_length is not None else len(train_data_loader))
+        algorithm.setup(
+            network, total_steps=total_steps, num_unlabeled=len(unlabeled) if unlabeled is not None else None
+        )
+        algorithm.to(device)
+        # EPOCH_STARTED fires after every STARTED handler (checkpoint loaders included) and before ignite
+        # creates the data iterator, so the loader starts at the restored iteration
+        self.add_event_handler(Events.EPOCH_STARTED, self._align_loader_with_iteration)
+
+    def _register_output_decollate(self) -> None:
+        decollate = Decollated(keys=None, detach=True)
+
+        @self.on(IterationEvents.MODEL_COMPLETED)
+        def _decollate_output(engine: SemiSupervisedTrainer) -> None:
+            if isinstance(engine.state.output, dict):
+                engine.state.output = decollate(engine.state.output)
+
+    def _align_loader_with_iteration(self, engine: SemiSupervisedTrainer) -> None:
+        if hasattr(self.data_loader, "start_step"):
+            self.data_loader.start_step = int(engine.state.iteration)
+
+    def _iteration(self, engine: SemiSupervisedTrainer, batchdata: dict[str, Any]) -> dict:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        if not isinstance(batchdata, dict) or DataKeys.LABELED not in batchdata:
+            raise ValueError(
+                "SemiSupervisedTrainer expects batches {'labeled': ..., 'unlabeled': ...}; "
+                "use monai_ssl_ext.data.SemiSupervisedLoader as the training loader."
+            )
+        step = engine.state.iteration - 1
+        if engine.seed is not None:
+            torch.manual_seed(derive_seed(engine.seed, step, get_rank()))
+        device, nb = engine.state.device, engine.non_blocking
+        labeled = move_to_device(batchdata[DataKeys.LABELED], device, nb)
+        unlabeled = batchdata.get(DataKeys.UNLABELED)
+        hidden = None
+        if unlabeled is not None:
+            unlabeled = dict(unlabeled)
+            hidden = unlabeled.pop(DataKeys.HIDDEN_LABEL, None)  # never shown to the algorithm
+            unlabeled = move_to_device(unlabeled, device, nb)
+
+        engine.network.train()
+        engine.algorithm.train()
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        if engine.amp and engine.scaler is not None:
+            with torch.autocast("cuda", **engine.amp_kwargs):
+                result = engine.algorithm.train_step(engine.network, labeled, unlabeled, step)
+        else:
+            result = engine.algorithm.train_step(engine.network, labeled, unlabeled, step)
+        if not isinstance(result, StepOutput):
+            raise TypeError(f"{type(engine.algorithm).__name__}.train_step must return a StepOutput.")
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        engine.state.output = self._make_output(labeled, result, hidden)
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+
+        loss = result.loss
+        if not torch.isfinite(loss.detach()):
+            raise FloatingPointError(
+                f"loss is {float(loss.detach())} at iteration {engine.state.iteration}: "
+                + ", ".join(f"{k}={_scalar(v):.4g}" for k, v in result.terms.items())
+            )
+        if engine.amp and engine.scaler is not None:
+            engine.scaler.scale(loss).backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            if engine.grad_clip_norm is not None:
+                engine.scaler.unscale_(engine.optimizer)
+                torch.nn.utils.clip_grad_norm_(engine.network.parameters(), engine.grad_clip_norm)
+            engine.scaler.step(engine.optimizer)
+            engine.scaler.update()
+        else:
+            loss.backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            if engine.grad_clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(engine.network.parameters(), engine.grad_clip_norm)
+            engine.optimizer.step()
+        engine.algorithm.after_optimizer_step(engine.network, step)
+        n_labeled = int(labeled[DataKeys.IMAGE].shape[0])
+        n_unlabeled = int(unlabeled[DataKeys.IMAGE_WEAK].shape[0]) if unlabeled is not None else 0
+        engine.state.samples_seen += n_labeled + n_unlabeled
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output
+
+    @staticmethod
+    def _make_output(labeled: dict, result: StepOutput, hidden: Any) -> dict[str, Any]:
+        outputs = result.labeled_outputs
+        pred = outputs.get(OutputKeys.CLASS, outputs.get(OutputKeys.SEG))
+        out: dict[str, Any] = {
+            CommonKeys.IMAGE: labeled[DataKeys.IMAGE],
+            CommonKeys.LABEL: labeled.get(DataKeys.LABEL),
+            CommonKeys.PRED: pred.detach() if pred is not None else None,
+            CommonKeys.LOSS: result.loss.detach(),
+        }
+        for name, value in {**result.terms, **result.logs}.items():
+            out[name] = _scalar(value)
+        if hidden is not None and result.pseudo_label is not None:
+            truth = torch.as_tensor(hidden, device=result.pseudo_label.device).long().view(-1)
+            correct = (result.pseudo_label.view(-1) == truth).float()
+            used = (
+                (result.pseudo_mask.view(-1) > 0) if result.pseudo_mask is not None else torch.ones_like(correct).bool()
+            )
+            out["pseudo_label_acc_all"] = float(correct.mean())
+            # nan when no pseudo label passed: "no evidence", not "all wrong"
+            out["pseudo_label_acc"] = float(correct[used].mean()) if used.any() else float("nan")
+        return out

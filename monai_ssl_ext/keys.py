@@ -1,0 +1,35 @@
+"""Names shared by data pipelines, networks, algorithms and the trainer.
+
+A semi-supervised iteration moves two dictionaries through the pipeline: a labeled batch with
+``image``/``label`` (and ``mask`` for segmentation) and an unlabeled batch with a weak and a strong
+view of the same images. Keeping the key names in one place lets a bundle config, a transform and an
+algorithm agree without repeating string literals.
+"""
+
+from __future__ import annotations
+
+
+class DataKeys:
+    """Keys of the dictionaries produced by datasets and transforms."""
+
+    IMAGE = "image"
+    LABEL = "label"
+    MASK = "mask"
+    GROUP = "group"
+    INDEX = "index"
+    IMAGE_WEAK = "image_weak"
+    IMAGE_STRONG = "image_strong"
+    MASK_WEAK = "mask_weak"
+    # the true label of an unlabeled image: present only in benchmark mode, read by the trainer
+    # for pseudo-label accuracy and never handed to an algorithm
+    HIDDEN_LABEL = "hidden_label"
+    LABELED = "labeled"
+    UNLABELED = "unlabeled"
+
+
+class OutputKeys:
+    """Keys of a network's dictionary output (see :func:`monai_ssl_ext.networks.as_output_dict`)."""
+
+    CLASS = "class"
+    SEG = "seg"
+    FEATURES = "features"

@@ -1,0 +1,40 @@
+"""Evaluation metrics, calibration, figures and the evaluation report (numpy only, no scikit-learn).
+
+- :func:`classification_metrics`: accuracy, balanced accuracy, macro-F1, ROC AUC, sensitivity and
+  specificity, per-class figures, confusion matrix and ECE from class probabilities.
+- :func:`segmentation_metrics`: per-image Dice/IoU with an explicit empty-mask convention.
+- :func:`expected_calibration_error`, :func:`reliability_data`: calibration (Guo et al. 2017).
+- ``plot_*``: figures written atomically as PNG.
+- :class:`EvaluationReport` (a ``SupervisedEvaluator`` handler) and :func:`evaluate_predictions`:
+  ``metrics.json`` and figures of one split.
+"""
+
+from .calibration import calibration_bins, ece_from_bins, expected_calibration_error, reliability_data
+from .classification import binary_auc, classification_metrics, confusion_matrix, one_vs_rest_auc, ordinal_mae
+from .plots import plot_confusion_matrix, plot_mask_overlays, plot_reliability_diagram, plot_training_curves
+from .report import HEADLINE_METRICS, EvaluationReport, evaluate_predictions, format_report, headline_metrics
+from .segmentation import dice_per_image, iou_per_image, segmentation_metrics
+
+__all__ = [
+    "HEADLINE_METRICS",
+    "EvaluationReport",
+    "binary_auc",
+    "calibration_bins",
+    "classification_metrics",
+    "confusion_matrix",
+    "dice_per_image",
+    "ece_from_bins",
+    "evaluate_predictions",
+    "expected_calibration_error",
+    "format_report",
+    "headline_metrics",
+    "iou_per_image",
+    "one_vs_rest_auc",
+    "ordinal_mae",
+    "plot_confusion_matrix",
+    "plot_mask_overlays",
+    "plot_reliability_diagram",
+    "plot_training_curves",
+    "reliability_data",
+    "segmentation_metrics",
+]

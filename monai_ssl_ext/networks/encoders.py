@@ -1,0 +1,123 @@
+"""Convolutional encoders that return their stage outputs, for classification and segmentation heads."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from monai.networks.nets import ResNet
+from torch import nn
+
+__all__ = ["RESNET_LAYOUTS", "ResNetEncoder", "load_encoder_weights"]
+
+logger = logging.getLogger(__name__)
+
+_PREFIXES = ("module.", "backbone.", "encoder.")
+
+# depth -> (block, layers), the layouts of He et al. (CVPR 2016)
+RESNET_LAYOUTS: dict[int, tuple[str, list[int]]] = {
+    10: ("basic", [1, 1, 1, 1]),
+    18: ("basic", [2, 2, 2, 2]),
+    34: ("basic", [3, 4, 6, 3]),
+    50: ("bottleneck", [3, 4, 6, 3]),
+}
+
+
+class ResNetEncoder(nn.Module):
+    """A 2D ResNet (MONAI's implementation) that returns the output of every stage.
+
+    Input ``(B, C_in, H, W)``; output a list of 5 maps: the stem at ``H/2`` (before max-pooling)
+    and ``layer1..layer4`` at ``H/4, H/8, H/16, H/32`` (the ``torchvision`` layout, so
+    ImageNet checkpoints in ``torchvision`` format load directly, see :func:`load_encoder_weights`).
+
+    Args:
+        depth: 10, 18, 34 or 50.
+        in_channels: input channels (1 for greyscale).
+        pretrained: path of a ``torchvision``-format ResNet state dict to initialise from (no download
+            happens; ``None`` keeps random initialisation).
+        width: base width multiplier (1.0 is the standard 64-channel stem).
+    """
+
+    def __init__(
+        self, depth: int = 18, in_channels: int = 1, pretrained: str | os.PathLike | None = None, width: float = 1.0
+    ) -> None:
+        super().__init__()
+        if depth not in RESNET_LAYOUTS:
+            raise ValueError(f"ResNet depth {depth} is not available; choose from {sorted(RESNET_LAYOUTS)}.")
+        block, layers = RESNET_LAYOUTS[depth]
+        net = ResNet(
+            block=block,
+            layers=layers,
+            block_inplanes=[64, 128, 256, 512],
+            spatial_dims=2,
+            n_input_channels=in_channels,
+            conv1_t_size=7,
+            conv1_t_stride=2,
+            widen_factor=width,
+            feed_forward=False,
+        )
+        self.conv1, self.bn1, self.act, self.maxpool = net.conv1, net.bn1, net.act, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        expansion = 4 if block == "bottleneck" else 1
+        stem = int(64 * width)
+        self.out_channels: list[int] = [stem] + [int(c * width) * expansion for c in (64, 128, 256, 512)]
+        self.in_channels = in_channels
+        if pretrained:
+            load_encoder_weights(self, pretrained)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        stem = self.act(self.bn1(self.conv1(x)))
+        f1 = self.layer1(self.maxpool(stem))
+        f2 = self.layer2(f1)
+        f3 = self.layer3(f2)
+        f4 = self.layer4(f3)
+        return [stem, f1, f2, f3, f4]
+
+
+def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike, strict_backbone: bool = True) -> nn.Module:
+    """Load a local checkpoint into ``encoder``, adapting the first convolution to its input channels.
+
+    Accepts a plain state dict or a dict with ``state_dict``/``model``/``network`` inside; keys may
+    carry a ``module.``, ``backbone.`` or ``encoder.`` prefix. Classification-layer keys (``fc.*``)
+    are ignored. A 3-channel stem is summed over channels for a 1-channel encoder (the usual way to
+    reuse ImageNet weights for greyscale images: the response to a grey image is unchanged).
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        ValueError: no encoder weight matched (the message lists a few keys found in the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Pretrained weights not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "network"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict of tensors, found a {type(state).__name__}.")
+    own = encoder.state_dict()
+    matched: dict[str, torch.Tensor] = {}
+    for k, v in state.items():
+        name = k
+        while name.startswith(_PREFIXES):  # "module.encoder.conv1.weight" and other wrappers' names
+            name = name.split(".", 1)[1]
+        if name not in own:
+            continue
+        if name == "conv1.weight" and v.shape[1] != own[name].shape[1]:
+            v = v.sum(dim=1, keepdim=True).repeat(1, own[name].shape[1], 1, 1) / own[name].shape[1]
+        if v.shape != own[name].shape:
+            raise ValueError(
+                f"{path}: weight '{k}' has shape {tuple(v.shape)}, the encoder expects {tuple(own[name].shape)}."
+            )
+        matched[name] = v
+    if not matched:
+        sample = list(state)[:5]
+        raise ValueError(f"{path}: no weight matches this encoder (keys in the file start with {sample}).")
+    missing = [k for k in own if k not in matched and not k.endswith("num_batches_tracked")]
+    if missing and strict_backbone:
+        raise ValueError(f"{path}: {len(missing)} encoder weights are missing from the file, e.g. {missing[:5]}.")
+    encoder.load_state_dict(matched, strict=False)
+    logger.info("loaded %d pretrained tensors from %s", len(matched), path)
+    return encoder

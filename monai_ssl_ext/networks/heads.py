@@ -1,0 +1,163 @@
+"""Classification and segmentation networks on top of a multi-stage encoder."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from monai_ssl_ext.keys import OutputKeys
+from monai_ssl_ext.networks.encoders import ResNetEncoder
+
+__all__ = ["Classifier", "JointClassSegNet", "UNetDecoder", "as_output_dict"]
+
+
+def as_output_dict(output: torch.Tensor | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Normalise a network output to a dict: a ``(B, C)`` tensor is class logits, ``(B, K, H, W)`` seg logits."""
+    if isinstance(output, dict):
+        return output
+    if isinstance(output, (tuple, list)):
+        raise TypeError("networks must return a tensor or a dict of tensors, not a tuple")
+    if output.ndim == 2:
+        return {OutputKeys.CLASS: output}
+    if output.ndim >= 4:
+        return {OutputKeys.SEG: output}
+    raise ValueError(f"cannot tell what a network output of shape {tuple(output.shape)} is")
+
+
+class Classifier(nn.Module):
+    """Image classifier: encoder -> global average pooling -> dropout -> linear.
+
+    Input ``(B, C_in, H, W)``. Output: class logits ``(B, num_classes)``, or, with ``return_dict``,
+    ``{"class": (B, num_classes), "features": (B, F)}`` where ``features`` is the pooled embedding
+    that contrastive and prototype-based methods use. ``return_dict`` is a TorchScript constant:
+    an exported model returns a plain tensor, as MONAI Deploy's classification operator expects.
+
+    Args:
+        num_classes: number of classes.
+        in_channels: input channels.
+        depth: ResNet depth of the encoder (10, 18, 34, 50).
+        pretrained: local ``torchvision``-format ResNet weights (``None``: random initialisation).
+        dropout: dropout before the linear layer.
+        return_dict: return the dict above instead of the logits.
+    """
+
+    __constants__ = ["return_dict"]
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 1,
+        depth: int = 18,
+        pretrained: str | os.PathLike | None = None,
+        dropout: float = 0.0,
+        return_dict: bool = False,
+    ) -> None:
+        super().__init__()
+        self.encoder = ResNetEncoder(depth=depth, in_channels=in_channels, pretrained=pretrained)
+        self.feature_dim = self.encoder.out_channels[-1]
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(self.feature_dim, num_classes)
+        self.num_classes = num_classes
+        self.return_dict = return_dict
+
+    def forward(self, x: torch.Tensor):
+        features = torch.flatten(F.adaptive_avg_pool2d(self.encoder(x)[-1], 1), 1)
+        logits = self.head(self.dropout(features))
+        if self.return_dict:
+            return {"class": logits, "features": features}  # OutputKeys; TorchScript needs literals
+        return logits
+
+
+class _UpBlock(nn.Module):
+    def __init__(self, in_ch: int, skip_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(in_ch + skip_ch, out_ch, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_ch),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_ch),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.conv(torch.cat([x, skip], dim=1))
+
+
+class UNetDecoder(nn.Module):
+    """U-Net decoder over encoder stages ``[stem, f1, f2, f3, f4]``; returns a map at the stem's resolution.
+
+    Args:
+        encoder_channels: channels of the five encoder stages.
+        channels: output channels of the four up-sampling blocks.
+    """
+
+    def __init__(self, encoder_channels: list[int], channels: tuple[int, ...] = (256, 128, 64, 32)) -> None:
+        super().__init__()
+        if len(encoder_channels) != 5 or len(channels) != 4:
+            raise ValueError("UNetDecoder expects 5 encoder stages and 4 decoder widths.")
+        skips = encoder_channels[:4][::-1]  # f3, f2, f1, stem
+        ins = [encoder_channels[4], *channels[:3]]
+        self.blocks = nn.ModuleList(_UpBlock(i, s, o) for i, s, o in zip(ins, skips, channels, strict=True))
+        self.out_channels = channels[-1]
+
+    def forward(self, stages: list[torch.Tensor]) -> torch.Tensor:
+        x = stages[4]
+        # deepest block first; indexing by the loop counter keeps this scriptable
+        for i, block in enumerate(self.blocks):
+            x = block(x, stages[3 - i])
+        return x
+
+
+class JointClassSegNet(nn.Module):
+    """Shared encoder with a classification head and a U-Net segmentation decoder.
+
+    Input ``(B, C_in, H, W)``. With ``return_dict``: ``{"class": (B, num_classes), "seg": (B, seg_classes,
+    H, W), "features": (B, F)}``; otherwise the class logits (the primary output, for export to a
+    classification service).
+
+    Args:
+        num_classes: image classes.
+        seg_classes: segmentation classes including background (2 for lesion vs background).
+        in_channels, depth, pretrained, dropout: as in :class:`Classifier`.
+        decoder_channels: widths of the four decoder blocks.
+        return_dict: return the dict above.
+    """
+
+    __constants__ = ["return_dict"]
+
+    def __init__(
+        self,
+        num_classes: int,
+        seg_classes: int = 2,
+        in_channels: int = 1,
+        depth: int = 18,
+        pretrained: str | os.PathLike | None = None,
+        dropout: float = 0.0,
+        decoder_channels: tuple[int, ...] = (256, 128, 64, 32),
+        return_dict: bool = True,
+    ) -> None:
+        super().__init__()
+        self.encoder = ResNetEncoder(depth=depth, in_channels=in_channels, pretrained=pretrained)
+        self.decoder = UNetDecoder(self.encoder.out_channels, decoder_channels)
+        self.seg_head = nn.Conv2d(self.decoder.out_channels, seg_classes, kernel_size=1)
+        self.feature_dim = self.encoder.out_channels[-1]
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(self.feature_dim, num_classes)
+        self.num_classes = num_classes
+        self.seg_classes = seg_classes
+        self.return_dict = return_dict
+
+    def forward(self, x: torch.Tensor):
+        stages = self.encoder(x)
+        features = torch.flatten(F.adaptive_avg_pool2d(stages[-1], 1), 1)
+        logits = self.head(self.dropout(features))
+        if self.return_dict:
+            seg = self.seg_head(self.decoder(stages))
+            seg = F.interpolate(seg, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            return {"class": logits, "seg": seg, "features": features}  # OutputKeys; TorchScript needs literals
+        return logits

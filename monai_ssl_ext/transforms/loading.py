@@ -1,0 +1,181 @@
+"""Loading transforms: file paths in, channel-first float tensors out.
+
+Array and dictionary versions side by side, as in ``monai.transforms``:
+
+- :class:`ReadImage` / :class:`ReadImaged`: read with :func:`monai_ssl_ext.io.read_image`, scale integer
+  data to [0, 1] by its type's range, and convert to the requested number of channels.
+- :class:`ReadMask` / :class:`ReadMaskd`: read one or several mask files, binarise with ``> 0``, take
+  their union, and match the image's size (nearest neighbour) when the aspect ratio agrees.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, Transform
+
+from monai_ssl_ext.io import ImageReadError, read_image
+
+__all__ = ["MaskMismatchError", "ReadImage", "ReadImaged", "ReadMask", "ReadMaskd", "to_channels"]
+
+# ITU-R BT.601 luma weights, the convention of PIL's "L" conversion
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+class MaskMismatchError(ImageReadError):
+    """A mask whose size cannot be matched to its image."""
+
+
+def to_channels(array: np.ndarray, channels: int | None, path: str = "") -> np.ndarray:
+    """Convert a ``(C, H, W)`` array to ``channels`` channels (1: luma of RGB, 3: grey replicated)."""
+    c = array.shape[0]
+    if channels is None or c == channels:
+        return array
+    if channels == 1 and c >= 3:
+        return np.tensordot(_LUMA, array[:3].astype(np.float32), axes=1)[None]
+    if channels == 3 and c == 1:
+        return np.repeat(array, 3, axis=0)
+    raise ImageReadError(path, f"cannot convert a {c}-channel image to {channels} channels")
+
+
+def _scale_to_unit(array: np.ndarray) -> np.ndarray:
+    if array.dtype == np.bool_:
+        return array.astype(np.float32)
+    if np.issubdtype(array.dtype, np.integer):
+        info = np.iinfo(array.dtype)
+        if info.min < 0:
+            return ((array.astype(np.float32) - info.min) / float(info.max - info.min)).astype(np.float32)
+        return (array.astype(np.float32) / float(info.max)).astype(np.float32)
+    return array.astype(np.float32)
+
+
+class ReadImage(Transform):
+    """Read an image file into a ``(C, H, W)`` float32 ``MetaTensor``.
+
+    The meta dict keeps the source (``filename_or_obj``), the stored mode and the pixel spacing, so
+    inference can write its outputs beside the input and error messages can name the file.
+
+    Args:
+        channels: output channels (1 for greyscale modalities such as ultrasound, 3 for RGB), or
+            ``None`` to keep what the file holds.
+        scale: ``"dtype"`` maps integer data to [0, 1] by the type's range (8-bit / 255, 16-bit / 65535);
+            ``None`` keeps raw values.
+    """
+
+    def __init__(self, channels: int | None = 1, scale: str | None = "dtype") -> None:
+        if scale not in ("dtype", None):
+            raise ValueError(f"scale must be 'dtype' or None, got {scale!r}.")
+        self.channels = channels
+        self.scale = scale
+
+    def __call__(self, path: str | os.PathLike) -> MetaTensor:
+        array, meta = read_image(path)
+        if self.scale == "dtype":
+            array = _scale_to_unit(array)
+        array = to_channels(array, self.channels, str(path)).astype(np.float32, copy=False)
+        spacing = meta.get("spacing") or (1.0, 1.0)
+        affine = torch.diag(torch.tensor([float(spacing[0]), float(spacing[1]), 1.0, 1.0], dtype=torch.float64))
+        meta = {k: v for k, v in meta.items() if v is not None}
+        return MetaTensor(torch.from_numpy(np.ascontiguousarray(array)), affine=affine, meta=meta)
+
+
+class ReadImaged(MapTransform):
+    """Dictionary version of :class:`ReadImage`; replaces each path under ``keys`` by its image."""
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        channels: int | None = 1,
+        scale: str | None = "dtype",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.reader = ReadImage(channels=channels, scale=scale)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.reader(d[key])
+        return d
+
+
+class ReadMask(Transform):
+    """Read one or several mask files as one binary ``(1, H, W)`` float tensor (their union).
+
+    Args:
+        aspect_tolerance: relative difference of aspect ratios (mask vs image) still accepted for a
+            nearest-neighbour resize (HAM10000 ships masks at 3x the image size).
+    """
+
+    def __init__(self, aspect_tolerance: float = 0.02) -> None:
+        self.aspect_tolerance = aspect_tolerance
+
+    def __call__(
+        self, paths: str | os.PathLike | Sequence[str], spatial_shape: Sequence[int] | None = None
+    ) -> torch.Tensor:
+        paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        if not paths:
+            raise ValueError("ReadMask needs at least one mask path.")
+        union: torch.Tensor | None = None
+        for p in paths:
+            array, _ = read_image(p)
+            m = torch.from_numpy((array > 0).any(axis=0, keepdims=True).astype(np.float32))
+            target = (
+                tuple(spatial_shape) if spatial_shape is not None else (union.shape[1:] if union is not None else None)
+            )
+            if target is not None and tuple(m.shape[1:]) != target:
+                m = self._match(m, target, str(p))
+            union = m if union is None else torch.maximum(union, m)
+        assert union is not None
+        return union
+
+    def _match(self, mask: torch.Tensor, shape: tuple[int, ...], path: str) -> torch.Tensor:
+        mh, mw = mask.shape[1:]
+        h, w = shape
+        if abs((mh / mw) / (h / w) - 1.0) > self.aspect_tolerance:
+            raise MaskMismatchError(
+                path, f"mask size {mh}x{mw} cannot be matched to image size {h}x{w} (different aspect ratio)"
+            )
+        return F.interpolate(mask[None], size=(h, w), mode="nearest")[0]
+
+
+class ReadMaskd(MapTransform):
+    """Dictionary version of :class:`ReadMask`: masks sized to the already-loaded ``ref_key`` image.
+
+    Args:
+        keys: mask keys (each holding a path or a list of paths).
+        ref_key: key of the image (already read) whose size the mask must match.
+        allow_missing_keys: entries without a mask get an all-zero mask of the image's size when True.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        ref_key: str = "image",
+        aspect_tolerance: float = 0.02,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.ref_key = ref_key
+        self.reader = ReadMask(aspect_tolerance=aspect_tolerance)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        ref = d[self.ref_key]
+        shape = tuple(ref.shape[1:])
+        for key in self.keys:
+            if d.get(key) is None:
+                if not self.allow_missing_keys:
+                    source = getattr(ref, "meta", {}).get("filename_or_obj", "an entry")
+                    raise KeyError(f"{source}: no '{key}' given and missing masks are not allowed here")
+                d[key] = torch.zeros((1, *shape), dtype=torch.float32)
+                continue
+            d[key] = self.reader(d[key], spatial_shape=shape)
+        return d

@@ -1,0 +1,29 @@
+from .atomic import atomic_open, atomic_path, save_figure, save_torch, write_json, write_text
+from .distributed import (
+    all_gather_cat,
+    all_gather_objects,
+    get_rank,
+    get_world_size,
+    is_dist,
+    is_main_process,
+    unwrap_model,
+)
+from .seeding import derive_seed, seed_everything
+
+__all__ = [
+    "all_gather_cat",
+    "all_gather_objects",
+    "atomic_open",
+    "atomic_path",
+    "derive_seed",
+    "get_rank",
+    "get_world_size",
+    "is_dist",
+    "is_main_process",
+    "save_figure",
+    "save_torch",
+    "seed_everything",
+    "unwrap_model",
+    "write_json",
+    "write_text",
+]

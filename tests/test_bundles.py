@@ -1,0 +1,242 @@
+"""Bundles: model-zoo checks for every bundle, and the workflows a user runs, end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from monai_ssl_ext.benchmark import bundle_command, run_workflow
+from monai_ssl_ext.benchmark.bundle_runner import BundleRunError
+from monai_ssl_ext.data.synthetic import ensure_synthetic_dataset
+from monai_ssl_ext.deploy import check_bundle
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLES = sorted(p for p in (REPO / "bundles").iterdir() if (p / "configs").is_dir())
+SCHEMA = REPO.parent / "shared" / "schemas" / "meta_schema_20240725.json"
+BASELINES = REPO / "bundles" / "baselines_ultrasound"
+TINY = {"image_size": 32, "backbone_depth": 10, "num_workers": 0, "labeled_batch_size": 4, "unlabeled_batch_size": 8}
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=[b.name for b in BUNDLES])
+def test_bundle_passes_model_zoo_checks(bundle):
+    if not SCHEMA.is_file():
+        pytest.skip(f"metadata schema absent: {SCHEMA}")
+    report = check_bundle(bundle, schema=SCHEMA)
+    assert report["metadata"] == "ok" and report["net_in_out"] == "ok"
+    assert report["export"]["ts_bytes"] > 0
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=[b.name for b in BUNDLES])
+def test_bundle_has_every_workflow_and_documents_it(bundle):
+    for name in (
+        "train.json",
+        "evaluate.json",
+        "inference.json",
+        "multi_gpu_train.json",
+        "metadata.json",
+        "logging.conf",
+    ):
+        assert (bundle / "configs" / name).is_file(), f"{bundle.name} lacks configs/{name}"
+    readme = (bundle / "docs" / "README.md").read_text()
+    for workflow in (
+        "run training",
+        "run evaluating",
+        "inference.json",
+        "multi_gpu_train.json",
+        "ckpt_export",
+        "verify_metadata",
+        "resume_from",
+    ):
+        assert workflow in readme, f"{bundle.name}/docs/README.md does not show '{workflow}'"
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert meta["version"] in meta["changelog"]
+
+
+def test_every_algorithm_key_of_the_bundle_instantiates(tmp_path):
+    data = ensure_synthetic_dataset(tmp_path / "data", num_images=40, image_size=32)
+    parser = ConfigParser()
+    parser.read_config(str(BASELINES / "configs" / "train.json"))
+    parser.update(
+        {
+            "bundle_root": str(BASELINES),
+            "datalist": str(data),
+            "data_root": str(data.parent),
+            "device": "$torch.device('cpu')",
+            **TINY,
+        }
+    )
+    for name in ("supervised", "mean_teacher", "fixmatch", "flexmatch"):
+        parser["algorithm_name"] = name
+        parser.parse()
+        algorithm = parser.get_parsed_content("algorithm")
+        assert type(algorithm).__name__.lower().replace("_", "") == name.replace("_", "")
+    parser["algorithm_name"] = "fixmach"
+    parser.parse()
+    with pytest.raises(Exception) as err:
+        parser.get_parsed_content("algorithm")
+    # monai.bundle wraps the error of a config expression; the cause names the choices
+    messages = []
+    cause: BaseException | None = err.value
+    while cause is not None:
+        messages.append(str(cause))
+        cause = cause.__cause__ or cause.__context__
+    assert any("choose one of" in m and "flexmatch" in m for m in messages), messages
+
+
+def _run(tmp_path, run_id, configs, overrides, expect_fail=False):
+    cmd = bundle_command(BASELINES, run_id, configs, overrides)
+    if expect_fail:
+        with pytest.raises(BundleRunError) as err:
+            run_workflow(cmd, tmp_path / f"{run_id}.log")
+        return str(err.value)
+    run_workflow(cmd, tmp_path / f"{run_id}.log")
+    return (tmp_path / f"{run_id}.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    return ensure_synthetic_dataset(root, num_images=60, image_size=48)
+
+
+@pytest.mark.slow
+def test_train_resume_evaluate_infer_export_end_to_end(tmp_path, small_data):
+    base = {
+        **TINY,
+        "datalist": str(small_data),
+        "data_root": str(small_data.parent),
+        "ckpt_dir": str(tmp_path / "models"),
+        "output_dir": str(tmp_path / "run"),
+        "algorithm_name": "mean_teacher",
+        "val_interval": 2,
+    }
+    log = _run(tmp_path, "training", ["train.json"], {**base, "num_iterations": 4})
+    assert "[train] 4/4 (100%)" in log and "ETA" in log
+    assert (tmp_path / "models" / "model.pt").is_file()
+    assert (tmp_path / "models" / "checkpoint_epoch=2.pt").is_file()
+    for name in ("history.json", "training_curves.png", "train_summary.json"):
+        assert (tmp_path / "run" / name).is_file(), name
+
+    # resume: same run extended to 8 iterations continues from iteration 4
+    log = _run(tmp_path, "training", ["train.json"], {**base, "num_iterations": 8, "resume_from": "latest"})
+    assert "resuming at iteration 4/8" in log and "[train] 8/8 (100%)" in log
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert history["validation"]["epoch"] == [1, 2, 3, 4]
+
+    _run(tmp_path, "evaluating", ["train.json", "evaluate.json"], {**base, "eval_output_dir": str(tmp_path / "eval")})
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["split"] == "test" and metrics["num_samples"] == 12
+    assert {"accuracy", "balanced_accuracy", "macro_f1", "auc", "sensitivity", "specificity", "ece"} <= set(
+        metrics["classification"]
+    )
+    assert (tmp_path / "eval" / "confusion_matrix.png").is_file()
+    assert (tmp_path / "eval" / "reliability_diagram.png").is_file()
+
+    images = small_data.parent / "images"
+    infer = {
+        "input_dir": str(images),
+        "checkpoint": str(tmp_path / "models" / "model.pt"),
+        "output_dir": str(tmp_path / "infer"),
+        "image_size": 32,
+        "backbone_depth": 10,
+    }
+    _run(tmp_path, "run", ["inference.json"], infer)
+    with open(tmp_path / "infer" / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(list(images.glob("*.png")))
+    assert abs(float(rows[0]["prob_benign"]) + float(rows[0]["prob_malignant"]) - 1) < 1e-5
+
+    ts = tmp_path / "model.ts"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "ckpt_export",
+            "network_def",
+            "--filepath",
+            str(ts),
+            "--ckpt_file",
+            str(tmp_path / "models" / "model.pt"),
+            "--meta_file",
+            str(BASELINES / "configs" / "metadata.json"),
+            "--config_file",
+            str(BASELINES / "configs" / "inference.json"),
+            "--bundle_root",
+            str(BASELINES),
+            "--image_size",
+            "32",
+            "--backbone_depth",
+            "10",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    model = torch.jit.load(str(ts))
+    probs = torch.softmax(model(torch.rand(2, 1, 32, 32)), dim=1)
+    assert probs.shape == (2, 2) and torch.allclose(probs.sum(1), torch.ones(2))
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_training_completes(tmp_path, small_data):
+    overrides = {
+        **TINY,
+        "datalist": str(small_data),
+        "data_root": str(small_data.parent),
+        "ckpt_dir": str(tmp_path / "models"),
+        "output_dir": str(tmp_path / "run"),
+        "algorithm_name": "flexmatch",
+        "num_iterations": 4,
+        "val_interval": 2,
+    }
+    cmd = bundle_command(BASELINES, "training", ["train.json", "multi_gpu_train.json"], overrides, nproc=2)
+    run_workflow(cmd, tmp_path / "ddp.log")
+    log = (tmp_path / "ddp.log").read_text()
+    assert "[train] 4/4 (100%)" in log
+    assert (tmp_path / "models" / "model.pt").is_file()
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert summary["iterations"] == 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"data_root": "/nonexistent/busi"}, "does not exist"),
+        ({"label_budget": 10_000}, "larger than the training split"),
+        ({"label_budget": 1}, "smaller than the number of classes"),
+        ({"algorithm_name": "fixmach"}, "choose one of"),
+    ],
+    ids=["missing-data-root", "budget-too-large", "budget-below-classes", "algorithm-typo"],
+)
+def test_bad_input_fails_before_training_with_a_clear_message(tmp_path, small_data, overrides, message):
+    base = {
+        **TINY,
+        "datalist": str(small_data),
+        "data_root": str(small_data.parent),
+        "ckpt_dir": str(tmp_path / "models"),
+        "output_dir": str(tmp_path / "run"),
+        "num_iterations": 2,
+    }
+    text = _run(tmp_path, "training", ["train.json"], {**base, **overrides}, expect_fail=True)
+    assert message in text
+    assert "[train]" not in (tmp_path / "training.log").read_text()  # nothing trained
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+
+
+def test_missing_manifest_file_is_named(tmp_path, small_data):
+    data = json.loads(small_data.read_text())
+    data["training"][0]["image"] = "images/does_not_exist.png"
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(data))
+    from monai_ssl_ext.data import load_manifest
+
+    with pytest.raises(FileNotFoundError, match=r"does_not_exist\.png"):
+        load_manifest(broken, small_data.parent)

@@ -1,0 +1,262 @@
+"""The semi-supervised trainer: events for standard handlers, exact resume, pseudo-label accuracy, errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+from ignite.engine import Events
+from monai.engines import SupervisedEvaluator
+from monai.engines.utils import IterationEvents
+from monai.handlers import StatsHandler, ValidationHandler, from_engine
+
+from monai_ssl_ext.algorithms import get_algorithm
+from monai_ssl_ext.data import SeededTransformDataset, SemiSupervisedLoader
+from monai_ssl_ext.engines import (
+    AtomicCheckpointSaver,
+    ClassificationMetric,
+    ProgressLogger,
+    ResumeCheckpointLoader,
+    SemiSupervisedTrainer,
+    TrainingHistory,
+    find_latest_checkpoint,
+)
+from monai_ssl_ext.keys import DataKeys
+from monai_ssl_ext.networks import Classifier
+from monai_ssl_ext.transforms import get_profile
+
+SIZE = 16
+
+
+def make_data(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # class 1 images are brighter, so a few steps learn something
+    lab = [
+        {DataKeys.IMAGE: torch.rand(1, SIZE, SIZE, generator=g) * 0.5 + 0.4 * (i % 2), DataKeys.LABEL: i % 2}
+        for i in range(8)
+    ]
+    unl = [
+        {DataKeys.IMAGE: torch.rand(1, SIZE, SIZE, generator=g) * 0.5 + 0.4 * (i % 2), DataKeys.HIDDEN_LABEL: i % 2}
+        for i in range(16)
+    ]
+    return lab, unl
+
+
+def make_trainer(algorithm_name="fixmatch", epochs=2, epoch_length=3, handlers=None, seed=0, net_seed=0):
+    profile = get_profile("ultrasound", image_size=SIZE)
+    lab, unl = make_data()
+    loader = SemiSupervisedLoader(
+        SeededTransformDataset(lab, profile.labeled_transforms()),
+        SeededTransformDataset(unl, profile.unlabeled_transforms()),
+        labeled_batch_size=4,
+        unlabeled_batch_size=8,
+        seed=seed,
+    )
+    torch.manual_seed(net_seed)
+    net = Classifier(2, depth=10, return_dict=True, dropout=0.2)  # dropout: per-step torch RNG must be reproduced
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    kwargs = {"threshold": 0.6} if algorithm_name in ("fixmatch", "flexmatch") else {}
+    algorithm = get_algorithm(algorithm_name, num_classes=2, **kwargs)
+    trainer = SemiSupervisedTrainer(
+        "cpu", epochs, loader, net, opt, algorithm, epoch_length=epoch_length, seed=seed, train_handlers=handlers
+    )
+    return trainer, net, opt, algorithm
+
+
+def test_trainer_fires_monai_iteration_events_and_standard_handlers_work(capsys):
+    fired = []
+    trainer, *_ = make_trainer("mean_teacher", epochs=1, epoch_length=2)
+    for event in (
+        IterationEvents.FORWARD_COMPLETED,
+        IterationEvents.LOSS_COMPLETED,
+        IterationEvents.BACKWARD_COMPLETED,
+        IterationEvents.MODEL_COMPLETED,
+    ):
+        trainer.add_event_handler(event, lambda e, ev=event: fired.append(ev))
+    StatsHandler(output_transform=from_engine(["loss"], first=True), name="stats_test").attach(trainer)
+    trainer.run()
+    assert fired[:4] == [
+        IterationEvents.FORWARD_COMPLETED,
+        IterationEvents.LOSS_COMPLETED,
+        IterationEvents.BACKWARD_COMPLETED,
+        IterationEvents.MODEL_COMPLETED,
+    ]
+    assert len(fired) == 8
+    assert "Iter: 2/2 -- Loss:" in capsys.readouterr().out
+    # decollated like SupervisedTrainer: one dict per labeled sample, scalars replicated
+    out = trainer.state.output
+    assert isinstance(out, list) and len(out) == 4
+    assert {"loss", "loss_sup", "loss_consistency", "pseudo_label_acc", "mask_rate"} <= set(out[0])
+
+
+def test_hidden_labels_never_reach_the_algorithm():
+    trainer, *_ = make_trainer("fixmatch", epochs=1, epoch_length=1)
+    seen = {}
+    original = trainer.algorithm.train_step
+
+    def spy(network, labeled, unlabeled, step):
+        seen.update(unlabeled)
+        return original(network, labeled, unlabeled, step)
+
+    trainer.algorithm.train_step = spy
+    trainer.run()
+    assert DataKeys.HIDDEN_LABEL not in seen and DataKeys.IMAGE_STRONG in seen
+    assert 0.0 <= trainer.state.output[0]["pseudo_label_acc_all"] <= 1.0
+
+
+def test_pseudo_label_accuracy_matches_definition():
+    from monai_ssl_ext.algorithms import StepOutput
+
+    result = StepOutput(
+        loss=torch.tensor(1.0), pseudo_label=torch.tensor([0, 1, 1, 0]), pseudo_mask=torch.tensor([1.0, 1.0, 0.0, 0.0])
+    )
+    out = SemiSupervisedTrainer._make_output({DataKeys.IMAGE: torch.zeros(1)}, result, torch.tensor([0, 0, 1, 1]))
+    assert out["pseudo_label_acc"] == pytest.approx(0.5)  # used: [0 ok, 1 wrong]
+    assert out["pseudo_label_acc_all"] == pytest.approx(0.5)  # all: ok, wrong, ok, wrong
+
+
+def test_supervised_only_does_not_load_unlabeled_batches():
+    trainer, *_ = make_trainer("supervised", epochs=1, epoch_length=2)
+    trainer.run()
+    assert trainer.data_loader.use_unlabeled is False
+    assert trainer.state.samples_seen == 2 * 4
+
+
+def _weights(net):
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", ["mean_teacher", "flexmatch"])
+def test_resume_from_checkpoint_continues_identically(tmp_path, name):
+    # uninterrupted: 4 epochs of 2 iterations
+    ref, ref_net, _, ref_alg = make_trainer(name, epochs=4, epoch_length=2)
+    ref.run()
+
+    # same configuration, killed after 2 epochs (checkpointed), resumed in a fresh process state
+    first, net, opt, alg = make_trainer(name, epochs=4, epoch_length=2)
+    saver = AtomicCheckpointSaver(
+        str(tmp_path),
+        {"network": net, "optimizer": opt, "algorithm": alg, "trainer": first},
+        save_interval=1,
+        n_saved=1,
+    )
+    saver.attach(first)
+    first.add_event_handler(Events.EPOCH_COMPLETED(once=2), lambda engine: engine.terminate())
+    first.run()
+    assert first.state.iteration == 4
+    ckpt = find_latest_checkpoint(tmp_path)
+    assert ckpt is not None and ckpt.name == "checkpoint_epoch=2.pt"
+
+    second, net2, opt2, alg2 = make_trainer(name, epochs=4, epoch_length=2, net_seed=123)  # different init
+    ResumeCheckpointLoader(
+        "latest", {"network": net2, "optimizer": opt2, "algorithm": alg2, "trainer": second}, ckpt_dir=tmp_path
+    ).attach(second)
+    second.run()
+    assert second.state.iteration == 8
+    for k, v in _weights(ref_net).items():
+        torch.testing.assert_close(net2.state_dict()[k], v, rtol=0, atol=0, msg=f"{name}: {k} differs after resume")
+    for k, v in ref_alg.state_dict().items():
+        torch.testing.assert_close(alg2.state_dict()[k], v, rtol=0, atol=0)
+
+
+def test_same_seed_same_run_different_seed_different_run():
+    a, net_a, *_ = make_trainer("fixmatch", epochs=1, epoch_length=3, seed=5)
+    b, net_b, *_ = make_trainer("fixmatch", epochs=1, epoch_length=3, seed=5)
+    c, net_c, *_ = make_trainer("fixmatch", epochs=1, epoch_length=3, seed=6)
+    for t in (a, b, c):
+        t.run()
+    w = net_a.state_dict()["head.weight"]
+    assert torch.equal(w, net_b.state_dict()["head.weight"])
+    assert not torch.equal(w, net_c.state_dict()["head.weight"])
+
+
+def test_resume_with_missing_checkpoint_fails_before_training(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        ResumeCheckpointLoader("latest", {}, ckpt_dir=tmp_path).attach(None)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        ResumeCheckpointLoader(tmp_path / "nope.pt", {}).attach(None)
+    ResumeCheckpointLoader(None, {}).attach(None)  # nothing to resume: a no-op
+
+
+def test_atomic_saver_keeps_previous_file_when_saving_fails(tmp_path, monkeypatch):
+    trainer, net, *_ = make_trainer("supervised", epochs=2, epoch_length=1)
+    saver = AtomicCheckpointSaver(str(tmp_path), {"network": net}, save_interval=1, n_saved=2)
+    saver.attach(trainer)
+    calls = {"n": 0}
+    original = torch.save
+
+    def failing_save(obj, f, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            original({"partial": torch.zeros(1)}, f)  # something written, then the process "dies"
+            raise OSError("disk full")
+        return original(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        trainer.run()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["network_epoch=1.pt"]  # no partial or temporary file; the good one intact
+    state = torch.load(tmp_path / files[0], weights_only=True)
+    assert "head.weight" in state and "partial" not in state
+
+
+def test_nonfinite_loss_stops_with_clear_error():
+    trainer, net, *_ = make_trainer("supervised", epochs=1, epoch_length=1)
+    with torch.no_grad():
+        net.head.bias.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="loss is nan at iteration 1"):
+        trainer.run()
+
+
+def test_trainer_rejects_plain_batches():
+    trainer, *_ = make_trainer("supervised", epochs=1, epoch_length=1)
+    with pytest.raises(ValueError, match="labeled"):
+        trainer._iteration(trainer, {DataKeys.IMAGE: torch.zeros(1)})
+
+
+def test_validation_history_summary_and_progress(tmp_path, caplog):
+    trainer, net, opt, _ = make_trainer("fixmatch", epochs=2, epoch_length=2)
+    _, unl = make_data(1)
+    val_data = [{DataKeys.IMAGE: d[DataKeys.IMAGE], DataKeys.LABEL: d[DataKeys.HIDDEN_LABEL]} for d in unl]
+    evaluator = SupervisedEvaluator(
+        "cpu",
+        torch.utils.data.DataLoader(val_data, batch_size=8),
+        net,
+        key_val_metric={"val_auc": ClassificationMetric("auc")},
+    )
+    ValidationHandler(validator=evaluator, interval=1, epoch_level=True).attach(trainer)
+    TrainingHistory(tmp_path, validator=evaluator, optimizer=opt, interval=1).attach(trainer)
+    ProgressLogger(interval=1).attach(trainer)
+    with caplog.at_level(logging.INFO, logger="monai_ssl_ext.train"):
+        trainer.run()
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert history["iteration"] == [1, 2, 3, 4]
+    assert len(history["scalars"]["loss"]) == 4 and history["scalars"]["lr"][0] == pytest.approx(0.05)
+    assert history["validation"]["epoch"] == [1, 2] and len(history["validation"]["metrics"]["val_auc"]) == 2
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert summary["iterations"] == 4 and summary["train_images_per_s"] > 0 and summary["peak_memory_mb"] > 0
+    assert summary["best_metric"] == max(history["validation"]["metrics"]["val_auc"])
+    assert (tmp_path / "training_curves.png").stat().st_size > 1000
+    assert "ETA" in caplog.text and "4/4 (100%)" in caplog.text
+
+
+def test_epoch_length_required_for_endless_loader():
+    _, net, opt, alg = make_trainer("supervised")
+    with pytest.raises(ValueError, match="epoch_length"):
+        SemiSupervisedTrainer("cpu", 1, iter([]), net, opt, alg, epoch_length=None)
+
+
+def test_trainer_state_events_order_for_resume_alignment():
+    # the loader must be aligned after STARTED handlers (checkpoint loaders) and before the first batch
+    trainer, *_ = make_trainer("supervised", epochs=1, epoch_length=1)
+
+    def jump(engine):
+        engine.state.iteration = 0
+        engine.data_loader.start_step = 999  # stale value that the trainer must overwrite at EPOCH_STARTED
+
+    trainer.add_event_handler(Events.STARTED, jump)
+    trainer.run()
+    assert trainer.data_loader.start_step == 0
