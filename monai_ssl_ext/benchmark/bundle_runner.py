@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ from typing import Any
 
 import monai_ssl_ext
 
-__all__ = ["BundleRunError", "bundle_command", "find_bundle", "run_workflow"]
+__all__ = ["BundleRunError", "bundle_command", "find_bundle", "root_cause", "run_workflow"]
 
 
 class BundleRunError(RuntimeError):
@@ -115,6 +116,34 @@ def run_workflow(
             code = proc.wait()
     elapsed = time.perf_counter() - start
     if code != 0:
-        tail = "\n".join(log_file.read_text(encoding="utf-8", errors="replace").splitlines()[-25:])
-        raise BundleRunError(f"workflow failed with exit code {code}; full log: {log_file}\n{tail}")
+        lines = log_file.read_text(encoding="utf-8", errors="replace").splitlines()
+        cause = root_cause(lines)
+        tail = "\n".join(lines[-25:])
+        headline = f"{cause}\n" if cause else ""
+        raise BundleRunError(f"{headline}workflow failed with exit code {code}; full log: {log_file}\n{tail}")
     return elapsed
+
+
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt)): (.*)$")
+# what monai.bundle wraps the real error in when a config expression or component fails
+_WRAPPERS = ("Failed to evaluate", "Failed to instantiate", "Component to instantiate must represent")
+
+
+def root_cause(log_lines: Sequence[str]) -> str | None:
+    """The first exception of a (chained) traceback in ``log_lines``, with its message lines.
+
+    A config expression that raises is reported by ``monai.bundle`` as ``RuntimeError: Failed to
+    evaluate ...`` *after* the original error; the original (a missing file, an impossible label
+    budget, an unknown algorithm) is the line a user needs, so it is the one returned.
+    """
+    for i, line in enumerate(log_lines):
+        match = _EXCEPTION_LINE.match(line)
+        if match is None or match.group(2).startswith(_WRAPPERS):
+            continue
+        message = [line]
+        for following in log_lines[i + 1 :]:
+            if not following.strip() or following.startswith(("The above exception", "Traceback", "During handling")):
+                break
+            message.append(following)
+        return "\n".join(message)
+    return None

@@ -85,8 +85,12 @@ class ProgressLogger:
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._started)
-        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self._log)
+        engine.add_event_handler(Events.ITERATION_COMPLETED(event_filter=self._due), self._log)
         engine.add_event_handler(Events.COMPLETED, self._completed)
+
+    def _due(self, engine: Engine, iteration: int) -> bool:
+        # the last iteration always gets a line, so a run's log ends at 100 %
+        return iteration % self.interval == 0 or iteration == engine.state.max_epochs * engine.state.epoch_length
 
     def _started(self, engine: Engine) -> None:
         self._t0 = time.perf_counter()
