@@ -161,6 +161,32 @@ def test_resume_from_checkpoint_continues_identically(tmp_path, name):
         torch.testing.assert_close(alg2.state_dict()[k], v, rtol=0, atol=0)
 
 
+def test_history_and_progress_pick_up_where_a_resumed_run_starts(tmp_path, caplog):
+    # the handlers are attached before the checkpoint loader, as in the bundles
+    first, net, opt, alg = make_trainer("fixmatch", epochs=4, epoch_length=2)
+    TrainingHistory(tmp_path / "run", optimizer=opt, interval=1, plot=False).attach(first)
+    AtomicCheckpointSaver(
+        str(tmp_path), {"network": net, "optimizer": opt, "algorithm": alg, "trainer": first}, save_interval=1
+    ).attach(first)
+    first.add_event_handler(Events.EPOCH_COMPLETED(once=2), lambda engine: engine.terminate())
+    first.run()
+
+    second, net2, opt2, alg2 = make_trainer("fixmatch", epochs=4, epoch_length=2)
+    TrainingHistory(tmp_path / "run", optimizer=opt2, interval=1, plot=False).attach(second)
+    ProgressLogger(interval=1).attach(second)
+    ResumeCheckpointLoader(
+        "latest", {"network": net2, "optimizer": opt2, "algorithm": alg2, "trainer": second}, ckpt_dir=tmp_path
+    ).attach(second)
+    with caplog.at_level(logging.INFO, logger="monai_ssl_ext.train"):
+        second.run()
+    assert "resuming at iteration 4/8" in caplog.text and "[train] 8/8 (100%)" in caplog.text
+    assert "[train] 5/8" in caplog.text and "[train] 4/8" not in caplog.text
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert history["iteration"] == [1, 2, 3, 4, 5, 6, 7, 8]
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert summary["iterations"] == 8
+
+
 def test_same_seed_same_run_different_seed_different_run():
     a, net_a, *_ = make_trainer("fixmatch", epochs=1, epoch_length=3, seed=5)
     b, net_b, *_ = make_trainer("fixmatch", epochs=1, epoch_length=3, seed=5)

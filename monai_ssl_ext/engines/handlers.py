@@ -9,6 +9,7 @@ import resource
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,7 @@ from monai_ssl_ext.utils.distributed import is_main_process
 if TYPE_CHECKING:
     from monai.engines import Workflow
 
-__all__ = ["ProgressLogger", "TrainingHistory", "format_duration", "output_scalars", "peak_memory_mb"]
+__all__ = ["ProgressLogger", "TrainingHistory", "format_duration", "on_run_start", "output_scalars", "peak_memory_mb"]
 
 _SKIP = {"image", "label", "pred", "mask"}
 
@@ -51,6 +52,29 @@ def format_duration(seconds: float) -> str:
     if h:
         return f"{h}h{m:02d}m"
     return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def on_run_start(engine: Engine, handler: Callable[[Engine], None]) -> None:
+    """Call ``handler`` once per ``engine.run()``, after every ``STARTED`` handler has run.
+
+    A checkpoint loader restores the iteration counter in its own ``STARTED`` handler, which may be
+    attached after this one; the first ``EPOCH_STARTED`` of a run comes after all of them, so a handler
+    called there sees the iteration a resumed run really starts from.
+    """
+    pending = False
+
+    def arm(_: Engine) -> None:
+        nonlocal pending
+        pending = True
+
+    def fire(e: Engine) -> None:
+        nonlocal pending
+        if pending:
+            pending = False
+            handler(e)
+
+    engine.add_event_handler(Events.STARTED, arm)
+    engine.add_event_handler(Events.EPOCH_STARTED, fire)
 
 
 def peak_memory_mb(device: torch.device | str | None = None) -> float:
@@ -84,7 +108,7 @@ class ProgressLogger:
         self._samples0 = 0
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self._started)
+        on_run_start(engine, self._started)
         engine.add_event_handler(Events.ITERATION_COMPLETED(event_filter=self._due), self._log)
         engine.add_event_handler(Events.COMPLETED, self._completed)
 
@@ -170,7 +194,7 @@ class TrainingHistory:
         self._samples0 = 0
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self._started)
+        on_run_start(engine, self._started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch)
         engine.add_event_handler(Events.COMPLETED, self._completed)

@@ -1,0 +1,139 @@
+"""The benchmark harness, its tables, and how the ``monai-ssl`` command reports failures."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from monai_ssl_ext.benchmark import BenchmarkSpec, run_benchmark
+from monai_ssl_ext.benchmark.bundle_runner import BundleRunError, root_cause, run_workflow
+from monai_ssl_ext.benchmark.tables import mean_std, results_markdown
+from monai_ssl_ext.data.synthetic import ensure_synthetic_dataset
+
+REQUIRED_RECORD_KEYS = {
+    "bundle",
+    "algorithm",
+    "dataset",
+    "labels",
+    "seed",
+    "profile",
+    "metrics",
+    "train_images_per_s",
+    "peak_memory_mb",
+    "wall_s",
+}
+
+
+def test_mean_std_is_sample_std_over_finite_values():
+    mean, std = mean_std([0.8, 0.9, 1.0, float("nan"), None])
+    assert mean == pytest.approx(0.9) and std == pytest.approx(0.1)
+    assert mean_std([0.5]) == (0.5, 0.0)
+    assert all(math.isnan(v) for v in mean_std([float("nan")]))
+
+
+def _record(algorithm: str, seed: int, accuracy: float, dice: float | None = None) -> dict:
+    metrics = {"accuracy": accuracy, "balanced_accuracy": accuracy, "macro_f1": accuracy, "auc": accuracy}
+    if dice is not None:
+        metrics["dice"] = dice
+    return {
+        "bundle": "b",
+        "algorithm": algorithm,
+        "dataset": "d",
+        "labels": 216,
+        "seed": seed,
+        "profile": "smoke",
+        "metrics": metrics,
+        "train_images_per_s": 10.0,
+        "peak_memory_mb": 500.0,
+        "wall_s": 120.0,
+    }
+
+
+def test_results_markdown_has_one_row_per_algorithm_with_mean_and_std():
+    results = [_record("fixmatch", 0, 0.8), _record("fixmatch", 1, 0.9), _record("supervised", 0, 0.7)]
+    text = results_markdown(results, command="monai-ssl benchmark --seeds 0,1")
+    assert "monai-ssl benchmark --seeds 0,1" in text
+    rows = [line for line in text.splitlines() if line.startswith("| fixmatch") or line.startswith("| supervised")]
+    assert len(rows) == 2
+    assert "| fixmatch | 0,1 | 85.00 ± 7.07 |" in rows[0]
+    assert "| supervised | 0 | 70.00 ± 0.00 |" in rows[1]
+    assert "Dice" not in text  # no segmentation metric in any run: no empty column
+    assert "Dice" in results_markdown([_record("fixmatch", 0, 0.8, dice=0.7)])
+
+
+def test_root_cause_skips_the_bundle_wrapper_and_keeps_the_message_lines():
+    log = [
+        "Traceback (most recent call last):",
+        '  File "x.py", line 1, in <module>',
+        "monai_ssl_ext.data.label_budget.LabelBudgetError: label budget 10000 is larger than the training split",
+        "  (453 images).",
+        "",
+        "The above exception was the direct cause of the following exception:",
+        "RuntimeError: Failed to evaluate ConfigExpression: ...",
+    ]
+    cause = root_cause(log)
+    assert cause.startswith("monai_ssl_ext.data.label_budget.LabelBudgetError: label budget 10000")
+    assert cause.endswith("(453 images).")
+    assert root_cause(["RuntimeError: Failed to evaluate ConfigExpression"]) is None
+    assert root_cause(["all good"]) is None
+
+
+def test_failed_workflow_error_starts_with_the_cause_and_names_the_log(tmp_path):
+    cmd = [sys.executable, "-c", "raise FileNotFoundError('Data root /x does not exist')"]
+    with pytest.raises(BundleRunError) as err:
+        run_workflow(cmd, tmp_path / "w.log")
+    message = str(err.value)
+    assert message.startswith("FileNotFoundError: Data root /x does not exist")
+    assert str(tmp_path / "w.log") in message
+
+
+def test_command_reports_input_errors_in_one_line_with_exit_status_2(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "monai_ssl_ext.cli", "split", str(tmp_path / "missing.json"), "--budget", "10"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert "missing.json" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_benchmark_runs_every_algorithm_and_seed_and_resumes(tmp_path):
+    data = ensure_synthetic_dataset(tmp_path / "data", num_images=60, image_size=48)
+    spec = BenchmarkSpec(
+        bundle="baselines_ultrasound",
+        algorithms=["supervised", "fixmatch"],
+        seeds=[0, 1],
+        labels=16,
+        profile="smoke",
+        datalist=str(data),
+        data_root=str(data.parent),
+        output_dir=str(tmp_path / "bench"),
+        overrides={"image_size": 32, "num_iterations": 4, "val_interval": 2, "unlabeled_batch_size": 8},
+        command="monai-ssl benchmark (test)",
+    )
+    results = run_benchmark(spec)
+    assert [(r["algorithm"], r["seed"]) for r in results] == [
+        ("supervised", 0),
+        ("supervised", 1),
+        ("fixmatch", 0),
+        ("fixmatch", 1),
+    ]
+    for record in results:
+        assert REQUIRED_RECORD_KEYS <= record.keys()
+        assert {"accuracy", "balanced_accuracy", "macro_f1", "auc"} <= record["metrics"].keys()
+        assert 0.0 <= record["metrics"]["accuracy"] <= 1.0
+        assert record["train_images_per_s"] > 0 and record["peak_memory_mb"] > 0 and record["wall_s"] > 0
+        assert record["labels"] == 16 and record["profile"] == "smoke"
+    on_disk = json.loads((tmp_path / "bench" / "results.json").read_text())
+    assert on_disk == results
+    table = (tmp_path / "bench" / "results.md").read_text()
+    assert "| supervised | 0,1 |" in table and "| fixmatch | 0,1 |" in table
+    # a repeated command skips the finished runs and leaves the records as they were
+    again = run_benchmark(spec)
+    assert again == results
