@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -251,3 +252,12 @@ def test_with_classes_reindexes_labels_and_drops_other_classes():
     assert Counter(e[DataKeys.LABEL] for e in binary.training) == {0: 2, 1: 3}
     with pytest.raises(ManifestError, match=r"cannot keep classes \['cyst'\]"):
         manifest.with_classes(["cyst"])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_committed_label_budget_splits_are_reproduced_by_the_code(seed):
+    root = Path(__file__).resolve().parents[1] / "data_manifests" / "busi"
+    committed = json.loads((root / "splits" / f"busi_binary_labels216_seed{seed}.json").read_text())
+    split = Manifest.load(root / "busi_binary.json").label_split(216, seed=seed)
+    assert committed == {"manifest": "busi_binary.json", **split.to_dict()}
+    assert committed["per_class"] == {"benign": 146, "malignant": 70}  # 306:147 in the training split
