@@ -8,7 +8,8 @@
     monai-ssl split MANIFEST ...         write a label-budget split
     monai-ssl synthetic --output DIR     generate the synthetic ultrasound data set
     monai-ssl check_bundle BUNDLE        model-zoo checks: metadata, network shapes, TorchScript export
-    monai-ssl manifest SOURCE PATH OUT   build a manifest from a data set (busi, medmnist)
+    monai-ssl manifest SOURCE PATH OUT   build a manifest (busi, ham10000, nct_crc, folder, csv, dicom, medmnist)
+    monai-ssl inspect PATH [--json]      what the pipeline sees of a file or a folder (DICOM, NIfTI, PNG...)
 
 Errors caused by input (missing files, bad manifests, impossible label budgets, unreadable images)
 print one line naming the problem and exit with status 2; ``--debug`` shows the traceback.
@@ -306,32 +307,79 @@ class Commands:
     @staticmethod
     @_friendly
     def manifest(
-        source: str, path: str, output: str, classes: Any = None, seed: int = 0, name: str | None = None
+        source: str,
+        path: str,
+        output: str,
+        classes: Any = None,
+        seed: int = 0,
+        name: str | None = None,
+        on_error: str = "raise",
+        report: str | None = None,
+        verify: bool = False,
+        **options: Any,
     ) -> str:
         """Build a manifest from a data set as distributed and write it to ``output``.
 
         Args:
-            source: ``busi`` (a folder with benign/, malignant/, normal/) or ``medmnist`` (a ``.npz`` file;
-                its images are written as PNG files beside ``output``).
-            path: the data set folder or file.
+            source: ``busi``, ``ham10000``, ``nct_crc``, ``folder`` (class sub-folders), ``csv``
+                (``path,label[,mask][,group]``), ``dicom`` (a DICOM folder; ``--labels labels.csv``) or
+                ``medmnist`` (a ``.npz`` file; its images are written as PNG files beside ``output``).
+            path: the data set folder (the manifest's data root), the ``.npz`` or the CSV file.
             output: the manifest JSON to write.
-            classes: keep only these classes (comma-separated, BUSI).
-            seed: split seed (data sets without official splits are split 70/10/20, stratified).
+            classes: keep only these classes (comma-separated); for ``csv`` and ``dicom`` the class list.
+            seed: split seed (data sets without official splits are split 70/10/20, stratified, by group).
             name: manifest name.
+            on_error: ``raise`` stops at the first bad file; ``skip`` leaves it out and lists it in the report.
+            report: where to write the skip report (default ``<output stem>.skipped.csv`` beside ``output``).
+            verify: load every image and mask as training will; unreadable files, masks that do not fit
+                their image and empty lesion masks are errors (or skips with ``--on_error skip``).
+            options: builder options (``--labels``, ``--key``, ``--group_by``...).
         """
-        from monai_ssl_ext.data.builders import BUILDERS
+        from monai_ssl_ext.data.builders import build_manifest
 
-        if source not in BUILDERS:
-            raise KeyError(f"unknown manifest source '{source}'; choose one of {sorted(BUILDERS)}.")
-        out = Path(output)
-        if source == "medmnist":
-            built = BUILDERS[source](path, out.parent, classes=_as_list(classes) or None, name=name)
-        else:
-            built = BUILDERS[source](path, classes=_as_list(classes) or None, seed=seed, name=name)
-        built.save(out)
+        built = build_manifest(
+            source,
+            path,
+            output,
+            classes=_as_list(classes) or None,
+            seed=seed,
+            name=name,
+            on_error=on_error,
+            report=report,
+            verify=verify,
+            **options,
+        )
         print(built.summary())
-        print(f"wrote {out} (paths relative to {path if source != 'medmnist' else out.parent})")
-        return str(out)
+        print(f"wrote {output}")
+        return str(output)
+
+    @staticmethod
+    @_friendly
+    def inspect(path: str, json: bool = False) -> None:
+        """What the pipeline sees of a file or of every image in a folder.
+
+        Format, modality, photometric interpretation, transfer syntax, frames, array shape after loading,
+        spacing and the ultrasound region used. A bad file is reported in one line naming it and the cause,
+        and the command exits with status 2 when any file could not be read.
+
+        Args:
+            path: an image file or a folder.
+            json: print JSON records instead of a table.
+        """
+        import json as json_module
+
+        from monai_ssl_ext.io import format_inspection, inspect_path
+
+        records = inspect_path(path)
+        if json:
+            print(json_module.dumps(records, indent=1, default=str))
+        else:
+            print(format_inspection(records))
+        bad = [r for r in records if r.get("error")]
+        if bad:
+            for r in bad:
+                print(f"monai-ssl inspect: error: {r['error']}", file=sys.stderr)
+            sys.exit(2)
 
     @staticmethod
     @_friendly

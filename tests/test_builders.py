@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO_ROOT, shared_data
 from PIL import Image
 
-from conftest import REPO_ROOT, shared_data
 from monai_ssl_ext.data import ManifestError
 from monai_ssl_ext.data.builders import build_busi, build_medmnist
 from monai_ssl_ext.keys import DataKeys
@@ -84,7 +84,7 @@ def test_busi_builder_names_the_broken_file(busi_folder, damage, message):
 
 
 def test_busi_builder_rejects_unknown_class_and_missing_folder(busi_folder, tmp_path):
-    with pytest.raises(ManifestError, match="'cyst'.*not found"):
+    with pytest.raises(ManifestError, match=r"'cyst'.*not found"):
         build_busi(busi_folder, classes=["benign", "cyst"])
     with pytest.raises(FileNotFoundError, match="BUSI folder not found"):
         build_busi(tmp_path / "nowhere")
@@ -137,13 +137,13 @@ def test_medmnist_builder_keeps_official_splits_and_pixels(tmp_path, size, colou
 
 def test_medmnist_builder_rejects_wrong_files(tmp_path):
     np.savez(tmp_path / "odd.npz", images=np.zeros((2, 4, 4)))
-    with pytest.raises(ManifestError, match="arrays .* are missing"):
+    with pytest.raises(ManifestError, match=r"arrays .* are missing"):
         build_medmnist(tmp_path / "odd.npz", tmp_path / "out")
     npz = _medmnist_npz(tmp_path / "breastmnist.npz", classes=3)
     with pytest.raises(ManifestError, match="label 2 has no name"):
         build_medmnist(npz, tmp_path / "out")
     (tmp_path / "broken.npz").write_bytes(b"not a zip")
-    with pytest.raises(ManifestError, match="broken.npz: not a readable"):
+    with pytest.raises(ManifestError, match=r"broken\.npz: not a readable"):
         build_medmnist(tmp_path / "broken.npz", tmp_path / "out")
 
 

@@ -7,7 +7,17 @@ import pytest
 from conftest import shared_data
 from PIL import Image
 
-from monai_ssl_ext.io import RASTER_SUFFIXES, ImageReadError, MissingDecoderError, read_image, read_raster
+from monai_ssl_ext.io import (
+    RASTER_SUFFIXES,
+    FramePolicy,
+    ImageReadError,
+    MissingDecoderError,
+    count_frames,
+    image_format,
+    parse_frame_policy,
+    read_image,
+    read_raster,
+)
 from monai_ssl_ext.transforms import ReadImage, ReadMask
 
 
@@ -159,6 +169,53 @@ def test_read_one_bit_png_gives_zero_one(tmp_path):
 
 def test_raster_suffixes_cover_the_documented_formats():
     assert {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"} <= RASTER_SUFFIXES
+
+
+def test_raster_frame_policies(tmp_path):
+    path = tmp_path / "grey.png"
+    Image.fromarray(_grey()).save(path)
+    assert count_frames(path) == 1 and image_format(path) == "raster"
+    for policy in (None, "first", "middle", "last", 0, -1, "every:4"):
+        out, meta = read_image(path, frame=policy)
+        assert out.shape == (1, 12, 20) and meta["frame"] == 0
+    stacked, meta = read_image(path, frame="all")
+    assert stacked.shape == (1, 1, 12, 20) and meta["frame"] is None
+    with pytest.raises(ImageReadError, match="frame 1 out of range"):
+        read_image(path, frame=1)
+
+
+def test_reader_options_of_other_formats_are_ignored_for_rasters(tmp_path):
+    path = tmp_path / "grey.png"
+    Image.fromarray(_grey()).save(path)
+    out, _ = read_image(path, crop_to_region=True, voi=False, slice_axis=0)
+    assert np.array_equal(out[0], _grey())
+    with pytest.raises(TypeError, match="unknown option"):
+        read_image(path, crop=True)
+    with pytest.raises(TypeError, match="unknown reader option"):
+        ReadImage(crop=True)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, FramePolicy("first")),
+        (float("nan"), FramePolicy("first")),
+        ("middle", FramePolicy("middle")),
+        (" ALL ", FramePolicy("all")),
+        (np.int64(3), FramePolicy(3)),
+        ("-1", FramePolicy(-1)),
+        ("every:4", FramePolicy(every=4)),
+        ({"every": 2}, FramePolicy(every=2)),
+    ],
+)
+def test_parse_frame_policy(value, expected):
+    assert parse_frame_policy(value) == expected
+
+
+@pytest.mark.parametrize("value", [True, "sometimes", "every:0", {"step": 2}, 1.5])
+def test_parse_frame_policy_rejects(value):
+    with pytest.raises(ValueError, match=r"frame|every"):
+        parse_frame_policy(value)
 
 
 # ---------------------------------------------------------------- errors

@@ -261,3 +261,14 @@ def test_committed_label_budget_splits_are_reproduced_by_the_code(seed):
     split = Manifest.load(root / "busi_binary.json").label_split(216, seed=seed)
     assert committed == {"manifest": "busi_binary.json", **split.to_dict()}
     assert committed["per_class"] == {"benign": 146, "malignant": 70}  # 306:147 in the training split
+
+
+def test_stratified_group_split_does_not_sort_groups_by_size_into_parts():
+    # 300 single-image patients and 100 three-image patients of one class: each part should hold both kinds
+    entries = [{"image": f"s{i}.png", "label": 0, "group": f"s{i}"} for i in range(300)]
+    entries += [{"image": f"m{i}_{v}.png", "label": 0, "group": f"m{i}"} for i in range(100) for v in range(3)]
+    parts = stratified_group_split(entries, (0.7, 0.1, 0.2), seed=0)
+    for part in parts:
+        share_multi = sum(e["group"].startswith("m") for e in part) / len(part)
+        assert 0.3 < share_multi < 0.7, f"{len(part)} images, {share_multi:.2f} from three-image patients"
+    assert [len(p) for p in parts] == pytest.approx([420, 60, 120], abs=3)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from monai_ssl_ext.io.reader import IMAGE_SUFFIXES
 from monai_ssl_ext.keys import DataKeys
 
 __all__ = ["IMAGE_SUFFIXES", "list_inputs"]
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", ".nii", ".nii.gz")
 
 
 def _is_image(path: Path) -> bool:

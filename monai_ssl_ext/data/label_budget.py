@@ -254,9 +254,9 @@ def stratified_group_split(
         total = sum(len(idx) for _, idx in groups)
         targets = np.asarray(fractions) * total
         filled = np.zeros(len(fractions))
-        # big groups first so that the small ones can even out the counts; shuffled within equal sizes
-        order = sorted(rng.permutation(len(groups)), key=lambda i: -len(groups[i][1]))
-        for i in order:
+        # a random order, not big groups first: dealing the big groups first would send every one of them
+        # to the largest part (training), and the splits would differ in how many images a patient has
+        for i in rng.permutation(len(groups)):
             idx = groups[i][1]
             k = int(np.argmax(targets - filled))
             parts[k].extend(idx)

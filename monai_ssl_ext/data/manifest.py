@@ -286,6 +286,7 @@ def load_manifest(
     data_root: str | os.PathLike | None = None,
     check_files: bool = True,
     classes: Iterable[str] | None = None,
+    frames: Any = None,
 ) -> Manifest:
     """Load a manifest and resolve its paths against ``data_root``.
 
@@ -295,6 +296,9 @@ def load_manifest(
         data_root: folder that relative paths are relative to (``None``: the manifest's folder).
         check_files: verify that every listed file exists.
         classes: keep only these classes (for example ``["benign", "malignant"]``).
+        frames: frame policy of multi-frame images (see :mod:`monai_ssl_ext.io.frames`); with ``"every:k"``
+            each multi-frame entry becomes one entry per k-th frame, all in the split of their file and
+            sharing its group, so a label budget never separates the frames of one clip.
     """
     if isinstance(datalist, Manifest):
         manifest = datalist
@@ -308,4 +312,10 @@ def load_manifest(
         manifest = Manifest.load(datalist)
     if classes is not None:
         manifest = manifest.with_classes(list(classes))
-    return manifest.resolve(data_root, check_files=check_files)
+    manifest = manifest.resolve(data_root, check_files=check_files)
+    if frames is not None:
+        from monai_ssl_ext.io.frames import expand_frames
+
+        for split in SPLITS:
+            setattr(manifest, split, expand_frames(manifest.split(split), frames))
+    return manifest

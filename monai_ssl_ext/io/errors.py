@@ -12,8 +12,9 @@ class ImageReadError(ValueError):
 
     def __init__(self, path: str | os.PathLike, cause: str) -> None:
         self.path = str(path)
-        self.cause = cause
-        super().__init__(f"{self.path}: {cause}")
+        # library messages may span lines; ours are one line, which logs and tables rely on
+        self.cause = " ".join(str(cause).split())
+        super().__init__(f"{self.path}: {self.cause}")
 
 
 class MissingDecoderError(ImageReadError):

@@ -1,21 +1,71 @@
-"""Transforms: loading, modality profiles and the weak/strong views of semi-supervised training."""
+"""Transforms: loading, colour and stain transforms, modality profiles and the weak/strong views of training."""
 
+from .colour import (
+    RandColorJitter,
+    RandColorJitterd,
+    ShadesOfGrey,
+    ShadesOfGreyd,
+    hsv_to_rgb,
+    rgb_to_hsv,
+    shades_of_grey,
+)
 from .intensity import RandSpeckleNoise, RandSpeckleNoised
 from .loading import MaskMismatchError, ReadImage, ReadImaged, ReadMask, ReadMaskd, to_channels
-from .profiles import PROFILES, ModalityProfile, UltrasoundProfile, get_profile, register_profile
+from .profiles import (
+    PROFILES,
+    DermoscopyProfile,
+    HistologyProfile,
+    ModalityProfile,
+    UltrasoundProfile,
+    get_profile,
+    register_profile,
+)
+from .stain import (
+    MACENKO_REFERENCE_MAX_CONCENTRATIONS,
+    MACENKO_REFERENCE_STAIN_MATRIX,
+    RUIFROK_HED_MATRIX,
+    MacenkoNormalize,
+    MacenkoNormalized,
+    RandHEDJitter,
+    RandHEDJitterd,
+    StainEstimationError,
+    hed_to_rgb,
+    macenko_stains,
+    rgb_to_hed,
+)
 
 __all__ = [
+    "MACENKO_REFERENCE_MAX_CONCENTRATIONS",
+    "MACENKO_REFERENCE_STAIN_MATRIX",
     "PROFILES",
+    "RUIFROK_HED_MATRIX",
+    "DermoscopyProfile",
+    "HistologyProfile",
+    "MacenkoNormalize",
+    "MacenkoNormalized",
     "MaskMismatchError",
     "ModalityProfile",
+    "RandColorJitter",
+    "RandColorJitterd",
+    "RandHEDJitter",
+    "RandHEDJitterd",
     "RandSpeckleNoise",
     "RandSpeckleNoised",
     "ReadImage",
     "ReadImaged",
     "ReadMask",
     "ReadMaskd",
+    "ShadesOfGrey",
+    "ShadesOfGreyd",
+    "StainEstimationError",
     "UltrasoundProfile",
     "get_profile",
+    "hed_to_rgb",
+    "hsv_to_rgb",
+    "macenko_stains",
     "register_profile",
+    "rgb_to_hed",
+    "rgb_to_hsv",
+    "shades_of_grey",
     "to_channels",
 ]

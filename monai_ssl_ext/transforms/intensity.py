@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
 from typing import Any
 
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, RandomizableTransform
+from monai.transforms import RandomizableTransform
+
+from monai_ssl_ext.transforms.shared_draw import SharedDrawd
 
 __all__ = ["RandSpeckleNoise", "RandSpeckleNoised"]
 
@@ -53,7 +54,7 @@ class RandSpeckleNoise(RandomizableTransform):
         return out.clamp(*self.clip) if self.clip is not None else out
 
 
-class RandSpeckleNoised(RandomizableTransform, MapTransform):
+class RandSpeckleNoised(SharedDrawd):
     """Dictionary version of :class:`RandSpeckleNoise` (one draw shared by all ``keys``)."""
 
     def __init__(
@@ -64,21 +65,4 @@ class RandSpeckleNoised(RandomizableTransform, MapTransform):
         clip: tuple[float, float] | None = (0.0, 1.0),
         allow_missing_keys: bool = False,
     ) -> None:
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        RandomizableTransform.__init__(self, prob)
-        self.noise = RandSpeckleNoise(prob=1.0, sigma=sigma, clip=clip)
-
-    def set_random_state(self, seed: int | None = None, state: Any = None) -> RandSpeckleNoised:
-        super().set_random_state(seed, state)
-        self.noise.set_random_state(seed, state)
-        return self
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        self.randomize(None)
-        if not self._do_transform:
-            return d
-        self.noise.randomize()
-        for key in self.key_iterator(d):
-            d[key] = self.noise(d[key], randomize=False)
-        return d
+        super().__init__(keys, RandSpeckleNoise(prob=1.0, sigma=sigma, clip=clip), prob, allow_missing_keys)

@@ -2,8 +2,9 @@
 
 Array and dictionary versions side by side, as in ``monai.transforms``:
 
-- :class:`ReadImage` / :class:`ReadImaged`: read with :func:`monai_ssl_ext.io.read_image`, scale integer
-  data to [0, 1] by its type's range, and convert to the requested number of channels.
+- :class:`ReadImage` / :class:`ReadImaged`: read with :func:`monai_ssl_ext.io.read_image` (raster, DICOM,
+  NIfTI; frame policy and reader options passed through), scale to [0, 1] by the declared value range
+  or the integer type's range, and convert to the requested number of channels.
 - :class:`ReadMask` / :class:`ReadMaskd`: read one or several mask files, binarise with ``> 0``, take
   their union, and match the image's size (nearest neighbour) when the aspect ratio agrees.
 """
@@ -22,11 +23,14 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 
 from monai_ssl_ext.io import ImageReadError, read_image
+from monai_ssl_ext.io.frames import FrameSpec, parse_frame_policy
+from monai_ssl_ext.io.reader import DICOM_OPTIONS, NIFTI_OPTIONS
 
 __all__ = ["MaskMismatchError", "ReadImage", "ReadImaged", "ReadMask", "ReadMaskd", "to_channels"]
 
 # ITU-R BT.601 luma weights, the convention of PIL's "L" conversion
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+READER_OPTIONS = DICOM_OPTIONS | NIFTI_OPTIONS
 
 
 class MaskMismatchError(ImageReadError):
@@ -45,9 +49,17 @@ def to_channels(array: np.ndarray, channels: int | None, path: str = "") -> np.n
     raise ImageReadError(path, f"cannot convert a {c}-channel image to {channels} channels")
 
 
-def _scale_to_unit(array: np.ndarray) -> np.ndarray:
+def _scale_to_unit(array: np.ndarray, value_range: Sequence[float] | None = None) -> np.ndarray:
     if array.dtype == np.bool_:
         return array.astype(np.float32)
+    if value_range is not None:
+        lo, hi = float(value_range[0]), float(value_range[1])
+        if hi > lo:
+            # the same operations as the dtype branch when lo == 0, so PNG and DICOM give equal floats
+            out = array.astype(np.float32)
+            if lo != 0.0:
+                out = out - np.float32(lo)
+            return np.clip(out / float(hi - lo), 0.0, 1.0).astype(np.float32, copy=False)
     if np.issubdtype(array.dtype, np.integer):
         info = np.iinfo(array.dtype)
         if info.min < 0:
@@ -56,38 +68,73 @@ def _scale_to_unit(array: np.ndarray) -> np.ndarray:
     return array.astype(np.float32)
 
 
-class ReadImage(Transform):
-    """Read an image file into a ``(C, H, W)`` float32 ``MetaTensor``.
+def _check_reader_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = set(options) - READER_OPTIONS
+    if unknown:
+        raise TypeError(f"unknown reader option(s) {sorted(unknown)}; known: {sorted(READER_OPTIONS)}")
+    return dict(options)
 
+
+class ReadImage(Transform):
+    """Read an image file into a ``(C, H, W)`` float32 ``MetaTensor`` (``(C, T, H, W)`` for ``frame="all"``).
+
+    Any format :func:`monai_ssl_ext.io.read_image` reads: PNG/JPEG/TIFF, DICOM (rendered as a viewer
+    shows it: photometric, palette, modality/VOI LUT, MONOCHROME1), NIfTI (one slice).
     The meta dict keeps the source (``filename_or_obj``), the stored mode and the pixel spacing, so
-    inference can write its outputs beside the input and error messages can name the file.
+    inference can write its outputs beside the input and error messages can name the file. The affine
+    scales rows and columns by the spacing (mm for DICOM and NIfTI, 1 when unknown).
 
     Args:
         channels: output channels (1 for greyscale modalities such as ultrasound, 3 for RGB), or
             ``None`` to keep what the file holds.
-        scale: ``"dtype"`` maps integer data to [0, 1] by the type's range (8-bit / 255, 16-bit / 65535);
-            ``None`` keeps raw values.
+        scale: ``"dtype"`` maps data to [0, 1]: by the value range the reader declares when it does
+            (``meta["value_range"]``: DICOM Bits Stored or the VOI output, NIfTI cal_min/cal_max or
+            the volume's range; values outside are clipped), else integers by their type's range
+            (8-bit / 255, 16-bit / 65535); ``None`` keeps raw values.
+        frame: frame policy for multi-frame files (:mod:`monai_ssl_ext.io.frames`): ``"first"``
+            (default), ``"middle"``, ``"last"``, an index, ``"all"`` or ``"every:k"`` (entries then
+            name their frame, see :func:`monai_ssl_ext.io.expand_frames`).
+        crop_to_region: crop DICOM ultrasound to its imaging region (``True``) or a region index.
+        reader_options: further options of :func:`monai_ssl_ext.io.read_image` (``modality_lut``,
+            ``voi``, ``slice_axis``, ``slice_index``).
     """
 
-    def __init__(self, channels: int | None = 1, scale: str | None = "dtype") -> None:
+    def __init__(
+        self,
+        channels: int | None = 1,
+        scale: str | None = "dtype",
+        frame: FrameSpec = None,
+        crop_to_region: bool | int = False,
+        **reader_options: Any,
+    ) -> None:
         if scale not in ("dtype", None):
             raise ValueError(f"scale must be 'dtype' or None, got {scale!r}.")
         self.channels = channels
         self.scale = scale
+        self.frame = parse_frame_policy(frame)
+        self.reader_options = _check_reader_options({"crop_to_region": crop_to_region, **reader_options})
 
-    def __call__(self, path: str | os.PathLike) -> MetaTensor:
-        array, meta = read_image(path)
+    def __call__(self, path: str | os.PathLike, frame: FrameSpec = None) -> MetaTensor:
+        """Read ``path``; ``frame`` (e.g. an entry's frame index) overrides the policy given at construction."""
+        array, meta = read_image(path, frame=self.frame if frame is None else frame, **self.reader_options)
         if self.scale == "dtype":
-            array = _scale_to_unit(array)
+            array = _scale_to_unit(array, meta.get("value_range"))
         array = to_channels(array, self.channels, str(path)).astype(np.float32, copy=False)
         spacing = meta.get("spacing") or (1.0, 1.0)
-        affine = torch.diag(torch.tensor([float(spacing[0]), float(spacing[1]), 1.0, 1.0], dtype=torch.float64))
+        scales = [float(spacing[0]), float(spacing[1])]
+        scales = [*scales, 1.0] if array.ndim == 3 else [1.0, *scales]  # (C, T, H, W): time first
+        affine = torch.diag(torch.tensor([*scales, 1.0], dtype=torch.float64))
         meta = {k: v for k, v in meta.items() if v is not None}
         return MetaTensor(torch.from_numpy(np.ascontiguousarray(array)), affine=affine, meta=meta)
 
 
 class ReadImaged(MapTransform):
-    """Dictionary version of :class:`ReadImage`; replaces each path under ``keys`` by its image."""
+    """Dictionary version of :class:`ReadImage`; replaces each path under ``keys`` by its image.
+
+    An entry's own frame index (under ``frame_key``, as :func:`monai_ssl_ext.io.expand_frames`
+    writes it) takes precedence over ``frame``, so one config key (``frame``) chooses the policy and
+    expanded manifests load the frame each entry names.
+    """
 
     def __init__(
         self,
@@ -95,14 +142,22 @@ class ReadImaged(MapTransform):
         channels: int | None = 1,
         scale: str | None = "dtype",
         allow_missing_keys: bool = False,
+        frame: FrameSpec = None,
+        frame_key: str = "frame",
+        crop_to_region: bool | int = False,
+        **reader_options: Any,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.reader = ReadImage(channels=channels, scale=scale)
+        self.frame_key = frame_key
+        self.reader = ReadImage(
+            channels=channels, scale=scale, frame=frame, crop_to_region=crop_to_region, **reader_options
+        )
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
+        frame = d.get(self.frame_key)
         for key in self.key_iterator(d):
-            d[key] = self.reader(d[key])
+            d[key] = self.reader(d[key], frame=frame)
         return d
 
 

@@ -16,6 +16,7 @@ Images are channel-first ``(C, H, W)`` float tensors in [0, 1]; masks ``(1, H, W
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from monai.transforms import (
     Compose,
@@ -27,17 +28,34 @@ from monai.transforms import (
     RandCoarseDropoutd,
     RandFlipd,
     RandGaussianSmoothd,
+    RandRotate90d,
     RandScaleIntensityd,
     Resized,
     ScaleIntensityRanged,
     Transform,
 )
 
+from monai_ssl_ext.io.frames import FrameSpec, parse_frame_policy
 from monai_ssl_ext.keys import DataKeys
+from monai_ssl_ext.transforms.colour import RandColorJitterd, ShadesOfGreyd
 from monai_ssl_ext.transforms.intensity import RandSpeckleNoised
 from monai_ssl_ext.transforms.loading import ReadImaged, ReadMaskd
+from monai_ssl_ext.transforms.stain import (
+    MACENKO_REFERENCE_MAX_CONCENTRATIONS,
+    MACENKO_REFERENCE_STAIN_MATRIX,
+    MacenkoNormalized,
+    RandHEDJitterd,
+)
 
-__all__ = ["PROFILES", "ModalityProfile", "UltrasoundProfile", "get_profile", "register_profile"]
+__all__ = [
+    "PROFILES",
+    "DermoscopyProfile",
+    "HistologyProfile",
+    "ModalityProfile",
+    "UltrasoundProfile",
+    "get_profile",
+    "register_profile",
+]
 
 PROFILES: dict[str, type[ModalityProfile]] = {}
 
@@ -72,19 +90,36 @@ class ModalityProfile:
     Args:
         image_size: network input size ``(H, W)`` (or one int for square images).
         channels: image channels after loading (greyscale modalities 1, colour 3).
+        frame: which frame of a multi-frame file (DICOM cine, NIfTI time series) to read: ``"first"``,
+            ``"middle"``, ``"last"``, an index, or ``"every:k"`` for every k-th frame as separate samples
+            (the manifest is expanded by :func:`~monai_ssl_ext.data.load_manifest` with ``frames``).
+            See :mod:`monai_ssl_ext.io.frames`.
+        crop_to_region: crop ultrasound DICOM to the imaging region of its Sequence of Ultrasound
+            Regions (``True``: the main tissue region; an int: that region), dropping the surrounding
+            user interface, calipers and burned-in text.
     """
 
     name = "base"
     default_channels = 1
 
-    def __init__(self, image_size: int | Sequence[int] = 224, channels: int | None = None) -> None:
+    def __init__(
+        self,
+        image_size: int | Sequence[int] = 224,
+        channels: int | None = None,
+        frame: FrameSpec = None,
+        crop_to_region: bool | int = False,
+    ) -> None:
         self.image_size = _size(image_size)
         self.channels = self.default_channels if channels is None else int(channels)
+        self.frame = parse_frame_policy(frame)
+        self.crop_to_region = crop_to_region
 
     # ---------------------------------------------------------------- building blocks
     def read(self, with_mask: bool) -> list[Transform]:
         """Read the image (and mask) from the paths in the entry."""
-        out: list[Transform] = [ReadImaged(DataKeys.IMAGE, channels=self.channels)]
+        out: list[Transform] = [
+            ReadImaged(DataKeys.IMAGE, channels=self.channels, frame=self.frame, crop_to_region=self.crop_to_region)
+        ]
         if with_mask:
             out.append(ReadMaskd(DataKeys.MASK, ref_key=DataKeys.IMAGE, allow_missing_keys=True))
         return out
@@ -166,15 +201,20 @@ class UltrasoundProfile(ModalityProfile):
         image_size: network input size.
         channels: 1 (default) or 3 to feed greyscale replicated into RGB-pretrained backbones.
         rotate_degrees: maximum absolute rotation of the weak view.
+        reader_options: ``frame`` and ``crop_to_region``, see :class:`ModalityProfile`.
     """
 
     name = "ultrasound"
     default_channels = 1
 
     def __init__(
-        self, image_size: int | Sequence[int] = 224, channels: int | None = None, rotate_degrees: float = 10.0
+        self,
+        image_size: int | Sequence[int] = 224,
+        channels: int | None = None,
+        rotate_degrees: float = 10.0,
+        **reader_options: Any,
     ) -> None:
-        super().__init__(image_size, channels)
+        super().__init__(image_size, channels, **reader_options)
         self.rotate_degrees = float(rotate_degrees)
 
     def weak(self, keys: Sequence[str], mask_keys: Sequence[str] = ()) -> list[Transform]:
@@ -214,3 +254,217 @@ class UltrasoundProfile(ModalityProfile):
             ),
             ScaleIntensityRanged(keys, a_min=0.0, a_max=1.0, b_min=0.0, b_max=1.0, clip=True),
         ]
+
+
+def _require_rgb(profile: ModalityProfile) -> None:
+    if profile.channels != 3:
+        raise ValueError(
+            f"the {profile.name} profile works on RGB images (channels=3); its colour transforms are undefined "
+            f"for channels={profile.channels}."
+        )
+
+
+def _dihedral(profile: ModalityProfile, keys: list[str]) -> list[Transform]:
+    """Flips of both axes and, for square inputs, 90-degree rotations: exact, interpolation-free symmetries.
+
+    A 90-degree rotation of a non-square image swaps height and width, which a batch cannot hold; the two
+    flips together still give the 180-degree rotation.
+    """
+    out: list[Transform] = [
+        RandFlipd(keys, prob=0.5, spatial_axis=0),
+        RandFlipd(keys, prob=0.5, spatial_axis=1),
+    ]
+    h, w = profile.image_size
+    if h == w:
+        # k = 1..3 when applied, so with probability 0.75 every quarter turn (0 included) is equally likely
+        out.append(RandRotate90d(keys, prob=0.75, max_k=3))
+    return out
+
+
+def _cutout(keys: list[str], size: tuple[int, int], fill: float) -> Transform:
+    h, w = size
+    return RandCoarseDropoutd(
+        keys, prob=0.5, holes=1, spatial_size=(h // 4, w // 4), max_spatial_size=(h // 2, w // 2), fill_value=fill
+    )
+
+
+def _clip(keys: list[str]) -> Transform:
+    return ScaleIntensityRanged(keys, a_min=0.0, a_max=1.0, b_min=0.0, b_max=1.0, clip=True)
+
+
+@register_profile
+class DermoscopyProfile(ModalityProfile):
+    """Dermoscopy (e.g. ISIC / HAM10000): RGB photographs of skin lesions, no canonical orientation.
+
+    Images are ``(3, H, W)`` in [0, 1], lesion masks ``(1, H, W)`` in {0, 1}.
+
+    - Normalisation (in :meth:`preprocess`, before resizing): shades-of-grey colour constancy with p = 6
+      (:class:`~monai_ssl_ext.transforms.colour.ShadesOfGrey`; Finlayson & Trezzi 2004), which removes the
+      colour cast of different dermatoscopes and light sources; used by Barata et al. (IEEE JBHI 2015) and
+      by ISIC challenge entries (e.g. Ng et al.). ``colour_constancy=False`` keeps the raw colours.
+    - Weak (image and mask jointly): flips of both axes and 90-degree rotations (a dermatoscope may be held
+      at any angle, so all eight symmetries of the square are plausible; rotations only for square inputs),
+      then with probability 0.5 a free rotation of up to +-``rotate_degrees`` (45 by default, so that with
+      the 90-degree steps every angle occurs) and a scale of 0.9-1.1 (small zoom changes of the same lesion).
+      Corners uncovered by the rotation are black, like the vignette of many dermatoscopes.
+      Flips and rotations of skin images are the geometric augmentations of Perez et al., "Data augmentation
+      for skin lesion analysis" (ISIC Skin Image Analysis Workshop, MICCAI 2018).
+    - Strong (photometric and occlusion only, so the views stay pixel-aligned): colour jitter with
+      probability 0.8 (the rate of SimCLR's colour distortion, Chen et al. 2020), brightness, contrast and
+      saturation factors in [0.7, 1.3] and a hue shift in [-0.1, 0.1] turns (the ranges of Perez et al. 2018);
+      Gaussian blur (sigma 0.25-1.0 px, probability 0.5); one cut-out patch of 1/4-1/2 of each side
+      (probability 0.5, FixMatch's strong view, Sohn et al. 2020) filled with mid-grey 0.5 (Cutout,
+      DeVries & Taylor 2017, zeroes a mean-subtracted input, i.e. fills with the mean); clipped to [0, 1].
+
+    Args:
+        image_size: network input size.
+        channels: must be 3.
+        colour_constancy: apply shades-of-grey colour constancy in :meth:`preprocess`.
+        power: Minkowski norm of shades of grey.
+        rotate_degrees: maximum absolute free rotation of the weak view.
+        reader_options: ``frame`` and ``crop_to_region``, see :class:`ModalityProfile`.
+    """
+
+    name = "dermoscopy"
+    default_channels = 3
+
+    def __init__(
+        self,
+        image_size: int | Sequence[int] = 224,
+        channels: int | None = None,
+        colour_constancy: bool = True,
+        power: float = 6.0,
+        rotate_degrees: float = 45.0,
+        **reader_options: Any,
+    ) -> None:
+        super().__init__(image_size, channels, **reader_options)
+        _require_rgb(self)
+        self.colour_constancy = bool(colour_constancy)
+        self.power = float(power)
+        self.rotate_degrees = float(rotate_degrees)
+
+    def normalise(self) -> list[Transform]:
+        return [ShadesOfGreyd(DataKeys.IMAGE, power=self.power)] if self.colour_constancy else []
+
+    def weak(self, keys: Sequence[str], mask_keys: Sequence[str] = ()) -> list[Transform]:
+        keys, mask_keys = list(keys), list(mask_keys)
+        all_keys = keys + mask_keys
+        modes = ["bilinear"] * len(keys) + ["nearest"] * len(mask_keys)
+        rad = self.rotate_degrees * 3.141592653589793 / 180.0
+        return [
+            *_dihedral(self, all_keys),
+            RandAffined(
+                all_keys, prob=0.5, rotate_range=(rad,), scale_range=(0.1, 0.1), mode=modes, padding_mode="zeros"
+            ),
+        ]
+
+    def strong(self, keys: Sequence[str]) -> list[Transform]:
+        keys = list(keys)
+        return [
+            RandColorJitterd(keys, prob=0.8, brightness=0.3, contrast=0.3, saturation=0.3, hue=0.1),
+            RandGaussianSmoothd(keys, prob=0.5, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0)),
+            _cutout(keys, self.image_size, fill=0.5),
+            _clip(keys),
+        ]
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(image_size={self.image_size}, channels={self.channels}, "
+            f"colour_constancy={self.colour_constancy})"
+        )
+
+
+@register_profile
+class HistologyProfile(ModalityProfile):
+    """H&E histology patches (e.g. NCT-CRC-HE-100K): RGB, stain variation between laboratories, no orientation.
+
+    Images are ``(3, H, W)`` in [0, 1]; masks, where given, ``(1, H, W)`` in {0, 1}.
+
+    - Normalisation (in :meth:`preprocess`, before resizing): optional Macenko stain normalisation
+      (:class:`~monai_ssl_ext.transforms.stain.MacenkoNormalize`; Macenko et al., ISBI 2009) to the reference
+      H&E vectors H (0.5626, 0.7201, 0.4062), E (0.2159, 0.8012, 0.5581) and maximum concentrations
+      (1.9705, 1.0308) of the Python port of the paper's MATLAB code (torchstain's defaults), or to
+      ``stain_matrix`` / ``max_concentrations``. **Off by default**: Tellez et al. (Medical Image Analysis
+      2019) found stain colour augmentation (which the strong view applies) to be the main gain across
+      laboratories, with normalisation adding little on top of it; NCT-CRC-HE-100K is distributed already
+      Macenko-normalised; and the estimation costs a few full-image passes per image (it runs once per
+      image, in the cacheable pre-processing). Patches with too little stained tissue (glass, fat, mucus)
+      keep their colours, are logged, and a ``MetaTensor`` records ``meta["stain_normalised"] = False``.
+    - Weak (image and mask jointly): flips of both axes and 90-degree rotations (square inputs), the
+      "basic" augmentation of Tellez et al. 2019: a patch seen under the microscope has no up or down, and
+      these symmetries need no interpolation.
+    - Strong (photometric and occlusion only): HED stain jitter with probability 0.8
+      (:class:`~monai_ssl_ext.transforms.stain.RandHEDJitter`, Tellez et al. 2018/2019; per stain
+      ``alpha ~ U(1 - hed_sigma, 1 + hed_sigma)``, ``beta ~ U(-hed_bias, hed_bias)`` with Ruifrok &
+      Johnston's H, E, DAB vectors; defaults 0.2 and 0.05 OD, see the class), mild brightness and contrast
+      changes (factors 0.9-1.1, probability 0.5, scanner exposure; Tellez's "BC" augmentation), Gaussian
+      blur (sigma 0.25-1.0 px, probability 0.5, focus differences between scanners), one cut-out patch
+      filled with mid-grey 0.5 (probability 0.5, as the other profiles), clipped to [0, 1]. No hue jitter:
+      the HED perturbation already moves the colours along the physically possible stain directions.
+
+    Args:
+        image_size: network input size.
+        channels: must be 3.
+        stain_normalisation: apply Macenko normalisation in :meth:`preprocess`.
+        stain_matrix: reference ``(2, 3)`` H and E OD vectors (default: the reference above).
+        max_concentrations: reference maximum H and E concentrations (default: the reference above).
+        on_stain_failure: ``"keep"`` (default: keep the image, warn, record) or ``"raise"``.
+        hed_sigma: multiplicative half-range of the HED jitter.
+        hed_bias: additive half-range of the HED jitter (OD units).
+        reader_options: ``frame`` and ``crop_to_region``, see :class:`ModalityProfile`.
+    """
+
+    name = "histology"
+    default_channels = 3
+
+    def __init__(
+        self,
+        image_size: int | Sequence[int] = 224,
+        channels: int | None = None,
+        stain_normalisation: bool = False,
+        stain_matrix: Sequence[Sequence[float]] = MACENKO_REFERENCE_STAIN_MATRIX,
+        max_concentrations: Sequence[float] = MACENKO_REFERENCE_MAX_CONCENTRATIONS,
+        on_stain_failure: str = "keep",
+        hed_sigma: float = 0.2,
+        hed_bias: float = 0.05,
+        **reader_options: Any,
+    ) -> None:
+        super().__init__(image_size, channels, **reader_options)
+        _require_rgb(self)
+        self.stain_normalisation = bool(stain_normalisation)
+        self.stain_matrix = stain_matrix
+        self.max_concentrations = max_concentrations
+        self.on_stain_failure = on_stain_failure
+        self.hed_sigma = float(hed_sigma)
+        self.hed_bias = float(hed_bias)
+
+    def normalise(self) -> list[Transform]:
+        if not self.stain_normalisation:
+            return []
+        return [
+            MacenkoNormalized(
+                DataKeys.IMAGE,
+                stain_matrix=self.stain_matrix,
+                max_concentrations=self.max_concentrations,
+                on_failure=self.on_stain_failure,
+            )
+        ]
+
+    def weak(self, keys: Sequence[str], mask_keys: Sequence[str] = ()) -> list[Transform]:
+        return _dihedral(self, list(keys) + list(mask_keys))
+
+    def strong(self, keys: Sequence[str]) -> list[Transform]:
+        keys = list(keys)
+        return [
+            RandHEDJitterd(keys, prob=0.8, sigma=self.hed_sigma, bias=self.hed_bias),
+            RandColorJitterd(keys, prob=0.5, brightness=0.1, contrast=0.1),
+            RandGaussianSmoothd(keys, prob=0.5, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0)),
+            _cutout(keys, self.image_size, fill=0.5),
+            _clip(keys),
+        ]
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(image_size={self.image_size}, channels={self.channels}, "
+            f"stain_normalisation={self.stain_normalisation})"
+        )

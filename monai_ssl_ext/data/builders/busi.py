@@ -18,7 +18,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from monai_ssl_ext.data.builders.common import DEFAULT_FRACTIONS, split_entries
+from monai_ssl_ext.data.builders.common import DEFAULT_FRACTIONS, BuildReport, split_entries
 from monai_ssl_ext.data.manifest import Manifest, ManifestError
 from monai_ssl_ext.keys import DataKeys
 
@@ -34,7 +34,7 @@ _CITATION = (
 )
 
 
-def _scan_class(root: Path, folder: Path) -> list[tuple[str, list[str]]]:
+def _scan_class(root: Path, folder: Path, report: BuildReport) -> list[tuple[str, list[str]]]:
     """``(image, [masks])`` of one class folder, paths relative to ``root``, in natural file order."""
     images: dict[str, Path] = {}
     masks: dict[str, list[Path]] = {}
@@ -46,9 +46,8 @@ def _scan_class(root: Path, folder: Path) -> list[tuple[str, list[str]]]:
             masks.setdefault(match.group("stem"), []).append(path)
         else:
             images[path.stem] = path
-    orphans = sorted(stem for stem in masks if stem not in images)
-    if orphans:
-        raise ManifestError(f"{folder}: mask(s) without an image: {[m.name for m in masks[orphans[0]]]}.")
+    for stem in sorted(stem for stem in masks if stem not in images):
+        report.problem(folder, "orphan_mask", f"mask(s) without an image: {[m.name for m in masks[stem]]}.")
     out = []
     for stem in sorted(images, key=_natural_key):
         found = sorted(masks.get(stem, []), key=lambda p: _natural_key(p.name))
@@ -68,6 +67,8 @@ def build_busi(
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     require_masks: bool = True,
     name: str | None = None,
+    on_error: str = "raise",
+    report: BuildReport | None = None,
 ) -> Manifest:
     """A manifest of a BUSI folder, split 70/10/20 (stratified by class) with ``seed``.
 
@@ -83,6 +84,9 @@ def build_busi(
         fractions: training, validation and test shares.
         require_masks: stop when an image has no mask (every image of the public release has one).
         name: manifest name (default ``busi``, or ``busi_<classes>`` for a subset).
+        on_error: ``"raise"``, or ``"skip"`` to leave out an image without a mask (and ignore masks
+            without an image), recording them in ``report``.
+        report: a report to fill (one is made otherwise).
 
     Raises:
         FileNotFoundError: ``root`` does not exist.
@@ -98,16 +102,18 @@ def build_busi(
         unknown = [c for c in classes if c not in present]
         if unknown:
             raise ManifestError(f"{root}: class(es) {unknown} not found; the folder has {present}.")
+    report = BuildReport.attach(report, "busi", root, on_error)
     entries = []
     for label, cls in enumerate(present):
-        for image, masks in _scan_class(root, root / cls):
+        for image, masks in _scan_class(root, root / cls, report):
             entry: dict = {DataKeys.IMAGE: image, DataKeys.LABEL: label}
             if masks:
                 entry[DataKeys.MASK] = masks
             elif require_masks:
-                raise ManifestError(
-                    f"{root / image}: no mask found (expected '{Path(image).stem}_mask.png' beside it)."
+                report.problem(
+                    root / image, "missing_mask", f"no mask found (expected '{Path(image).stem}_mask.png' beside it)."
                 )
+                continue
             entries.append(entry)
     logger.info("BUSI: %d images in %s (%s)", len(entries), root, ", ".join(present))
     kept = list(classes) if classes is not None else present
@@ -123,6 +129,7 @@ def build_busi(
         source={"builder": "busi", "classes_found": present},
         fractions=fractions,
         seed=seed,
+        report=report,
     )
     if kept != present:
         manifest = manifest.with_classes(kept)

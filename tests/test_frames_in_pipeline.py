@@ -1,0 +1,61 @@
+"""Frame policy and ultrasound crop chosen by bundle keys reach the manifest, the label budget and the reader."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import shared_data
+from monai.transforms import Compose
+
+from monai_ssl_ext.data import LabelBudgetError, Manifest, load_manifest
+from monai_ssl_ext.keys import DataKeys
+from monai_ssl_ext.transforms import get_profile
+
+CINE = "examples_ybr_color.dcm"  # 30 frames, YBR_FULL_422, JPEG baseline
+TWO_FRAMES = "OBXXXX1A_2frame.dcm"
+SINGLE = "OBXXXX1A.dcm"
+
+
+def _manifest() -> Manifest:
+    return Manifest.from_dict(
+        {
+            "name": "cine",
+            "classes": ["a", "b"],
+            "training": [{"image": CINE, "label": 0}, {"image": TWO_FRAMES, "label": 1}],
+            "validation": [{"image": SINGLE, "label": 1}],
+            "test": [],
+        }
+    )
+
+
+@pytest.mark.real_data
+def test_every_kth_frame_becomes_a_sample_that_keeps_its_file_together():
+    root = shared_data("dicom")
+    manifest = load_manifest(_manifest(), root, frames="every:10")
+    frames = [(e[DataKeys.IMAGE].rsplit("/", 1)[-1], e["frame"]) for e in manifest.training]
+    assert frames == [(CINE, 0), (CINE, 10), (CINE, 20), (TWO_FRAMES, 0)]
+    assert len({e[DataKeys.GROUP] for e in manifest.training if CINE in e[DataKeys.IMAGE]}) == 1
+    assert [e["frame"] for e in manifest.validation] == [0]
+    # the three frames of the cine are one group: a budget that would need to cut it says so
+    with pytest.raises(LabelBudgetError, match="class\\(es\\) \\['a'\\] have no labeled image"):
+        manifest.label_split(2, seed=0)
+    assert manifest.label_split(4, seed=0).per_class == {"a": 3, "b": 1}
+
+
+@pytest.mark.real_data
+def test_profile_reads_the_entry_frame_and_crops_to_the_ultrasound_region():
+    root = shared_data("dicom")
+    entries = load_manifest(_manifest(), root, frames="every:10").training
+    read = Compose(get_profile("ultrasound", image_size=32).read(with_mask=False))
+    first, tenth = (read(dict(e))[DataKeys.IMAGE] for e in entries[:2])
+    assert first.shape == tenth.shape == (1, 240, 320) and not torch.equal(first, tenth)
+
+    cropped = Compose(get_profile("ultrasound", image_size=32, crop_to_region=True).read(with_mask=False))
+    image = cropped({DataKeys.IMAGE: str(root / SINGLE)})[DataKeys.IMAGE]
+    assert image.shape == (1, 459, 680)
+    assert image.meta["spacing"] == pytest.approx((0.2623, 0.2623), abs=1e-4)
+
+
+def test_profile_rejects_an_unknown_frame_policy():
+    with pytest.raises(ValueError, match="frame"):
+        get_profile("ultrasound", frame="sometimes")
