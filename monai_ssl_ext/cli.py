@@ -337,7 +337,7 @@ class Commands:
         """
         from monai_ssl_ext.data.builders import build_manifest
 
-        built = build_manifest(
+        build_manifest(  # logs the class counts per split and where the manifest and its report went
             source,
             path,
             output,
@@ -349,8 +349,6 @@ class Commands:
             verify=verify,
             **options,
         )
-        print(built.summary())
-        print(f"wrote {output}")
         return str(output)
 
     @staticmethod

@@ -77,6 +77,14 @@ def test_every_algorithm_key_of_the_bundle_instantiates(tmp_path):
         parser.parse()
         algorithm = parser.get_parsed_content("algorithm")
         assert type(algorithm).__name__.lower().replace("_", "") == name.replace("_", "")
+    # one key selects the modality; the network's input channels follow its profile
+    for modality, channels in (("ultrasound", 1), ("dermoscopy", 3), ("histology", 3)):
+        parser["algorithm_name"] = "supervised"
+        parser["modality"] = modality
+        parser.parse()
+        assert parser.get_parsed_content("profile").name == modality
+        assert parser.get_parsed_content("network_def").encoder.conv1.in_channels == channels
+    parser["modality"] = "ultrasound"
     parser["algorithm_name"] = "fixmach"
     parser.parse()
     with pytest.raises(Exception) as err:
