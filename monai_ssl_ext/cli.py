@@ -17,6 +17,7 @@ print one line naming the problem and exit with status 2; ``--debug`` shows the 
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 import json
@@ -33,6 +34,8 @@ __all__ = ["Commands", "main"]
 logger = logging.getLogger("monai_ssl_ext.cli")
 
 _DEFAULT_BUNDLE = "baselines_ultrasound"
+# whether the running command was given --debug (commands that report errors themselves consult it)
+_DEBUG = contextvars.ContextVar("monai_ssl_debug", default=False)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -49,6 +52,7 @@ def _friendly(func: Callable) -> Callable:
     @functools.wraps(func)
     def wrapper(*args: Any, debug: bool = False, **kwargs: Any) -> Any:
         _setup_logging(debug)
+        token = _DEBUG.set(debug)
         try:
             return func(*args, **kwargs)
         except _user_errors() as e:
@@ -57,6 +61,8 @@ def _friendly(func: Callable) -> Callable:
             message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
             print(f"monai-ssl {func.__name__}: error: {message}", file=sys.stderr)
             sys.exit(2)
+        finally:
+            _DEBUG.reset(token)
 
     # show --debug in the command's help and let fire accept it for every command
     signature = inspect.signature(func)
@@ -374,6 +380,10 @@ class Commands:
         else:
             print(format_inspection(records))
         bad = [r for r in records if r.get("error")]
+        if bad and _DEBUG.get():
+            from monai_ssl_ext.io import read_image
+
+            read_image(bad[0]["path"])  # --debug: raise the first failure again, with its traceback
         if bad:
             for r in bad:
                 print(f"monai-ssl inspect: error: {r['error']}", file=sys.stderr)

@@ -53,6 +53,13 @@ def test_inspect_reports_each_file_and_fails_on_a_bad_one(class_folders, capsys)
     assert err.strip().count("\n") == 0 and "corrupt.png" in err and "Traceback" not in err
 
 
+def test_inspect_debug_shows_the_traceback_of_a_bad_file(class_folders):
+    from monai_ssl_ext.io import ImageReadError
+
+    with pytest.raises(ImageReadError, match=r"corrupt\.png"):
+        Commands.inspect(str(class_folders / "benign" / "corrupt.png"), debug=True)
+
+
 def test_inspect_prints_a_table_and_exits_cleanly_on_good_files(class_folders, capsys):
     Commands.inspect(str(class_folders / "benign" / "benign0.png"))
     out = capsys.readouterr().out
