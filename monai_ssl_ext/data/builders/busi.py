@@ -118,7 +118,7 @@ def build_busi(
     logger.info("BUSI: %d images in %s (%s)", len(entries), root, ", ".join(present))
     kept = list(classes) if classes is not None else present
     default_name = "busi" if kept == list(BUSI_CLASSES) else "busi_" + "_".join(kept)
-    manifest = split_entries(
+    return split_entries(
         entries,
         present,
         name=name or default_name,
@@ -130,8 +130,5 @@ def build_busi(
         fractions=fractions,
         seed=seed,
         report=report,
+        keep=kept,
     )
-    if kept != present:
-        manifest = manifest.with_classes(kept)
-        manifest.source["classes_kept"] = kept
-    return manifest

@@ -227,6 +227,7 @@ def split_entries(
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     seed: int = 0,
     report: BuildReport | None = None,
+    keep: Sequence[str] | None = None,
 ) -> Manifest:
     """A manifest whose ``training``/``validation``/``test`` are a stratified, group-aware split of ``entries``.
 
@@ -241,6 +242,8 @@ def split_entries(
         fractions: shares of the three splits, in ``SPLITS`` order.
         seed: split seed.
         report: the build's report; the number of files left out per kind goes to ``source["skipped"]``.
+        keep: restrict the manifest to these classes, in this order, *after* splitting all of them, so an
+            image is in the same split in the manifests of every class subset (``source["classes_kept"]``).
     """
     if len(fractions) != len(SPLITS):
         raise ValueError(f"give {len(SPLITS)} split fractions ({', '.join(SPLITS)}), got {list(fractions)}.")
@@ -266,4 +269,8 @@ def split_entries(
         info["skipped"] = report.counts()
     data = {"name": name, "description": description, "classes": list(classes), "source": info}
     data.update(dict(zip(SPLITS, parts, strict=True)))
-    return Manifest.from_dict(data)
+    manifest = Manifest.from_dict(data)
+    if keep is not None and list(keep) != list(classes):
+        manifest = manifest.with_classes(list(keep))
+        manifest.source["classes_kept"] = list(keep)
+    return manifest

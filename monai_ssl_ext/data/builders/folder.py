@@ -178,7 +178,7 @@ def build_folder(
     source: dict = {"builder": "folder", "classes_found": present}
     if pattern is not None:
         source.update(group_pattern=pattern.pattern, id_hash=hash_policy(salt))
-    manifest = split_entries(
+    return split_entries(
         entries,
         present,
         name=name or root.name,
@@ -187,8 +187,5 @@ def build_folder(
         fractions=fractions,
         seed=seed,
         report=report,
+        keep=kept,
     )
-    if kept != present:
-        manifest = manifest.with_classes(kept)
-        manifest.source["classes_kept"] = kept
-    return manifest

@@ -204,7 +204,7 @@ def build_ham10000(
     )
     kept = list(classes) if classes is not None else list(HAM10000_CLASSES)
     default_name = "ham10000" if kept == list(HAM10000_CLASSES) else "ham10000_" + "_".join(kept)
-    manifest = split_entries(
+    return split_entries(
         found,
         HAM10000_CLASSES,
         name=name or default_name,
@@ -222,8 +222,5 @@ def build_ham10000(
         fractions=fractions,
         seed=seed,
         report=report,
+        keep=kept,
     )
-    if kept != list(HAM10000_CLASSES):
-        manifest = manifest.with_classes(kept)
-        manifest.source["classes_kept"] = kept
-    return manifest

@@ -208,7 +208,7 @@ def build_nct_crc(
     if group_by is not None:
         source.update(group=group_by, id_hash=hash_policy(salt))
     grouping = f"grouped by {group_by} (salted hash)" if group_by else "split by patch (the release has no slide ids)"
-    manifest = split_entries(
+    return split_entries(
         entries,
         NCT_CLASSES,
         name=name or root.name,
@@ -220,8 +220,5 @@ def build_nct_crc(
         fractions=fractions,
         seed=seed,
         report=report,
+        keep=kept,
     )
-    if kept != list(NCT_CLASSES):
-        manifest = manifest.with_classes(kept)
-        manifest.source["classes_kept"] = kept
-    return manifest
