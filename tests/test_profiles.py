@@ -43,13 +43,7 @@ CUTOUT_FILL = {"ultrasound": 0.0, "dermoscopy": 0.5, "histology": 0.5}
 SIZE = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids thread-pool contention on a shared CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _rand(shape, seed=0):
