@@ -33,3 +33,8 @@ class OutputKeys:
     CLASS = "class"
     SEG = "seg"
     FEATURES = "features"
+    # projections that only training losses read (see monai_ssl_ext.networks.HermesNet)
+    EMBEDDING = "embedding"
+    PIXEL_EMBEDDING = "pixel_embedding"
+    CONSISTENCY_CLS = "consistency_cls"
+    CONSISTENCY_SEG = "consistency_seg"

@@ -254,13 +254,20 @@ def test_with_classes_reindexes_labels_and_drops_other_classes():
         manifest.with_classes(["cyst"])
 
 
+@pytest.mark.parametrize("budget", [216, 144, 72])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_committed_label_budget_splits_are_reproduced_by_the_code(seed):
+def test_committed_label_budget_splits_are_reproduced_by_the_code(budget, seed):
     root = Path(__file__).resolve().parents[1] / "data_manifests" / "busi"
-    committed = json.loads((root / "splits" / f"busi_binary_labels216_seed{seed}.json").read_text())
-    split = Manifest.load(root / "busi_binary.json").label_split(216, seed=seed)
+    committed = json.loads((root / "splits" / f"busi_binary_labels{budget}_seed{seed}.json").read_text())
+    split = Manifest.load(root / "busi_binary.json").label_split(budget, seed=seed)
     assert committed == {"manifest": "busi_binary.json", **split.to_dict()}
-    assert committed["per_class"] == {"benign": 146, "malignant": 70}  # 306:147 in the training split
+    # 306:147 in the training split, kept in proportion by largest-remainder rounding
+    expected = {
+        216: {"benign": 146, "malignant": 70},
+        144: {"benign": 97, "malignant": 47},
+        72: {"benign": 49, "malignant": 23},
+    }
+    assert committed["per_class"] == expected[budget]
 
 
 def test_stratified_group_split_does_not_sort_groups_by_size_into_parts():

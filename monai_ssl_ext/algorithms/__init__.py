@@ -7,7 +7,7 @@ from .flexmatch import FlexMatch
 from .mean_teacher import MeanTeacher
 from .schedules import RampUp, cosine_rampdown, linear_rampup, sigmoid_rampup
 from .supervised import Supervised
-from .thresholds import FixedThreshold, FlexMatchThreshold, PseudoLabelSelector
+from .thresholds import DualThreshold, FixedThreshold, FlexMatchThreshold, PseudoLabelSelector
 
 ALGORITHMS: dict[str, type[SemiSupervisedAlgorithm]] = {
     "supervised": Supervised,
@@ -33,6 +33,7 @@ def choose(algorithms: dict[str, SemiSupervisedAlgorithm], name: str) -> SemiSup
 
 __all__ = [
     "ALGORITHMS",
+    "DualThreshold",
     "EMATeacher",
     "FixMatch",
     "FixedThreshold",

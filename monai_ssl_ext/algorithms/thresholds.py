@@ -7,12 +7,15 @@ Each selector maps class probabilities ``(B, C, *spatial)`` of the weak view to 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
-from monai_ssl_ext.utils.distributed import all_gather_cat
+from monai_ssl_ext.algorithms.schedules import RampUp
+from monai_ssl_ext.utils.distributed import all_gather_cat, all_reduce_sum
 
-__all__ = ["FixedThreshold", "FlexMatchThreshold", "PseudoLabelSelector"]
+__all__ = ["DualThreshold", "FixedThreshold", "FlexMatchThreshold", "PseudoLabelSelector"]
 
 
 class PseudoLabelSelector(nn.Module):
@@ -109,3 +112,124 @@ class FlexMatchThreshold(PseudoLabelSelector):
                 self.selected_label[idx[sure]] = lab[sure]
                 self.update_status()
         return pseudo, mask
+
+
+class DualThreshold(PseudoLabelSelector):
+    """Hermes' dual-threshold pseudo-label filter (Zhang et al., ECAI 2025, arXiv 2508.02265).
+
+    Input: weak-view probabilities ``(B, C)`` or ``(B, C, *spatial)``. Output: pseudo labels
+    ``argmax_c p_c`` ``(B, *spatial)`` (long) and a 0/1 mask ``(B, *spatial)`` (dtype of ``probs``) that
+    is the AND of two tests, applied per sample or per pixel:
+
+    (a) class-adaptive confidence: ``max_c p_c >= tau_k`` for the pseudo class ``k``, with
+        ``tau_k = high - span * (1 - r_k)`` and ``r_k = n_k / sum_c n_c`` the share of class ``k``
+        among all pseudo labels of the batch (every position of every image for pixel maps; summed
+        over ranks under ``torch.distributed``). Rare predicted classes get a lower bar (down to
+        ``high - span``), a class that takes the whole batch keeps ``high``.
+    (b) certainty: ``H(p) = -sum_c p_c ln p_c < (entropy_base + entropy_ramp * sigmoid_rampup(t, L)) * ln C``,
+        a bound that loosens from ``(base + ramp * e^-5) ln C`` at step 0 to ``(base + ramp) ln C``.
+
+    The step ``t`` is set with :meth:`set_step` and kept in a buffer so that it is restored with a
+    checkpoint. The ramp length ``L`` is ``ramp_steps`` or, when ``None``, the run's total steps, which
+    the algorithm passes on through :meth:`set_total_steps` (``SemiSupervisedAlgorithm.setup`` also
+    finds the ``RampUp`` held here).
+
+    Args:
+        num_classes: expected ``C``; checked against ``probs`` when given (else taken from the input).
+        high: the confidence threshold of a class that holds all pseudo labels (0.95).
+        span: how far the threshold of an absent class drops below ``high`` (0.45).
+        entropy_base: entropy bound, as a share of ``ln C``, at the start of the ramp (0.75).
+        entropy_ramp: share of ``ln C`` added by the end of the ramp (0.25).
+        ramp_steps: ramp length in steps; ``None`` for the run's total steps.
+        use_confidence: apply test (a).
+        use_entropy: apply test (b). With both tests off every pseudo label is accepted.
+    """
+
+    def __init__(
+        self,
+        num_classes: int | None = None,
+        high: float = 0.95,
+        span: float = 0.45,
+        entropy_base: float = 0.75,
+        entropy_ramp: float = 0.25,
+        ramp_steps: int | None = None,
+        use_confidence: bool = True,
+        use_entropy: bool = True,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= span <= high <= 1.0:
+            raise ValueError(f"need 0 <= span <= high <= 1, got high={high}, span={span}.")
+        if entropy_base < 0 or entropy_ramp < 0:
+            raise ValueError(f"entropy_base and entropy_ramp must be >= 0, got {entropy_base}, {entropy_ramp}.")
+        if num_classes is not None and num_classes < 2:
+            raise ValueError(f"DualThreshold needs at least 2 classes, got {num_classes}.")
+        self.num_classes = None if num_classes is None else int(num_classes)
+        self.high = float(high)
+        self.span = float(span)
+        self.entropy_base = float(entropy_base)
+        self.entropy_ramp = float(entropy_ramp)
+        self.use_confidence = bool(use_confidence)
+        self.use_entropy = bool(use_entropy)
+        # fraction=1.0: without an explicit length the ramp spans the whole run, as in the paper's code
+        self.ramp = RampUp(max_value=1.0, length=ramp_steps, fraction=1.0, shape="sigmoid")
+        self.register_buffer("current_step", torch.zeros((), dtype=torch.long))
+        self._last_tau: torch.Tensor | None = None
+        self._last_num_classes: int | None = self.num_classes
+
+    # ------------------------------------------------------------------ schedule
+    def set_total_steps(self, total_steps: int) -> None:
+        """Planned number of steps of the run: the ramp length when ``ramp_steps`` is ``None``."""
+        self.ramp.set_total_steps(total_steps)
+
+    def set_step(self, step: int) -> None:
+        """The current training step ``t`` (counted from 0) of the entropy ramp."""
+        self.current_step.fill_(int(step))
+
+    def entropy_threshold(self, num_classes: int | None = None) -> float:
+        """The entropy bound ``(entropy_base + entropy_ramp * sigmoid_rampup(t, L)) * ln C`` at the current step.
+
+        ``C`` is ``num_classes``, else the one given at construction, else that of the last batch.
+        """
+        classes = num_classes if num_classes is not None else self._last_num_classes
+        if classes is None:
+            raise RuntimeError("the number of classes is unknown: pass num_classes or run a batch first.")
+        ramp = self.ramp(float(self.current_step.item()))
+        return (self.entropy_base + self.entropy_ramp * ramp) * math.log(classes)
+
+    def thresholds(self) -> torch.Tensor | None:
+        """Per-class confidence thresholds ``tau_c`` ``(C,)`` of the last batch (``None`` before one)."""
+        return self._last_tau
+
+    # ------------------------------------------------------------------ selection
+    def class_thresholds(self, pseudo: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """``tau_c = high - span * (1 - r_c)`` ``(C,)`` from the pseudo labels ``(B, *spatial)`` of all ranks."""
+        counts = torch.bincount(pseudo.reshape(-1), minlength=num_classes)
+        # every rank must join the reduction even with an empty batch, so it is not skipped on B == 0
+        counts = all_reduce_sum(counts).float()
+        total = counts.sum()
+        share = counts / total if total > 0 else torch.zeros_like(counts)
+        return self.high - self.span * (1.0 - share)
+
+    def forward(self, probs: torch.Tensor, indices: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if probs.ndim < 2:
+            raise ValueError(f"DualThreshold expects probabilities (B, C, *spatial), got shape {tuple(probs.shape)}.")
+        num_classes = int(probs.shape[1])
+        if num_classes < 2:
+            raise ValueError("DualThreshold needs at least 2 classes in dimension 1.")
+        if self.num_classes is not None and num_classes != self.num_classes:
+            raise ValueError(f"expected {self.num_classes} classes in dimension 1, got {num_classes}.")
+        self._last_num_classes = num_classes
+        with torch.no_grad():
+            # half-precision probabilities would blur comparisons near the thresholds
+            p = probs.detach().float()
+            confidence, pseudo = p.max(dim=1)
+            keep = torch.ones_like(confidence, dtype=torch.bool)
+            if self.use_confidence:
+                tau = self.class_thresholds(pseudo, num_classes)
+                self._last_tau = tau
+                keep &= confidence >= tau[pseudo]
+            if self.use_entropy:
+                # xlogy gives 0 * ln 0 = 0, so one-hot predictions have entropy exactly 0
+                entropy = -torch.special.xlogy(p, p).sum(dim=1)
+                keep &= entropy < self.entropy_threshold(num_classes)
+        return pseudo, keep.to(probs.dtype)

@@ -2,7 +2,7 @@
 
 from .checkpoint import AtomicCheckpointSaver, ResumeCheckpointLoader, find_latest_checkpoint
 from .handlers import ProgressLogger, TrainingHistory, format_duration, output_scalars, peak_memory_mb
-from .metrics import ClassificationMetric, class_logits
+from .metrics import ClassificationMetric, SegmentationMetric, class_logits, seg_logits, selection_metric
 from .prediction_writer import PredictionWriter
 from .trainer import SemiSupervisedTrainer, move_to_device
 
@@ -12,6 +12,7 @@ __all__ = [
     "PredictionWriter",
     "ProgressLogger",
     "ResumeCheckpointLoader",
+    "SegmentationMetric",
     "SemiSupervisedTrainer",
     "TrainingHistory",
     "class_logits",
@@ -20,4 +21,6 @@ __all__ = [
     "move_to_device",
     "output_scalars",
     "peak_memory_mb",
+    "seg_logits",
+    "selection_metric",
 ]

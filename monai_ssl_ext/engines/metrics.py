@@ -12,7 +12,7 @@ from monai.handlers import from_engine
 from monai_ssl_ext.keys import OutputKeys
 from monai_ssl_ext.utils.distributed import all_gather_objects
 
-__all__ = ["ClassificationMetric", "class_logits"]
+__all__ = ["ClassificationMetric", "SegmentationMetric", "class_logits", "seg_logits", "selection_metric"]
 
 
 def class_logits(pred: Any) -> torch.Tensor:
@@ -80,3 +80,87 @@ class ClassificationMetric(Metric):
         if self.metric not in figures:
             raise KeyError(f"unknown classification metric '{self.metric}'; available: {sorted(figures)}")
         return float(figures[self.metric])
+
+
+def seg_logits(pred: Any) -> torch.Tensor:
+    """Segmentation logits ``(K, H, W)``/``(B, K, H, W)`` from a dict prediction with a ``seg`` entry."""
+    if not isinstance(pred, dict) or OutputKeys.SEG not in pred:
+        keys = sorted(pred) if isinstance(pred, dict) else f"a tensor of shape {tuple(pred.shape)}"
+        raise KeyError(f"prediction has no '{OutputKeys.SEG}' output ({keys}): is the network a segmentation one?")
+    return pred[OutputKeys.SEG]
+
+
+class SegmentationMetric(Metric):
+    """Mean per-image Dice or IoU of the predicted lesion over an evaluator's epoch.
+
+    The foreground is every pixel whose arg-max is not background; an image whose prediction and
+    mask are both empty scores 1 (as in :func:`monai_ssl_ext.metrics.segmentation_metrics`). Only
+    per-image counts are kept, so memory does not grow with image size.
+
+    Args:
+        metric: ``"dice"`` or ``"iou"``.
+        output_transform: maps ``engine.state.output`` to ``(pred, mask)``; ``pred`` a dict with ``seg``
+            logits, ``mask`` ``(1, H, W)`` per sample (decollated lists or batched tensors).
+    """
+
+    def __init__(
+        self,
+        metric: str = "dice",
+        output_transform: Callable = from_engine(["pred", "mask"]),
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if metric not in ("dice", "iou"):
+            raise ValueError(f"unknown segmentation metric '{metric}'; choose 'dice' or 'iou'.")
+        self.metric = metric
+        self._scores: list[float] = []
+        super().__init__(output_transform=output_transform, device=device)
+
+    def reset(self) -> None:
+        self._scores = []
+
+    def update(self, output: Sequence[Any]) -> None:
+        preds, masks = output
+        if not isinstance(preds, (list, tuple)):
+            logits = seg_logits(preds)
+            preds, masks = [{OutputKeys.SEG: s} for s in logits], list(masks)
+        for pred, mask in zip(preds, masks, strict=True):
+            if mask is None:
+                raise ValueError("SegmentationMetric needs a mask for every image of the split.")
+            fg = seg_logits(pred).detach().argmax(dim=0) > 0
+            true = torch.as_tensor(mask).to(fg.device).reshape(fg.shape) > 0.5
+            inter = float((fg & true).sum())
+            total = float(fg.sum() + true.sum())
+            if total == 0:
+                self._scores.append(1.0)
+            elif self.metric == "dice":
+                self._scores.append(2.0 * inter / total)
+            else:
+                self._scores.append(inter / (total - inter))
+
+    def compute(self) -> float:
+        scores = [s for part in all_gather_objects(self._scores) for s in part]
+        if not scores:
+            raise RuntimeError("SegmentationMetric has no data: did the evaluator run on an empty split?")
+        return float(sum(scores) / len(scores))
+
+
+SEGMENTATION_METRICS = ("dice", "iou")
+
+
+def selection_metric(name: str) -> Metric:
+    """The validation metric a bundle selects checkpoints by, from its name.
+
+    A classification figure (``auc``, ``accuracy``, ``macro_f1``...), a segmentation one (``dice``,
+    ``iou``), or several joined by ``+`` for their mean (``auc+dice``: one checkpoint that is good at
+    both tasks of a joint network).
+    """
+    parts = [p.strip() for p in name.split("+") if p.strip()]
+    if not parts:
+        raise ValueError("selection metric name is empty")
+    metrics = [SegmentationMetric(p) if p in SEGMENTATION_METRICS else ClassificationMetric(p) for p in parts]
+    if len(metrics) == 1:
+        return metrics[0]
+    total = metrics[0]
+    for m in metrics[1:]:
+        total = total + m
+    return total / len(metrics)

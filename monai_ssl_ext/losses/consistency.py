@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["masked_cross_entropy", "softmax_mse"]
+__all__ = ["masked_cross_entropy", "masked_dice_loss", "softmax_mse"]
 
 
 def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -30,6 +30,54 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, mask: torch
     if mask is not None:
         loss = loss * mask.to(loss.dtype)
     return loss.mean()
+
+
+def masked_dice_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    include_background: bool = False,
+    smooth: float = 1e-5,
+) -> torch.Tensor:
+    """Soft Dice loss restricted to accepted pixels: the unlabeled segmentation loss of Hermes (arXiv 2508.02265).
+
+    With ``p = softmax(logits)``, ``t`` the one-hot pseudo labels and ``m`` the pixel weights, sums run
+    over the batch and all pixels together (one Dice per class for the whole batch)::
+
+        dice_k = (2 sum(p_k t_k m) + smooth) / (sum(p_k m) + sum(t_k m) + smooth)
+        loss = 1 - mean_k dice_k          (k >= 1 unless include_background)
+
+    Args:
+        logits: ``(B, K, H, W)`` segmentation logits (usually of the strong view).
+        target: ``(B, H, W)`` (or ``(B, 1, H, W)``) long pseudo labels; values outside ``[0, K)``
+            (an ignore index) count as rejected.
+        mask: ``(B, H, W)`` weights in [0, 1], 1 where the pseudo label is accepted; ``None`` for all.
+        include_background: also average the Dice of class 0.
+        smooth: added to numerator and denominator, so a class absent from both prediction and
+            target on the accepted pixels scores a Dice of 1.
+
+    Returns a scalar, a graph-connected 0 when no pixel is accepted.
+    """
+    if target.ndim == logits.ndim and target.shape[1] == 1:
+        target = target[:, 0]
+    num_classes = logits.shape[1]
+    first = 0 if include_background else 1
+    if num_classes <= first:
+        raise ValueError(f"no class left to score: {num_classes} channel(s), include_background={include_background}.")
+    target = target.to(logits.device).long()
+    weight = torch.ones_like(target, dtype=logits.dtype) if mask is None else mask.to(logits.dtype)
+    in_range = (target >= 0) & (target < num_classes)
+    weight = weight * in_range.to(logits.dtype)
+    if not bool((weight > 0).any()):
+        return logits.sum() * 0.0
+    probs = F.softmax(logits, dim=1)
+    onehot = F.one_hot(target.clamp(0, num_classes - 1), num_classes).movedim(-1, 1).to(logits.dtype)
+    weight = weight.unsqueeze(1)
+    dims = [0, *range(2, logits.ndim)]
+    inter = (probs * onehot * weight).sum(dim=dims)
+    denom = (probs * weight).sum(dim=dims) + (onehot * weight).sum(dim=dims)
+    dice = (2.0 * inter + smooth) / (denom + smooth)
+    return 1.0 - dice[first:].mean()
 
 
 def softmax_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:

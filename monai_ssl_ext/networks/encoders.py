@@ -4,17 +4,29 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from monai.networks.nets import ResNet
 from torch import nn
 
-__all__ = ["RESNET_LAYOUTS", "ResNetEncoder", "load_encoder_weights"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "RESNET_LAYOUTS",
+    "InputNormalization",
+    "ResNetEncoder",
+    "load_encoder_weights",
+]
 
 logger = logging.getLogger(__name__)
 
 _PREFIXES = ("module.", "backbone.", "encoder.")
+
+# per-channel RGB statistics of ImageNet on a [0, 1] scale, what torchvision-trained weights expect
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 # depth -> (block, layers), the layouts of He et al. (CVPR 2016)
 RESNET_LAYOUTS: dict[int, tuple[str, list[int]]] = {
@@ -23,6 +35,46 @@ RESNET_LAYOUTS: dict[int, tuple[str, list[int]]] = {
     34: ("basic", [3, 4, 6, 3]),
     50: ("bottleneck", [3, 4, 6, 3]),
 }
+
+
+class InputNormalization(nn.Module):
+    """Per-channel ``(x - mean) / std``, the input scaling a pretrained backbone was trained with.
+
+    Input ``(B, C, *spatial)``; output the same shape. Statistics given for RGB (3 values) are
+    averaged over the colours when ``in_channels`` differs from 3: a greyscale image then gets
+    the scaling of a grey RGB image, which matches a stem whose RGB filters were summed.
+
+    The statistics are non-persistent buffers: they follow ``.to(device)`` but stay out of the
+    state dict, so checkpoints load whether or not normalisation was switched on.
+
+    Args:
+        mean: per-channel means on the input's scale (one value, or one per channel).
+        std: per-channel standard deviations.
+        in_channels: channels of the input (default: ``len(mean)``).
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], in_channels: int | None = None) -> None:
+        super().__init__()
+        mean, std = [float(m) for m in mean], [float(s) for s in std]
+        if len(mean) != len(std) or not mean:
+            raise ValueError(f"mean and std need the same, non-zero length; got {len(mean)} and {len(std)}.")
+        if any(s <= 0 for s in std):
+            raise ValueError(f"std must be positive, got {std}.")
+        channels = len(mean) if in_channels is None else int(in_channels)
+        if channels != len(mean):
+            mean = [sum(mean) / len(mean)] * channels
+            std = [sum(std) / len(std)] * channels
+        self.in_channels = channels
+        self.register_buffer("mean", torch.tensor(mean).view(1, channels, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, channels, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # the buffers are 4D for images; flattening them keeps 3D volumes working too
+        shape = [1, self.in_channels] + [1] * (x.dim() - 2)
+        return (x - self.mean.view(shape)) / self.std.view(shape)
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
 
 
 class ResNetEncoder(nn.Module):
@@ -38,10 +90,18 @@ class ResNetEncoder(nn.Module):
         pretrained: path of a ``torchvision``-format ResNet state dict to initialise from (no download
             happens; ``None`` keeps random initialisation).
         width: base width multiplier (1.0 is the standard 64-channel stem).
+        normalize_input: apply the ImageNet mean/std (:data:`IMAGENET_MEAN`, :data:`IMAGENET_STD`,
+            averaged over RGB for other channel counts) to inputs in ``[0, 1]`` before the stem, the
+            scaling ``torchvision`` weights were trained with. ``None``: on when ``pretrained`` is given.
     """
 
     def __init__(
-        self, depth: int = 18, in_channels: int = 1, pretrained: str | os.PathLike | None = None, width: float = 1.0
+        self,
+        depth: int = 18,
+        in_channels: int = 1,
+        pretrained: str | os.PathLike | None = None,
+        width: float = 1.0,
+        normalize_input: bool | None = None,
     ) -> None:
         super().__init__()
         if depth not in RESNET_LAYOUTS:
@@ -64,11 +124,16 @@ class ResNetEncoder(nn.Module):
         stem = int(64 * width)
         self.out_channels: list[int] = [stem] + [int(c * width) * expansion for c in (64, 128, 256, 512)]
         self.in_channels = in_channels
+        if normalize_input is None:
+            normalize_input = bool(pretrained)
+        self.input_norm: nn.Module = (
+            InputNormalization(IMAGENET_MEAN, IMAGENET_STD, in_channels) if normalize_input else nn.Identity()
+        )
         if pretrained:
             load_encoder_weights(self, pretrained)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        stem = self.act(self.bn1(self.conv1(x)))
+        stem = self.act(self.bn1(self.conv1(self.input_norm(x))))
         f1 = self.layer1(self.maxpool(stem))
         f2 = self.layer2(f1)
         f3 = self.layer3(f2)

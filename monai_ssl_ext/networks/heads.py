@@ -104,13 +104,20 @@ class UNetDecoder(nn.Module):
         ins = [encoder_channels[4], *channels[:3]]
         self.blocks = nn.ModuleList(_UpBlock(i, s, o) for i, s, o in zip(ins, skips, channels, strict=True))
         self.out_channels = channels[-1]
+        self.block_channels: list[int] = list(channels)
 
     def forward(self, stages: list[torch.Tensor]) -> torch.Tensor:
+        return self.forward_blocks(stages)[-1]
+
+    def forward_blocks(self, stages: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The output of every up-sampling block, deepest first: strides 16, 8, 4 and 2."""
         x = stages[4]
+        outputs: list[torch.Tensor] = []
         # deepest block first; indexing by the loop counter keeps this scriptable
         for i, block in enumerate(self.blocks):
             x = block(x, stages[3 - i])
-        return x
+            outputs.append(x)
+        return outputs
 
 
 class JointClassSegNet(nn.Module):
