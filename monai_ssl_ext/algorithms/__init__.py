@@ -4,6 +4,7 @@ from .base import SemiSupervisedAlgorithm, StepOutput
 from .ema import EMATeacher
 from .fixmatch import FixMatch
 from .flexmatch import FlexMatch
+from .hermes import Hermes
 from .mean_teacher import MeanTeacher
 from .schedules import RampUp, cosine_rampdown, linear_rampup, sigmoid_rampup
 from .supervised import Supervised
@@ -14,6 +15,7 @@ ALGORITHMS: dict[str, type[SemiSupervisedAlgorithm]] = {
     "mean_teacher": MeanTeacher,
     "fixmatch": FixMatch,
     "flexmatch": FlexMatch,
+    "hermes": Hermes,
 }
 
 
@@ -39,6 +41,7 @@ __all__ = [
     "FixedThreshold",
     "FlexMatch",
     "FlexMatchThreshold",
+    "Hermes",
     "MeanTeacher",
     "PseudoLabelSelector",
     "RampUp",

@@ -132,7 +132,9 @@ class Hermes(SemiSupervisedAlgorithm):
         unsup_cls = masked_cross_entropy(out_s[OutputKeys.CLASS], pseudo, accept) if self.use_pseudo_labels else zero
         supcon = zero
         if self.use_supcon and contrast_on:
-            features = torch.cat([out_l[OutputKeys.EMBEDDING], out_w[OutputKeys.EMBEDDING], out_s[OutputKeys.EMBEDDING]])
+            features = torch.cat(
+                [out_l[OutputKeys.EMBEDDING], out_w[OutputKeys.EMBEDDING], out_s[OutputKeys.EMBEDDING]]
+            )
             targets = torch.cat([labels, pseudo, pseudo])
             weights = torch.cat([torch.ones_like(labels, dtype=accept.dtype), accept, accept])
             supcon = self.supcon(features, targets, weights)
@@ -196,4 +198,3 @@ class Hermes(SemiSupervisedAlgorithm):
             if not getattr(self, name):
                 parts.append(f"{name}=False")
         return ", ".join(parts)
-

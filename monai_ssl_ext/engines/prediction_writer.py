@@ -105,7 +105,7 @@ def _write_png(path: Path, labels: np.ndarray, classes: int) -> None:
     # spread the labels over 0..255 so that a binary mask is visible in any viewer (0/255)
     step = 255 // max(classes - 1, 1)
     with atomic_path(path) as tmp:
-        Image.fromarray((labels * step).astype(np.uint8), mode="L").save(tmp, format="PNG")
+        Image.fromarray((labels * step).astype(np.uint8)).save(tmp, format="PNG")
 
 
 def _inverse_orientation(ornt: np.ndarray) -> np.ndarray:

@@ -94,7 +94,7 @@ class InterTaskAttention(nn.Module):
 
 
 def lesion_saliency(seg_logits: torch.Tensor) -> torch.Tensor:
-    """The probability of any foreground class, ``1 - softmax(seg)_background``: ``(B, K, H, W)`` -> ``(B, 1, H, W)``."""
+    """The probability of any foreground class, ``1 - softmax(seg)_bg``: ``(B, K, H, W)`` -> ``(B, 1, H, W)``."""
     return 1.0 - torch.softmax(seg_logits, dim=1)[:, :1]
 
 

@@ -133,12 +133,26 @@ class ResNetEncoder(nn.Module):
             load_encoder_weights(self, pretrained)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        stem = self.act(self.bn1(self.conv1(self.input_norm(x))))
-        f1 = self.layer1(self.maxpool(stem))
-        f2 = self.layer2(f1)
-        f3 = self.layer3(f2)
-        f4 = self.layer4(f3)
-        return [stem, f1, f2, f3, f4]
+        stages: list[torch.Tensor] = []
+        for index in range(5):
+            x = self.forward_stage(x, index)
+            stages.append(x)
+        return stages
+
+    def forward_stage(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        """Stage ``index`` (0-4) alone: maps stage ``index - 1``'s output (or the image) to the ``index``-th map.
+
+        Lets a network change features between stages (as Hermes's inter-task attention does).
+        """
+        if index == 0:
+            return self.act(self.bn1(self.conv1(self.input_norm(x))))
+        if index == 1:
+            return self.layer1(self.maxpool(x))
+        if index == 2:
+            return self.layer2(x)
+        if index == 3:
+            return self.layer3(x)
+        return self.layer4(x)
 
 
 def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike, strict_backbone: bool = True) -> nn.Module:

@@ -1,0 +1,268 @@
+"""Hermes: inter-task attention, saliency, the two-branch network and the algorithm's training step."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from monai_ssl_ext.algorithms import DualThreshold, FixMatch, Hermes, MeanTeacher, RampUp
+from monai_ssl_ext.keys import DataKeys, OutputKeys
+from monai_ssl_ext.networks import Classifier, HermesNet
+from monai_ssl_ext.networks.attention import (
+    ChannelAttention,
+    InterTaskAttention,
+    SaliencyPooling,
+    SpatialAttention,
+    lesion_saliency,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SIZE = 64
+
+
+def small_net(**kwargs) -> HermesNet:
+    torch.manual_seed(0)
+    args = {"num_classes": 2, "in_channels": 1, "backbone": "resnet10", "decoder_channels": (32, 16, 16, 8)}
+    args.update(kwargs)
+    return HermesNet(**args)
+
+
+def batches(b_l: int = 4, b_u: int = 4, seed: int = 0) -> tuple[dict, dict]:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(b_l, 1, SIZE, SIZE)
+    mask[:, :, 20:44, 16:40] = 1.0
+    labeled = {
+        DataKeys.IMAGE: torch.rand(b_l, 1, SIZE, SIZE, generator=g) + mask,
+        DataKeys.LABEL: torch.tensor([0, 1] * (b_l // 2)),
+        DataKeys.MASK: mask,
+    }
+    weak = torch.rand(b_u, 1, SIZE, SIZE, generator=g)
+    unlabeled = {
+        DataKeys.IMAGE_WEAK: weak,
+        DataKeys.IMAGE_STRONG: weak + 0.1 * torch.randn(weak.shape, generator=g),
+        DataKeys.INDEX: torch.arange(b_u),
+    }
+    return labeled, unlabeled
+
+
+def accept_all() -> DualThreshold:
+    return DualThreshold(use_confidence=False, use_entropy=False)
+
+
+# ---------------------------------------------------------------- attention and saliency
+def test_channel_attention_reweights_classification_features_by_channel():
+    torch.manual_seed(0)
+    att = ChannelAttention(8, reduction=4)
+    f_cls, f_seg = torch.rand(2, 8, 5, 7), torch.rand(2, 8, 5, 7)
+    out = att(f_cls, f_seg)
+    assert out.shape == f_cls.shape
+    ratio = out / f_cls  # one weight in (0, 1) per sample and channel, the same at every position
+    assert torch.allclose(ratio, ratio[:, :, :1, :1].expand_as(ratio), atol=1e-5)
+    assert bool(((ratio > 0) & (ratio < 1)).all())
+    # the weights depend on the segmentation features
+    assert not torch.allclose(att(f_cls, torch.zeros_like(f_seg)), out)
+
+
+def test_spatial_attention_reweights_positions_not_channels():
+    torch.manual_seed(0)
+    att = SpatialAttention(kernel_size=3)
+    x = torch.rand(2, 6, 9, 9) + 0.1
+    ratio = att(x) / x
+    assert torch.allclose(ratio, ratio[:, :1].expand_as(ratio), atol=1e-5)
+    with pytest.raises(ValueError, match="odd"):
+        SpatialAttention(kernel_size=4)
+
+
+def test_inter_task_attention_aligns_segmentation_features_of_other_shapes():
+    torch.manual_seed(0)
+    att = InterTaskAttention(cls_channels=16, seg_channels=32)
+    out = att(torch.rand(2, 16, 8, 8), torch.rand(2, 32, 16, 16))
+    assert out.shape == (2, 16, 8, 8)
+
+
+def test_lesion_saliency_is_the_foreground_probability():
+    logits = torch.tensor([[0.0, 0.0], [0.0, 2.0]]).T.reshape(1, 2, 1, 2)  # pixel 0: 50/50, pixel 1: lesion
+    s = lesion_saliency(logits)
+    assert s.shape == (1, 1, 1, 2)
+    assert s[0, 0, 0, 0] == pytest.approx(0.5)
+    assert s[0, 0, 0, 1] == pytest.approx(torch.sigmoid(torch.tensor(2.0)).item())
+
+
+def test_saliency_pooling_counts_lesion_features_twice():
+    f = torch.ones(1, 2, 4, 4)
+    f[:, 1] = 2.0
+    s = torch.zeros(1, 1, 8, 8)
+    s[..., :4, :4] = 1.0  # a quarter of the image, a quarter of the feature map after area resizing
+    pooled = SaliencyPooling(enabled=True)(f, s)
+    assert torch.allclose(pooled, torch.tensor([[1.25, 2.5]]))
+    assert torch.allclose(SaliencyPooling(enabled=False)(f, s), torch.tensor([[1.0, 2.0]]))
+    assert torch.allclose(SaliencyPooling(enabled=True)(f, torch.zeros_like(s)), torch.tensor([[1.0, 2.0]]))
+
+
+# ---------------------------------------------------------------- the network
+def test_hermes_net_outputs_in_training_mode():
+    net = small_net()
+    out = net(torch.rand(3, 1, SIZE, SIZE))
+    assert out[OutputKeys.CLASS].shape == (3, 2)
+    assert out[OutputKeys.SEG].shape == (3, 2, SIZE, SIZE)
+    assert out[OutputKeys.FEATURES].shape == (3, 512)
+    assert out[OutputKeys.EMBEDDING].shape == (3, 128)
+    assert out[OutputKeys.PIXEL_EMBEDDING].shape == (3, 64, SIZE // 4, SIZE // 4)
+    assert out[OutputKeys.CONSISTENCY_CLS].shape == out[OutputKeys.CONSISTENCY_SEG].shape == (3, 256)
+
+
+def test_hermes_net_prediction_and_classification_modes_are_scriptable():
+    x = torch.rand(2, 1, SIZE, SIZE)
+    predict = small_net(training_outputs=False).eval()
+    scripted = torch.jit.script(predict)
+    with torch.no_grad():
+        eager, ts = predict(x), scripted(x)
+    assert set(eager) == set(ts) == {OutputKeys.CLASS, OutputKeys.SEG}
+    for key in eager:
+        assert torch.allclose(eager[key], ts[key], atol=1e-5)
+    classify = small_net(return_dict=False).eval()
+    with torch.no_grad():
+        logits = torch.jit.script(classify)(x)
+    assert logits.shape == (2, 2)
+
+
+def _grad_norm(module: nn.Module) -> float:
+    return sum(float(p.grad.abs().sum()) for p in module.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize(
+    ("attention", "saliency", "cls_reaches_seg"),
+    [(True, True, True), (True, False, True), (False, True, True), (False, False, False)],
+)
+def test_classification_loss_reaches_the_segmenter_only_through_the_couplings(attention, saliency, cls_reaches_seg):
+    net = small_net(attention=attention, saliency=saliency)
+    out = net(torch.rand(2, 1, SIZE, SIZE))
+    nn.functional.cross_entropy(out[OutputKeys.CLASS], torch.tensor([0, 1])).backward()
+    assert _grad_norm(net.cls_encoder) > 0
+    assert (_grad_norm(net.seg_encoder) > 0) == cls_reaches_seg
+    assert (_grad_norm(net.attention) > 0) == attention
+
+
+def test_segmentation_loss_reaches_the_segmenter_and_the_consistency_loss_both_branches():
+    net = small_net()
+    out = net(torch.rand(2, 1, SIZE, SIZE))
+    out[OutputKeys.SEG].mean().backward(retain_graph=True)
+    assert _grad_norm(net.seg_encoder) > 0 and _grad_norm(net.decoder) > 0
+    net.zero_grad(set_to_none=True)
+    cos = nn.functional.cosine_similarity(out[OutputKeys.CONSISTENCY_CLS], out[OutputKeys.CONSISTENCY_SEG])
+    (1 - cos).mean().backward()
+    assert _grad_norm(net.cls_encoder) > 0 and _grad_norm(net.seg_encoder) > 0
+
+
+# ---------------------------------------------------------------- the algorithm
+class _NoSupervision(nn.Module):
+    """A supervised loss of zero, so a test sees the gradient of the unlabeled terms alone."""
+
+    def forward(self, outputs, batch):
+        return outputs[OutputKeys.CLASS].sum() * 0.0, {}
+
+
+def _hermes(**kwargs) -> Hermes:
+    args = {"num_classes": 2, "selector": accept_all(), "seg_selector": accept_all(), "contrast_warmup": 0.0}
+    args.update(kwargs)
+    algorithm = Hermes(**args)
+    return algorithm
+
+
+def test_hermes_step_reports_every_term_and_finite_loss():
+    net = small_net()
+    algorithm = _hermes()
+    algorithm.setup(net, total_steps=100)
+    labeled, unlabeled = batches()
+    out = algorithm.train_step(net, labeled, unlabeled, step=50)
+    assert torch.isfinite(out.loss)
+    for term in ("loss_unsup_cls", "loss_unsup_seg", "loss_supcon", "loss_pixel_contrast", "loss_consistency"):
+        assert float(out.terms[term]) > 0, term
+    assert out.pseudo_label.shape == out.pseudo_mask.shape == (4,)
+    assert set(out.labeled_outputs) == {OutputKeys.CLASS, OutputKeys.SEG}
+    assert out.logs["mask_rate"] == 1.0 and out.logs["mask_rate_seg"] == 1.0
+    assert 0 < out.logs["consistency_weight"] <= 0.1
+
+
+@pytest.mark.parametrize(
+    "only",
+    ["use_pseudo_labels", "use_supcon", "use_pixel_contrast", "use_consistency"],
+)
+def test_each_unlabeled_term_alone_changes_the_weights(only):
+    switches = {name: name == only for name in ("use_pseudo_labels", "use_supcon", "use_pixel_contrast")}
+    switches["use_consistency"] = only == "use_consistency"
+    consistency = RampUp(max_value=1.0, length=0, shape="constant")
+    algorithm = _hermes(supervised_loss=_NoSupervision(), consistency=consistency, **switches)
+    net = small_net()
+    algorithm.setup(net, total_steps=10)
+    labeled, unlabeled = batches()
+    out = algorithm.train_step(net, labeled, unlabeled, step=5)
+    assert float(out.loss) > 0
+    out.loss.backward()
+    assert _grad_norm(net) > 0
+    before = [p.detach().clone() for p in net.parameters()]
+    torch.optim.SGD(net.parameters(), lr=0.1).step()
+    assert any(not torch.equal(b, p) for b, p in zip(before, net.parameters(), strict=True))
+
+
+def test_contrastive_terms_wait_for_the_warm_up():
+    net = small_net()
+    algorithm = _hermes(contrast_warmup=0.5)
+    algorithm.setup(net, total_steps=100)
+    labeled, unlabeled = batches()
+    early = algorithm.train_step(net, labeled, unlabeled, step=10)
+    assert float(early.terms["loss_supcon"]) == 0.0 and float(early.terms["loss_pixel_contrast"]) == 0.0
+    late = algorithm.train_step(net, labeled, unlabeled, step=60)
+    assert float(late.terms["loss_supcon"]) > 0.0 and float(late.terms["loss_pixel_contrast"]) > 0.0
+
+
+def test_switched_off_terms_are_zero():
+    net = small_net()
+    algorithm = _hermes(use_pseudo_labels=False, use_supcon=False, use_pixel_contrast=False, use_consistency=False)
+    algorithm.setup(net, total_steps=10)
+    labeled, unlabeled = batches()
+    out = algorithm.train_step(net, labeled, unlabeled, step=5)
+    assert all(float(out.terms[t]) == 0.0 for t in ("loss_unsup_cls", "loss_unsup_seg", "loss_supcon"))
+    assert float(out.loss) == pytest.approx(float(out.terms["loss_sup"]))
+    assert "use_supcon=False" in repr(algorithm)
+
+
+def test_dual_threshold_rejections_reach_the_step_logs():
+    net = small_net()
+    algorithm = Hermes(num_classes=2)  # the paper's filter: a random network is not confident enough
+    algorithm.setup(net, total_steps=100)
+    labeled, unlabeled = batches()
+    out = algorithm.train_step(net, labeled, unlabeled, step=0)
+    assert 0.0 <= out.logs["mask_rate"] < 1.0
+    assert out.logs["entropy_threshold"] == pytest.approx(
+        (0.75 + 0.25 * torch.exp(torch.tensor(-5.0)).item()) * 0.6931, rel=1e-3
+    )
+    assert "threshold_0" in out.logs and "threshold_1" in out.logs
+
+
+def test_hermes_needs_a_segmentation_output_and_unlabeled_data():
+    algorithm = _hermes()
+    classifier = Classifier(num_classes=2, in_channels=1, depth=10, return_dict=True)
+    algorithm.setup(classifier, total_steps=10)
+    labeled, unlabeled = batches()
+    with pytest.raises(ValueError, match="class and segmentation outputs"):
+        algorithm.train_step(classifier, labeled, unlabeled, step=0)
+    with pytest.raises(ValueError, match="unlabeled batch"):
+        algorithm.train_step(small_net(), labeled, None, step=0)
+    with pytest.raises(ValueError, match="contrast_warmup"):
+        Hermes(num_classes=2, contrast_warmup=1.5)
+
+
+@pytest.mark.parametrize("baseline", [FixMatch, MeanTeacher])
+def test_baselines_train_the_same_two_branch_network(baseline):
+    net = small_net()
+    algorithm = baseline(num_classes=2)
+    algorithm.setup(net, total_steps=10, num_unlabeled=4)
+    labeled, unlabeled = batches()
+    out = algorithm.train_step(net, labeled, unlabeled, step=5)
+    assert torch.isfinite(out.loss)
+    assert "loss_sup_seg" in out.terms  # the labeled masks train the segmenter of the shared network

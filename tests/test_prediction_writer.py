@@ -1,0 +1,322 @@
+"""PredictionWriter on a real MONAI SupervisedEvaluator: class probabilities and lesion masks per image.
+
+The network segments bright pixels, so each synthetic image's bright rectangle is the lesion the mask
+must show, at the image's original size and place (after the resize to the network size and back).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from monai.data import DataLoader, Dataset
+from monai.engines import SupervisedEvaluator
+from PIL import Image
+from torch import nn
+
+from monai_ssl_ext.engines import PredictionWriter
+from monai_ssl_ext.engines.prediction_writer import MaskWriteError
+from monai_ssl_ext.transforms import get_profile
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CLASSES = ["benign", "malignant"]
+
+# the postprocessing of a joint classification + segmentation bundle, as it appears in its inference.json
+SEG_POSTPROCESSING = json.loads(
+    """
+{
+    "_target_": "Compose",
+    "transforms": [
+        {"_target_": "FlattenSubKeysd", "keys": "pred", "sub_keys": ["class", "seg"], "delete_keys": true},
+        {"_target_": "Activationsd", "keys": ["class", "seg"], "softmax": true},
+        {"_target_": "CopyItemsd", "keys": "class", "times": 2, "names": ["probs", "pred"]},
+        {"_target_": "DeleteItemsd", "keys": "class"},
+        {"_target_": "AsDiscreted", "keys": "pred", "argmax": true}
+    ]
+}
+"""
+)
+# the classification bundles' postprocessing (bundles/baselines_ultrasound/configs/inference.json)
+CLS_POSTPROCESSING = {
+    "_target_": "Compose",
+    "transforms": [
+        {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+        {"_target_": "CopyItemsd", "keys": "pred", "names": "probs"},
+        {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+    ],
+}
+# seg as a label map (1, h, w) instead of probabilities
+LABEL_MAP_POSTPROCESSING = {
+    "_target_": "Compose",
+    "transforms": [
+        *SEG_POSTPROCESSING["transforms"],
+        {"_target_": "AsDiscreted", "keys": "seg", "argmax": True},
+    ],
+}
+
+
+class BrightIsLesion(nn.Module):
+    """Segments pixels brighter than 0.5; class logits from the lesion's area; also returns unused features.
+
+    Input ``(B, C, H, W)``; output ``{"class": (B, 2), "seg": (B, 2, H, W), "features": (B, 4)}`` (logits).
+    """
+
+    def __init__(self, classification_only: bool = False) -> None:
+        super().__init__()
+        self.classification_only = classification_only
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor] | torch.Tensor:
+        fg = (x.mean(1, keepdim=True) - 0.5) * 40.0
+        area = (fg > 0).float().mean((1, 2, 3))
+        logits = torch.stack([0.2 - area, area], 1)
+        if self.classification_only:
+            return logits
+        return {"class": logits, "seg": torch.cat([-fg, fg], 1), "features": torch.zeros(x.shape[0], 4)}
+
+
+def _postprocessing(config: dict):
+    return ConfigParser({"post": config}).get_parsed_content("post")
+
+
+def _run(
+    paths: list,
+    writer: PredictionWriter,
+    postprocessing: dict = SEG_POSTPROCESSING,
+    batch_size: int = 2,
+    classification_only: bool = False,
+    **profile_options,
+) -> list[dict]:
+    profile = get_profile("ultrasound", image_size=32, **profile_options)
+    data = Dataset([{"image": str(p)} for p in paths], profile.preprocess(with_mask=False, keep_meta=True))
+    evaluator = SupervisedEvaluator(
+        device=torch.device("cpu"),
+        val_data_loader=DataLoader(data, batch_size=batch_size, num_workers=0),
+        network=BrightIsLesion(classification_only),
+        postprocessing=_postprocessing(postprocessing),
+        val_handlers=[writer],
+    )
+    evaluator.run()
+    with open(writer.output_dir / "predictions.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _png(path, shape, box, value=220):
+    array = np.full(shape, 30, dtype=np.uint8)
+    r0, r1, c0, c1 = box
+    array[r0:r1, c0:c1] = value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def _box_mask(shape, box) -> np.ndarray:
+    m = np.zeros(shape, dtype=bool)
+    r0, r1, c0, c1 = box
+    m[r0:r1, c0:c1] = True
+    return m
+
+
+def _assert_rectangle(mask: np.ndarray, expected: np.ndarray, margin: int = 2) -> None:
+    """``mask`` matches ``expected`` away from its border (the resize blurs a pixel or two) and overall."""
+    from scipy import ndimage
+
+    found = mask > 0
+    inner = ndimage.binary_erosion(expected, iterations=margin)
+    outer = ~ndimage.binary_dilation(expected, iterations=margin)
+    assert found[inner].all(), "lesion pixels missing inside the rectangle"
+    assert not found[outer].any(), "lesion pixels outside the rectangle"
+    iou = (found & expected).sum() / (found | expected).sum()
+    assert iou > 0.85, iou
+
+
+# ---------------------------------------------------------------- raster inputs
+
+
+@pytest.mark.parametrize("postprocessing", [SEG_POSTPROCESSING, LABEL_MAP_POSTPROCESSING], ids=["probs", "label_map"])
+def test_png_masks_at_original_size(tmp_path, postprocessing):
+    boxes = {"wide.png": ((50, 70), (10, 30, 20, 50)), "square.png": ((64, 64), (16, 48, 8, 40))}
+    paths = [_png(tmp_path / "in" / name, shape, box) for name, (shape, box) in boxes.items()]
+    out = tmp_path / "out"
+    rows = _run(paths, PredictionWriter(out, CLASSES), postprocessing)
+
+    assert [r["image"] for r in rows] == [str(p) for p in paths]
+    assert set(rows[0]) == {
+        "image",
+        "prediction",
+        "class_index",
+        "prob_benign",
+        "prob_malignant",
+        "mask",
+        "mask_shape",
+        "mask_region",
+        "lesion_pixels",
+        "lesion_fraction",
+    }
+    for row, (name, (shape, box)) in zip(rows, boxes.items(), strict=True):
+        assert row["mask"] == f"masks/{name[:-4]}_mask.png"
+        mask = np.asarray(Image.open(out / row["mask"]))
+        assert mask.shape == shape and mask.dtype == np.uint8
+        assert set(np.unique(mask)) == {0, 255}
+        _assert_rectangle(mask, _box_mask(shape, box))
+        assert json.loads(row["mask_shape"]) == list(shape)
+        assert row["mask_region"] == ""
+        assert int(row["lesion_pixels"]) == np.count_nonzero(mask)
+        assert float(row["lesion_fraction"]) == pytest.approx(np.count_nonzero(mask) / mask.size)
+        assert float(row["prob_benign"]) + float(row["prob_malignant"]) == pytest.approx(1.0, abs=1e-5)
+    # nothing half-written is left behind
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["square_mask.png", "wide_mask.png"]
+
+    saved = json.loads((out / "predictions.json").read_text())
+    assert saved["classes"] == CLASSES and saved["predictions"][0]["mask_shape"] == [50, 70]
+    with Image.open(out / "predictions_overlay.png") as fig:
+        fig.verify()
+    with Image.open(out / "predictions_overlay.png") as fig:
+        assert fig.format == "PNG" and min(fig.size) > 100
+
+
+def test_repeated_stems_do_not_clash(tmp_path):
+    a = _png(tmp_path / "site_a" / "scan.png", (40, 40), (5, 15, 5, 15))
+    b = _png(tmp_path / "site_b" / "scan.png", (40, 40), (20, 35, 22, 38))
+    c = _png(tmp_path / "site_c" / "SCAN.png", (40, 40), (0, 10, 25, 40))
+    names = []
+    for run in ("first", "second"):
+        out = tmp_path / run
+        rows = _run([a, b, c], PredictionWriter(out, CLASSES), batch_size=3)
+        masks = [r["mask"] for r in rows]
+        assert len(set(masks)) == 3 and masks[0] == "masks/scan_mask.png"
+        assert masks[1].startswith("masks/scan_") and masks[2].startswith("masks/SCAN_")
+        for row, box in zip(rows, [(5, 15, 5, 15), (20, 35, 22, 38), (0, 10, 25, 40)], strict=True):
+            _assert_rectangle(np.asarray(Image.open(out / row["mask"])), _box_mask((40, 40), box))
+        names.append(masks)
+    assert names[0] == names[1], "mask names must not depend on the run"
+
+
+def test_classification_only_writes_no_masks(tmp_path):
+    paths = [_png(tmp_path / "in" / f"{i}.png", (48, 40), (5, 20, 5, 20)) for i in range(3)]
+    out = tmp_path / "out"
+    rows = _run(paths, PredictionWriter(out, CLASSES), CLS_POSTPROCESSING, classification_only=True)
+    assert list(rows[0]) == ["image", "prediction", "class_index", "prob_benign", "prob_malignant"]
+    assert len(rows) == 3
+    assert not (out / "masks").exists() and not (out / "predictions_overlay.png").exists()
+
+
+def test_seg_key_none_ignores_segmentation(tmp_path):
+    path = _png(tmp_path / "in" / "a.png", (48, 40), (5, 20, 5, 20))
+    out = tmp_path / "out"
+    rows = _run([path], PredictionWriter(out, CLASSES, seg_key=None, overlay=False))
+    assert "mask" not in rows[0] and not (out / "masks").exists()
+
+
+def test_forced_formats_and_mask_dir(tmp_path):
+    png = _png(tmp_path / "in" / "a.png", (50, 70), (10, 30, 20, 50))
+    masks = tmp_path / "elsewhere"
+    rows = _run([png], PredictionWriter(tmp_path / "out", CLASSES, mask_dir=masks, mask_format="nifti", overlay=False))
+    assert rows[0]["mask"] == str(masks / "a_mask.nii.gz")
+    nii = nib.load(masks / "a_mask.nii.gz")
+    assert nii.shape == (50, 70) and np.allclose(nii.affine, np.eye(4))
+    _assert_rectangle(np.asarray(nii.dataobj), _box_mask((50, 70), (10, 30, 20, 50)))
+    assert not (tmp_path / "out" / "predictions_overlay.png").exists()
+
+    with pytest.raises(ValueError, match="mask_format"):
+        PredictionWriter(tmp_path, CLASSES, mask_format="jpeg")
+
+
+def test_write_error_names_the_image(tmp_path):
+    path = _png(tmp_path / "in" / "broken_case.png", (40, 40), (5, 15, 5, 15))
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the mask folder should be")
+    with pytest.raises(MaskWriteError, match=r"broken_case\.png"):
+        _run([path], PredictionWriter(tmp_path / "out", CLASSES, mask_dir=blocker))
+
+
+# ---------------------------------------------------------------- NIfTI and DICOM inputs
+
+
+def test_nifti_masks_keep_the_input_grid_and_affine(tmp_path):
+    # voxel axes permuted and flipped against RAS, so the reader reorients before slicing
+    affine_2d = np.array([[0.0, 0.7, 0.0, 10.0], [-0.5, 0.0, 0.0, -4.0], [0.0, 0.0, 2.0, 3.0], [0.0, 0.0, 0.0, 1.0]])
+    plane = np.zeros((40, 30), dtype=np.float32)
+    plane[5:20, 8:26] = 1.0
+    nib.save(nib.Nifti1Image(plane, affine_2d), tmp_path / "slice.nii.gz")
+
+    affine_3d = np.array([[0.0, 0.0, 0.0, 1.0], [0.0, 0.0, -1.5, 2.0], [0.0, 0.0, 0.0, 3.0], [0, 0, 0, 1.0]])
+    affine_3d[:3, :3] = [[0.0, -0.8, 0.0], [0.6, 0.0, 0.0], [0.0, 0.0, -1.5]]
+    volume = np.zeros((24, 20, 6), dtype=np.float32)
+    volume[4:16, 6:14, 2] = 1.0  # the middle axial slice: canonical index 3 of 6, flipped
+    volume[0:10, 0:10, 0] = 1.0  # another slice: never read, so never segmented
+    nib.save(nib.Nifti1Image(volume, affine_3d), tmp_path / "volume.nii")
+
+    out = tmp_path / "out"
+    rows = _run([tmp_path / "slice.nii.gz", tmp_path / "volume.nii"], PredictionWriter(out, CLASSES), batch_size=1)
+    assert [r["mask"] for r in rows] == ["masks/slice_mask.nii.gz", "masks/volume_mask.nii.gz"]
+
+    mask = nib.load(out / rows[0]["mask"])
+    assert mask.shape == plane.shape and np.allclose(mask.affine, affine_2d)
+    data = np.asarray(mask.dataobj)
+    assert data.dtype == np.uint8 and set(np.unique(data)) == {0, 1}
+    _assert_rectangle(data, plane > 0)
+    # the slice as read: rows along RAS y (the file's first axis here), columns along x
+    assert json.loads(rows[0]["mask_shape"]) == [40, 30]
+
+    mask = nib.load(out / rows[1]["mask"])
+    assert mask.shape == volume.shape and np.allclose(mask.affine, affine_3d)
+    data = np.asarray(mask.dataobj)
+    assert not np.delete(data, 2, axis=2).any()
+    _assert_rectangle(data[:, :, 2], volume[:, :, 2] > 0, margin=1)
+    assert int(rows[1]["lesion_pixels"]) == np.count_nonzero(data)
+
+
+def test_nifti_input_forced_to_png(tmp_path):
+    plane = np.zeros((40, 30), dtype=np.float32)
+    plane[5:20, 8:26] = 1.0
+    nib.save(nib.Nifti1Image(plane, np.diag([0.5, 0.5, 1.0, 1.0])), tmp_path / "slice.nii.gz")
+    out = tmp_path / "out"
+    rows = _run([tmp_path / "slice.nii.gz"], PredictionWriter(out, CLASSES, mask_format="png"))
+    mask = np.asarray(Image.open(out / rows[0]["mask"]))
+    # a PNG holds the slice as the network saw it (read_nifti's display orientation)
+    assert mask.shape == (30, 40)
+    _assert_rectangle(mask, (plane > 0).T[::-1, ::-1])
+
+
+def test_dicom_cropped_to_the_ultrasound_region(tmp_path):
+    pytest.importorskip("pydicom")
+    from pydicom import uid
+    from pydicom.dataset import Dataset as DicomDataset
+    from pydicom.dataset import FileMetaDataset
+
+    frame = np.full((32, 48), 20, dtype=np.uint8)
+    frame[0:4, :] = 255  # burned-in bar outside the imaging region: cropped away, so never segmented
+    frame[8:16, 10:24] = 230
+    ds = DicomDataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
+    ds.SOPClassUID = uid.UltrasoundImageStorage
+    ds.Modality = "US"
+    ds.set_pixel_data(frame, photometric_interpretation="MONOCHROME2", bits_stored=8)
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    region = DicomDataset()
+    region.RegionSpatialFormat, region.RegionDataType, region.RegionFlags = 1, 1, 0
+    region.RegionLocationMinX0, region.RegionLocationMinY0 = 4, 5
+    region.RegionLocationMaxX1, region.RegionLocationMaxY1 = 30, 20
+    region.PhysicalUnitsXDirection = region.PhysicalUnitsYDirection = 3  # cm
+    region.PhysicalDeltaX, region.PhysicalDeltaY = 0.01, 0.02
+    ds.SequenceOfUltrasoundRegions = [region]
+    path = tmp_path / "us.dcm"
+    ds.save_as(path, enforce_file_format=True)
+
+    out = tmp_path / "out"
+    rows = _run([path], PredictionWriter(out, CLASSES), crop_to_region=True)
+    row = rows[0]
+    assert row["mask"] == "masks/us_mask.nii.gz"
+    assert json.loads(row["mask_shape"]) == [16, 27] and json.loads(row["mask_region"]) == [4, 5, 30, 20]
+    mask = nib.load(out / row["mask"])
+    assert mask.shape == (16, 27)
+    assert np.allclose(mask.affine, np.diag([0.2, 0.1, 1.0, 1.0]))
+    _assert_rectangle(np.asarray(mask.dataobj), _box_mask((16, 27), (3, 11, 6, 20)), margin=1)
