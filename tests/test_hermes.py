@@ -238,9 +238,8 @@ def test_dual_threshold_rejections_reach_the_step_logs():
     labeled, unlabeled = batches()
     out = algorithm.train_step(net, labeled, unlabeled, step=0)
     assert 0.0 <= out.logs["mask_rate"] < 1.0
-    assert out.logs["entropy_threshold"] == pytest.approx(
-        (0.75 + 0.25 * torch.exp(torch.tensor(-5.0)).item()) * 0.6931, rel=1e-3
-    )
+    expected = (0.75 + 0.25 * math.exp(-5.0)) * math.log(2)  # sigmoid_rampup(0) = exp(-5)
+    assert out.logs["entropy_threshold"] == pytest.approx(expected, rel=1e-6)
     assert "threshold_0" in out.logs and "threshold_1" in out.logs
 
 
