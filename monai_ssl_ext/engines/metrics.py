@@ -90,6 +90,13 @@ def seg_logits(pred: Any) -> torch.Tensor:
     return pred[OutputKeys.SEG]
 
 
+def _per_item(container: Any, key: str) -> Any:
+    """``key`` of a batched dict, or the list of ``key`` of a decollated list of dicts (``KeyError`` if absent)."""
+    if isinstance(container, (list, tuple)):
+        return [item[key] for item in container]
+    return container[key]
+
+
 class SegmentationMetric(Metric):
     """Mean per-image Dice or IoU of the predicted lesion over an evaluator's epoch.
 
@@ -100,20 +107,34 @@ class SegmentationMetric(Metric):
     Args:
         metric: ``"dice"`` or ``"iou"``.
         output_transform: maps ``engine.state.output`` to ``(pred, mask)``; ``pred`` a dict with ``seg``
-            logits, ``mask`` ``(1, H, W)`` per sample (decollated lists or batched tensors).
+            logits, ``mask`` ``(1, H, W)`` per sample (decollated lists or batched tensors). ``None``
+            (default): ``pred`` from the output and ``mask`` from the output or, as MONAI's evaluators
+            leave it, from the batch.
     """
 
     def __init__(
         self,
         metric: str = "dice",
-        output_transform: Callable = from_engine(["pred", "mask"]),
+        output_transform: Callable | None = None,
         device: str | torch.device = "cpu",
     ) -> None:
         if metric not in ("dice", "iou"):
             raise ValueError(f"unknown segmentation metric '{metric}'; choose 'dice' or 'iou'.")
         self.metric = metric
         self._scores: list[float] = []
-        super().__init__(output_transform=output_transform, device=device)
+        self._from_output_only = output_transform is not None
+        super().__init__(output_transform=output_transform or (lambda output: output), device=device)
+
+    def iteration_completed(self, engine: Any) -> None:
+        if self._from_output_only:
+            super().iteration_completed(engine)
+            return
+        output, batch = engine.state.output, engine.state.batch
+        try:
+            masks = _per_item(output, "mask")
+        except KeyError:
+            masks = _per_item(batch, "mask")
+        self.update((_per_item(output, "pred"), masks))
 
     def reset(self) -> None:
         self._scores = []
