@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import export_torchscript
 from monai.bundle import ConfigParser
 
 from monai_ssl_ext.benchmark import bundle_command, run_workflow
@@ -162,31 +161,7 @@ def test_train_resume_evaluate_infer_export_end_to_end(tmp_path, small_data):
     assert abs(float(rows[0]["prob_benign"]) + float(rows[0]["prob_malignant"]) - 1) < 1e-5
 
     ts = tmp_path / "model.ts"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "ckpt_export",
-            "network_def",
-            "--filepath",
-            str(ts),
-            "--ckpt_file",
-            str(tmp_path / "models" / "model.pt"),
-            "--meta_file",
-            str(BASELINES / "configs" / "metadata.json"),
-            "--config_file",
-            str(BASELINES / "configs" / "inference.json"),
-            "--bundle_root",
-            str(BASELINES),
-            "--image_size",
-            "32",
-            "--backbone_depth",
-            "10",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    export_torchscript(BASELINES, tmp_path / "models" / "model.pt", ts, image_size=32, backbone_depth=10)
     model = torch.jit.load(str(ts))
     probs = torch.softmax(model(torch.rand(2, 1, 32, 32)), dim=1)
     assert probs.shape == (2, 2) and torch.allclose(probs.sum(1), torch.ones(2))

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import math
-import os
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
+from conftest import run_two_ranks
 from torch import nn
 
 from monai_ssl_ext.algorithms import DualThreshold, SemiSupervisedAlgorithm
@@ -169,26 +166,11 @@ dist.destroy_process_group()
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow  # two fresh interpreters importing torch
 def test_two_ranks_count_pseudo_labels_together(tmp_path):
     import json
 
-    script = tmp_path / "worker.py"
-    script.write_text(_WORKER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    port = str(_free_port())
-    procs = [
-        subprocess.Popen([sys.executable, str(script), str(r), str(tmp_path), port], env=env, stderr=subprocess.PIPE)
-        for r in (0, 1)
-    ]
-    errors = [p.communicate(timeout=120)[1].decode() for p in procs]
-    assert all(p.returncode == 0 for p in procs), errors
+    run_two_ranks(_WORKER, tmp_path)
     tau, _, _ = _by_hand(0)
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     for result in results:

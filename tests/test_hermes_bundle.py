@@ -5,13 +5,12 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import export_torchscript
 from monai.bundle import ConfigParser
 from PIL import Image
 
@@ -150,31 +149,7 @@ def test_hermes_train_evaluate_infer_export_end_to_end(tmp_path, small_data):
     assert (tmp_path / "infer" / "predictions_overlay.png").is_file()
 
     ts = tmp_path / "model.ts"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "ckpt_export",
-            "network_def",
-            "--filepath",
-            str(ts),
-            "--ckpt_file",
-            str(tmp_path / "models" / "model.pt"),
-            "--meta_file",
-            str(BUNDLE / "configs" / "metadata.json"),
-            "--config_file",
-            str(BUNDLE / "configs" / "inference.json"),
-            "--bundle_root",
-            str(BUNDLE),
-            "--image_size",
-            "32",
-            "--backbone",
-            "resnet10",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    export_torchscript(BUNDLE, tmp_path / "models" / "model.pt", ts, image_size=32, backbone="resnet10")
     model = torch.jit.load(str(ts))
     out = model(torch.rand(2, 1, 32, 32))
     assert set(out) == {"class", "seg"}

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
-import sys
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_two_ranks
 from monai.data import DataLoader
 from monai.engines import SupervisedEvaluator
 from PIL import Image
@@ -231,15 +229,8 @@ dist.destroy_process_group()
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow  # two fresh interpreters importing torch: ~10 s on 2 CPU cores
 def test_two_ranks_gather_uneven_shards(tmp_path):
-    import subprocess
 
     torch.manual_seed(0)
     net = JointNet().eval()
@@ -258,16 +249,7 @@ def test_two_ranks_gather_uneven_shards(tmp_path):
         "mask": masks,
     }
     torch.save(saved, tmp_path / "outputs.pt")
-    script = tmp_path / "worker.py"
-    script.write_text(_WORKER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    port = str(_free_port())
-    procs = [
-        subprocess.Popen([sys.executable, str(script), str(r), str(tmp_path), port], env=env, stderr=subprocess.PIPE)
-        for r in (0, 1)
-    ]
-    errors = [p.communicate(timeout=120)[1].decode() for p in procs]
-    assert all(p.returncode == 0 for p in procs), errors
+    run_two_ranks(_WORKER, tmp_path)
 
     expected_cls, expected_seg = _expected(net, data)
     written = json.loads((tmp_path / "rank0" / "metrics.json").read_text())

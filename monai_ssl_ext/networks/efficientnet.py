@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from monai_ssl_ext.networks.encoders import InputNormalization
+from monai_ssl_ext.networks.encoders import InputNormalization, read_state_dict, strip_wrapper_prefix
 
 __all__ = [
     "EFFICIENTNET_LITE0_STAGES",
@@ -53,7 +53,6 @@ _TAP_BLOCKS = (0, 2, 4, 10)
 # the epsilon the checkpoint was trained with; PyTorch's 1e-5 shifts the stride-32 output by ~30 % of its range
 _BN_EPS = 1e-3
 _IGNORED_PREFIXES = ("_fc.",)
-_WRAPPER_PREFIXES = ("module.", "backbone.", "encoder.")
 
 
 class SamePadConv2d(nn.Conv2d):
@@ -255,19 +254,12 @@ def load_efficientnet_weights(
         ValueError: a tensor is missing, unexpected or of the wrong shape (the message names the file).
     """
     path = _resolve_weights(pretrained)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model", "network"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict of tensors, found a {type(state).__name__}.")
+    state = read_state_dict(path)
     own = encoder.state_dict()
     found: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
     for key, value in state.items():
-        name = key
-        while name.startswith(_WRAPPER_PREFIXES):
-            name = name.split(".", 1)[1]
+        name = strip_wrapper_prefix(key)
         if name.startswith(_IGNORED_PREFIXES):
             continue
         if name not in own:

@@ -155,6 +155,24 @@ class ResNetEncoder(nn.Module):
         return self.layer4(x)
 
 
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file: a plain state dict, or one nested under ``state_dict``/``model``/``network``."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "network"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict of tensors, found a {type(state).__name__}.")
+    return state
+
+
+def strip_wrapper_prefix(key: str) -> str:
+    """``"module.encoder.conv1.weight"`` -> ``"conv1.weight"``: the names wrappers (DDP, a model's backbone) add."""
+    while key.startswith(_PREFIXES):
+        key = key.split(".", 1)[1]
+    return key
+
+
 def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike, strict_backbone: bool = True) -> nn.Module:
     """Load a local checkpoint into ``encoder``, adapting the first convolution to its input channels.
 
@@ -170,18 +188,11 @@ def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike, strict_bac
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Pretrained weights not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model", "network"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict of tensors, found a {type(state).__name__}.")
+    state = read_state_dict(path)
     own = encoder.state_dict()
     matched: dict[str, torch.Tensor] = {}
     for k, v in state.items():
-        name = k
-        while name.startswith(_PREFIXES):  # "module.encoder.conv1.weight" and other wrappers' names
-            name = name.split(".", 1)[1]
+        name = strip_wrapper_prefix(k)
         if name not in own:
             continue
         if name == "conv1.weight" and v.shape[1] != own[name].shape[1]:
