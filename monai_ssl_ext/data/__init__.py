@@ -3,10 +3,14 @@
 from .inputs import IMAGE_SUFFIXES, list_inputs
 from .label_budget import LabelBudgetError, LabelSplit, resolve_budget, split_label_budget, stratified_group_split
 from .manifest import SPLITS, Manifest, ManifestError, load_manifest
+from .severity import BUSI_SEVERITY, HAM10000_SEVERITY, SEVERITY_ORDERS, SeverityOrder, get_severity_order
 from .streams import IterationBatchSampler, SeededTransformDataset, SemiSupervisedLoader
 
 __all__ = [
+    "BUSI_SEVERITY",
+    "HAM10000_SEVERITY",
     "IMAGE_SUFFIXES",
+    "SEVERITY_ORDERS",
     "SPLITS",
     "IterationBatchSampler",
     "LabelBudgetError",
@@ -15,6 +19,8 @@ __all__ = [
     "ManifestError",
     "SeededTransformDataset",
     "SemiSupervisedLoader",
+    "SeverityOrder",
+    "get_severity_order",
     "list_inputs",
     "load_manifest",
     "resolve_budget",

@@ -11,6 +11,7 @@
 
 from .calibration import calibration_bins, ece_from_bins, expected_calibration_error, reliability_data
 from .classification import binary_auc, classification_metrics, confusion_matrix, one_vs_rest_auc, ordinal_mae
+from .ordinal import severity_metrics
 from .plots import plot_confusion_matrix, plot_mask_overlays, plot_reliability_diagram, plot_training_curves
 from .report import HEADLINE_METRICS, EvaluationReport, evaluate_predictions, format_report, headline_metrics
 from .segmentation import dice_per_image, iou_per_image, segmentation_metrics
@@ -37,4 +38,5 @@ __all__ = [
     "plot_training_curves",
     "reliability_data",
     "segmentation_metrics",
+    "severity_metrics",
 ]
