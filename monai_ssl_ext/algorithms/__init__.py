@@ -7,6 +7,7 @@ from .flexmatch import FlexMatch
 from .hermes import Hermes
 from .mean_teacher import MeanTeacher
 from .schedules import RampUp, cosine_rampdown, linear_rampup, sigmoid_rampup
+from .semise import SEMISE, severity_levels
 from .supervised import Supervised
 from .thresholds import DualThreshold, FixedThreshold, FlexMatchThreshold, PseudoLabelSelector
 
@@ -16,6 +17,7 @@ ALGORITHMS: dict[str, type[SemiSupervisedAlgorithm]] = {
     "fixmatch": FixMatch,
     "flexmatch": FlexMatch,
     "hermes": Hermes,
+    "semise": SEMISE,
 }
 
 
@@ -35,6 +37,7 @@ def choose(algorithms: dict[str, SemiSupervisedAlgorithm], name: str) -> SemiSup
 
 __all__ = [
     "ALGORITHMS",
+    "SEMISE",
     "DualThreshold",
     "EMATeacher",
     "FixMatch",
@@ -52,5 +55,6 @@ __all__ = [
     "cosine_rampdown",
     "get_algorithm",
     "linear_rampup",
+    "severity_levels",
     "sigmoid_rampup",
 ]

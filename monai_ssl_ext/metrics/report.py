@@ -22,6 +22,7 @@ import torch.distributed as dist
 from monai_ssl_ext.keys import DataKeys, OutputKeys
 from monai_ssl_ext.metrics.classification import classification_metrics
 from monai_ssl_ext.metrics.inputs import to_numpy
+from monai_ssl_ext.metrics.ordinal import severity_metrics
 from monai_ssl_ext.metrics.plots import plot_confusion_matrix, plot_mask_overlays, plot_reliability_diagram
 from monai_ssl_ext.metrics.segmentation import segmentation_metrics
 from monai_ssl_ext.utils.atomic import write_json
@@ -65,6 +66,7 @@ def evaluate_predictions(
     max_overlay_images: int = 16,
     plots: bool = True,
     logger_name: str | None = "monai_ssl_ext.evaluation",
+    class_levels: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Compute the metrics of one split, write the report files and log a summary table.
 
@@ -86,11 +88,13 @@ def evaluate_predictions(
         max_overlay_images: images in the overlay grid.
         plots: write the PNG figures.
         logger_name: logger of the summary table (``None``: no logging).
+        class_levels: ``C`` ordinal severity levels of the classes; adds a ``"severity"`` section
+            (:func:`~monai_ssl_ext.metrics.severity_metrics`: MAE in levels...).
 
     Returns:
         ``{"split", "class_names", "num_samples", "classification": classification_metrics(...),
-        "segmentation": segmentation_metrics(...) (only with masks), "extra": {...}}``, the content of
-        the JSON file.
+        "segmentation": segmentation_metrics(...) (only with masks), "severity": severity_metrics(...)
+        (only with ``class_levels``), "extra": {...}}``, the content of the JSON file.
     """
     cls = classification_metrics(probs, labels, class_names, positive_class=positive_class)
     report: dict[str, Any] = {
@@ -104,6 +108,9 @@ def evaluate_predictions(
         raise ValueError("evaluate_predictions needs both pred_masks and true_masks, or neither")
     if pred_masks is not None:
         report["segmentation"] = segmentation_metrics(pred_masks, true_masks)
+    if class_levels is not None:
+        report["severity"] = {"class_levels": [int(v) for v in class_levels]}
+        report["severity"].update(severity_metrics(probs, labels, class_levels))
     report["extra"] = dict(extra or {})
 
     if output_dir is not None:
@@ -182,6 +189,13 @@ def format_report(report: Mapping[str, Any]) -> str:
             f"Dice {_fmt(seg['dice'])} (non-empty {_fmt(seg['dice_nonempty'])})  "
             f"IoU {_fmt(seg['iou'])} (non-empty {_fmt(seg['iou_nonempty'])})  "
             f"false positives on empty {_fmt(seg['empty_false_positive_rate'])}"
+        )
+    severity = report.get("severity")
+    if severity:
+        lines.append(
+            f"severity (levels {severity['class_levels']}): MAE {_fmt(severity['mae'])}  "
+            f"expected-level MAE {_fmt(severity['expected_level_mae'])}  "
+            f"level accuracy {_fmt(severity['level_accuracy'])}"
         )
     return "\n".join(lines)
 
@@ -282,6 +296,7 @@ class EvaluationReport:
             postprocessing already produced probabilities.
         max_overlay_images: images kept for ``mask_overlays.png``.
         plots: write the PNG figures.
+        class_levels: ordinal severity level of each class, for the report's ``severity`` section.
     """
 
     def __init__(
@@ -296,6 +311,7 @@ class EvaluationReport:
         logits: bool = True,
         max_overlay_images: int = 16,
         plots: bool = True,
+        class_levels: Sequence[int] | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.class_names = [str(n) for n in class_names]
@@ -307,6 +323,7 @@ class EvaluationReport:
         self.logits = logits
         self.max_overlay_images = max_overlay_images
         self.plots = plots
+        self.class_levels = None if class_levels is None else [int(v) for v in class_levels]
         self.reset()
 
     def attach(self, engine: Engine) -> None:
@@ -421,6 +438,7 @@ class EvaluationReport:
             max_overlay_images=self.max_overlay_images,
             plots=self.plots,
             logger_name=self.logger_name if main else None,
+            class_levels=self.class_levels,
         )
         if engine is not None:
             engine.state.metrics_report = report

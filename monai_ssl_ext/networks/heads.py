@@ -9,7 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from monai_ssl_ext.keys import OutputKeys
+from monai_ssl_ext.networks.backbones import build_encoder
 from monai_ssl_ext.networks.encoders import ResNetEncoder
+from monai_ssl_ext.networks.projection import ProjectionHead
 
 __all__ = ["Classifier", "JointClassSegNet", "UNetDecoder", "as_output_dict"]
 
@@ -124,8 +126,11 @@ class JointClassSegNet(nn.Module):
     """Shared encoder with a classification head and a U-Net segmentation decoder.
 
     Input ``(B, C_in, H, W)``. With ``return_dict``: ``{"class": (B, num_classes), "seg": (B, seg_classes,
-    H, W), "features": (B, F)}``; otherwise the class logits (the primary output, for export to a
-    classification service).
+    H, W), "features": (B, F)}``, plus ``"embedding": (B, embed_dim)`` when ``embed_dim`` is set (a
+    :class:`~monai_ssl_ext.networks.ProjectionHead` of the pooled features, for contrastive and
+    ranking losses such as SEMISE's). With ``training_outputs=False`` the dict holds ``class`` and
+    ``seg`` only (what evaluation, inference and an exported model need). Without ``return_dict``:
+    the class logits (the primary output, for export to a classification service).
 
     Args:
         num_classes: image classes.
@@ -133,9 +138,13 @@ class JointClassSegNet(nn.Module):
         in_channels, depth, pretrained, dropout: as in :class:`Classifier`.
         decoder_channels: widths of the four decoder blocks.
         return_dict: return the dict above.
+        embed_dim: size of the projected embedding (``None``: no projection head, no ``embedding``).
+        backbone: encoder name for :func:`~monai_ssl_ext.networks.build_encoder` (``"resnet18"``,
+            ``"efficientnet-lite0"``...); ``None`` builds a ResNet of ``depth``.
+        training_outputs: include ``features`` and ``embedding`` in the dict.
     """
 
-    __constants__ = ["return_dict"]
+    __constants__ = ["return_dict", "training_outputs"]
 
     def __init__(
         self,
@@ -147,17 +156,28 @@ class JointClassSegNet(nn.Module):
         dropout: float = 0.0,
         decoder_channels: tuple[int, ...] = (256, 128, 64, 32),
         return_dict: bool = True,
+        embed_dim: int | None = None,
+        backbone: str | None = None,
+        training_outputs: bool = True,
     ) -> None:
         super().__init__()
-        self.encoder = ResNetEncoder(depth=depth, in_channels=in_channels, pretrained=pretrained)
-        self.decoder = UNetDecoder(self.encoder.out_channels, decoder_channels)
+        if backbone is None:
+            self.encoder = ResNetEncoder(depth=depth, in_channels=in_channels, pretrained=pretrained)
+        else:
+            self.encoder = build_encoder(backbone, in_channels=in_channels, pretrained=pretrained)
+        encoder_channels = list(self.encoder.out_channels)
+        self.decoder = UNetDecoder(encoder_channels, tuple(decoder_channels))
         self.seg_head = nn.Conv2d(self.decoder.out_channels, seg_classes, kernel_size=1)
-        self.feature_dim = self.encoder.out_channels[-1]
+        self.feature_dim = encoder_channels[-1]
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.feature_dim, num_classes)
+        # None rather than an identity so that old checkpoints and TorchScript graphs stay unchanged
+        self.projection = ProjectionHead(self.feature_dim, embed_dim) if embed_dim is not None else None
+        self.embed_dim = embed_dim
         self.num_classes = num_classes
         self.seg_classes = seg_classes
         self.return_dict = return_dict
+        self.training_outputs = training_outputs
 
     def forward(self, x: torch.Tensor):
         stages = self.encoder(x)
@@ -166,5 +186,11 @@ class JointClassSegNet(nn.Module):
         if self.return_dict:
             seg = self.seg_head(self.decoder(stages))
             seg = F.interpolate(seg, size=x.shape[-2:], mode="bilinear", align_corners=False)
-            return {"class": logits, "seg": seg, "features": features}  # OutputKeys; TorchScript needs literals
+            # OutputKeys; TorchScript needs literals
+            out: dict[str, torch.Tensor] = {"class": logits, "seg": seg}
+            if self.training_outputs:
+                out["features"] = features
+                if self.projection is not None:
+                    out["embedding"] = self.projection(features)
+            return out
         return logits

@@ -1,0 +1,311 @@
+"""SEMISE: semi-supervised severity representation learning (Tran et al., arXiv 2501.03848).
+
+The encoder first learns a severity representation from a self-supervised term on the unlabeled
+images and a supervised ordering term on the labeled ones; a classification head and a segmentation
+decoder are then fine-tuned on the labeled subset. Here the three stages are one algorithm whose
+phase follows the share of the run already done, so that one bundle run trains the whole method.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from monai_ssl_ext.algorithms.base import SemiSupervisedAlgorithm, StepOutput
+from monai_ssl_ext.data.severity import SeverityOrder, get_severity_order
+from monai_ssl_ext.keys import DataKeys, OutputKeys
+from monai_ssl_ext.losses.severity import HealthyAnomalyMarginLoss, NTXentLoss, PreferenceRankingLoss
+from monai_ssl_ext.utils.distributed import all_reduce_sum, is_dist
+
+__all__ = ["SEMISE", "severity_levels"]
+
+# values of the ``phase`` buffer and log
+HEALTHY_ANOMALY, PREFERENCE, FINETUNE = 0, 1, 2
+
+
+def _plain(tensor: torch.Tensor) -> torch.Tensor:
+    # a MetaTensor batch mixes labeled and unlabeled images: indexing it would try to slice their
+    # inconsistent metadata; the plain view keeps the autograd graph
+    return tensor.as_tensor() if hasattr(tensor, "as_tensor") else tensor
+
+
+def severity_levels(
+    severity: str | Mapping[str, int] | Sequence[Sequence[str]] | None, class_names: Sequence[str]
+) -> list[int]:
+    """The severity level of each class index of a manifest, for :class:`SEMISE`'s ``class_levels``.
+
+    Args:
+        severity: a registered order name (``"busi"``, ``"ham10000"``: see
+            :func:`~monai_ssl_ext.data.get_severity_order`), a :class:`~monai_ssl_ext.data.SeverityOrder`
+            or its constructor argument (``{name: level}`` or ``[[level-0 names], [level-1 names], ...]``),
+            or ``None``: the manifest's class order is the severity order (class ``k`` at level ``k``).
+        class_names: the manifest's ``classes`` (``C`` names).
+
+    Returns:
+        ``C`` integer levels; a class the order does not know raises ``ValueError`` naming it.
+    """
+    names = list(class_names)
+    if severity is None:
+        return list(range(len(names)))
+    if isinstance(severity, str):
+        order = get_severity_order(severity)
+    elif isinstance(severity, SeverityOrder):
+        order = severity
+    else:
+        order = SeverityOrder(severity)
+    return [int(level) for level in order.levels_for(names).tolist()]
+
+
+class SEMISE(SemiSupervisedAlgorithm):
+    """Severity representation learning in two phases, then supervised fine-tuning, over one run.
+
+    Needs a network whose dict output has ``class`` ``(B, K)``, optionally ``seg`` ``(B, K_s, H, W)``,
+    and ``embedding`` ``(B, D)`` (e.g. :class:`~monai_ssl_ext.networks.JointClassSegNet` with
+    ``embed_dim``). Each labeled image of class ``k`` has the severity level ``l_k = class_levels[k]``.
+    With ``z`` the embeddings, ``u^w``, ``u^s`` the two views of the unlabeled batch and ``x`` the
+    labeled batch, the loss at step ``t`` of a run of ``T`` steps follows the paper's combined objective
+    ``L_combine = alpha L_NT-Xent + (1 - alpha) L_PrO``, whose supervised part is the margin loss in
+    the paper's phase 1 and the preference loss in its phase 2 (phases 0 and 1 here; boundaries
+    ``phase1 T`` and ``phase2 T`` rounded half up):
+
+    - phase 0, healthy/anomaly discrimination (``t < phase1 T``):
+      ``alpha NT-Xent(z(u^w), z(u^s)) + (1 - alpha) L_margin(z(x) + [r]) + w_s L_sup``;
+      ``L_margin`` is :class:`~monai_ssl_ext.losses.HealthyAnomalyMarginLoss`: images of the
+      reference level are pulled together and pushed at least ``margin`` (cosine distance) from the
+      others; the running reference ``r`` joins the batch as one more (constant) healthy embedding,
+      so a batch without healthy images still pushes its anomalies away from healthy;
+    - phase 1, preference optimisation (``phase1 T <= t < phase2 T``):
+      ``alpha NT-Xent(z(u^w), z(u^s)) + (1 - alpha) L_PrO(z(x), l, r) + w_s L_sup``; ``L_PrO`` is
+      :class:`~monai_ssl_ext.losses.PreferenceRankingLoss`: for each labeled pair with
+      ``l_i > l_j``, ``softplus(beta (cos(z_i, r) - cos(z_j, r)))``;
+    - phase 2, fine-tuning (``t >= phase2 T``): ``L_sup + w_f (alpha NT-Xent + (1 - alpha) L_PrO)``,
+      ``L_sup`` the supervised classification + segmentation loss on the labeled batch.
+
+    ``w_s = representation_supervised_weight`` is 0 by default, as in the paper, where the heads are
+    trained only after the representation; a small value trains them alongside it. ``w_f =
+    finetune_representation_weight`` (default 0) keeps the representation term during fine-tuning.
+    NT-Xent sees the unlabeled images only: a labeled batch carries one augmented view per image.
+
+    The healthy reference ``r`` ``(D,)`` is a running mean (momentum ``reference_momentum``) of the
+    mean L2-normalised embedding of the batch's labeled images at the reference level, updated
+    without gradient (averaged over ranks in distributed training). The reference level is 0
+    (healthy) when a class has level 0, otherwise the least severe level of ``class_levels`` (for
+    example benign when a data set has no normal class). Until an image of that level has been seen,
+    the least severe level present in the batch stands in for it, and its batch mean for ``r``.
+
+    The phase boundaries (in steps), the last phase, ``r`` and the number of reference images seen
+    are buffers: a checkpoint restores them, so a resumed run continues in the phase and with the
+    reference it stopped at, even if ``total_steps`` changed.
+
+    Logged: ``phase`` (0, 1, 2 as above), ``reference_norm`` (0 before any reference),
+    ``reference_level`` (the level treated as healthy in the batch, while the representation is
+    trained), the effective weights ``representation_weight`` and ``supervised_weight``, and the
+    unweighted terms ``loss_nt_xent``, ``loss_margin``, ``loss_ranking`` (0 outside the phase that
+    uses them), ``loss_representation`` and ``loss_sup``.
+
+    Args:
+        num_classes: image classes ``K``.
+        class_levels: ``K`` severity levels, index ``k`` for class ``k`` (see :func:`severity_levels`).
+        alpha: weight of NT-Xent in the representation loss, in ``[0, 1]``.
+        temperature: NT-Xent temperature.
+        beta: inverse temperature of the preference loss.
+        margin: healthy/anomaly cosine-distance margin, in ``(0, 2]``.
+        phase1: share of the run at which phase 0 ends.
+        phase2: share of the run at which phase 1 ends and fine-tuning starts (``phase1 <= phase2 <= 1``).
+        reference_momentum: momentum of the running reference, in ``[0, 1)``.
+        finetune_representation_weight: ``w_f``.
+        representation_supervised_weight: ``w_s``.
+        supervised_loss: labeled-batch loss (default :class:`~monai_ssl_ext.losses.TaskLoss`).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        class_levels: Sequence[int] | torch.Tensor,
+        alpha: float = 0.5,
+        temperature: float = 0.5,
+        beta: float = 1.0,
+        margin: float = 0.5,
+        phase1: float = 0.25,
+        phase2: float = 0.5,
+        reference_momentum: float = 0.9,
+        finetune_representation_weight: float = 0.0,
+        representation_supervised_weight: float = 0.0,
+        supervised_loss: nn.Module | None = None,
+    ) -> None:
+        super().__init__(num_classes, supervised_loss)
+        levels = torch.as_tensor(class_levels).reshape(-1)
+        if levels.is_floating_point() or levels.is_complex() or levels.dtype == torch.bool:
+            raise ValueError(f"class_levels must be integer levels, got dtype {levels.dtype}.")
+        if levels.numel() != self.num_classes:
+            raise ValueError(f"{levels.numel()} class_levels for {self.num_classes} classes.")
+        if bool((levels < 0).any()):
+            raise ValueError(f"class_levels must be >= 0, got {levels.tolist()}.")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must lie in [0, 1], got {alpha}.")
+        if not 0.0 <= phase1 <= phase2 <= 1.0:
+            raise ValueError(f"need 0 <= phase1 <= phase2 <= 1 (shares of the run), got {phase1}, {phase2}.")
+        if not 0.0 <= reference_momentum < 1.0:
+            raise ValueError(f"reference_momentum must lie in [0, 1), got {reference_momentum}.")
+        if finetune_representation_weight < 0 or representation_supervised_weight < 0:
+            raise ValueError("finetune_representation_weight and representation_supervised_weight must be >= 0.")
+        self.alpha = float(alpha)
+        self.phase1 = float(phase1)
+        self.phase2 = float(phase2)
+        self.reference_momentum = float(reference_momentum)
+        self.finetune_representation_weight = float(finetune_representation_weight)
+        self.representation_supervised_weight = float(representation_supervised_weight)
+        self.reference_level = int(levels.min())
+        self.nt_xent = NTXentLoss(temperature)
+        self.margin_loss = HealthyAnomalyMarginLoss(margin)
+        self.ranking_loss = PreferenceRankingLoss(beta)
+        self.register_buffer("class_levels", levels.long().clone())
+        # (2,) steps at which phases 0 and 1 end; -1 until setup() or a checkpoint sets them
+        self.register_buffer("phase_ends", torch.full((2,), -1, dtype=torch.long))
+        self.register_buffer("phase", torch.zeros((), dtype=torch.long))
+        # the reference's size is the network's embedding size, known at the first step (or from a checkpoint)
+        self.register_buffer("reference", torch.zeros(0))
+        self.register_buffer("reference_count", torch.zeros((), dtype=torch.long))
+
+    # ------------------------------------------------------------------ schedule
+    def setup(self, network: nn.Module, total_steps: int, num_unlabeled: int | None = None) -> None:
+        super().setup(network, total_steps, num_unlabeled)
+        # half up, not Python's half-to-even: a 4-step smoke run still gets one step of phase 0
+        ends = [math.floor(share * total_steps + 0.5) for share in (self.phase1, self.phase2)]
+        self.phase_ends.copy_(torch.tensor(ends, dtype=torch.long))
+
+    def phase_at(self, step: int) -> int:
+        """The phase of ``step``: 0 healthy/anomaly, 1 preference optimisation, 2 fine-tuning."""
+        if int(self.phase_ends[0]) < 0:
+            raise RuntimeError("SEMISE.setup() must run before training (the trainer calls it).")
+        if step < int(self.phase_ends[0]):
+            return HEALTHY_ANOMALY
+        if step < int(self.phase_ends[1]):
+            return PREFERENCE
+        return FINETUNE
+
+    # ------------------------------------------------------------------ healthy reference
+    @property
+    def has_reference(self) -> bool:
+        """Whether an image of the reference level has been seen (the running reference is set)."""
+        return int(self.reference_count) > 0 and self.reference.numel() > 0
+
+    @torch.no_grad()
+    def update_reference(self, embeddings: torch.Tensor, levels: torch.Tensor) -> None:
+        """Fold the mean normalised embedding of the reference-level rows of ``(B, D)`` ``embeddings`` into ``r``."""
+        z = F.normalize(embeddings.detach().float(), dim=1)
+        healthy = (levels == self.reference_level).to(z.dtype)
+        total = torch.cat([(z * healthy[:, None]).sum(dim=0), healthy.sum()[None]])
+        if is_dist():
+            # every rank must join the reduction, with or without healthy images of its own
+            total = all_reduce_sum(total)
+        count = int(total[-1].round())
+        if count == 0:
+            return
+        batch_reference = total[:-1] / count
+        if not self.has_reference or self.reference.shape != batch_reference.shape:
+            self.reference = batch_reference.to(self.reference.device)
+        else:
+            self.reference.mul_(self.reference_momentum).add_(batch_reference, alpha=1.0 - self.reference_momentum)
+        self.reference_count += count
+
+    def _anchor(self, embeddings: torch.Tensor, levels: torch.Tensor) -> tuple[int, torch.Tensor | None]:
+        """The level treated as healthy in this batch and the reference ``(D,)`` to rank against."""
+        if self.has_reference:
+            return self.reference_level, self.reference.to(embeddings.dtype)
+        # nothing of the reference level seen yet: the batch's least severe images stand in for it
+        level = int(levels.min())
+        chosen = levels == level
+        return level, F.normalize(embeddings.detach()[chosen], dim=1).mean(dim=0)
+
+    def _load_from_state_dict(self, state_dict: Mapping[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # the reference is sized lazily: take the checkpoint's size so that the copy can succeed
+        saved = state_dict.get(prefix + "reference")
+        if saved is not None and saved.shape != self.reference.shape:
+            self.reference = torch.zeros(saved.shape, dtype=self.reference.dtype, device=self.reference.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # ------------------------------------------------------------------ step
+    def train_step(
+        self, network: nn.Module, labeled: dict[str, Any], unlabeled: dict[str, Any] | None, step: int
+    ) -> StepOutput:
+        phase = self.phase_at(step)
+        self.phase.fill_(phase)
+        finetune = phase == FINETUNE
+        rep_weight = self.finetune_representation_weight if finetune else 1.0
+        sup_weight = 1.0 if finetune else self.representation_supervised_weight
+        use_representation = rep_weight > 0
+
+        images = [labeled[DataKeys.IMAGE]]
+        if use_representation:
+            if unlabeled is None:
+                raise ValueError("SEMISE needs an unlabeled batch while it learns the representation.")
+            images += [unlabeled[DataKeys.IMAGE_WEAK], unlabeled[DataKeys.IMAGE_STRONG]]
+        outputs = self.forward_views(network, images)
+        out_l = outputs[0]
+        if OutputKeys.CLASS not in out_l:
+            raise ValueError(f"SEMISE needs a network with a class output; got {sorted(out_l)}.")
+        if use_representation and OutputKeys.EMBEDDING not in out_l:
+            raise ValueError(
+                "SEMISE needs a network with an 'embedding' output (e.g. JointClassSegNet with embed_dim); "
+                f"got {sorted(out_l)}."
+            )
+
+        sup, sup_terms = self.supervised_loss(out_l, labeled)
+        zero = sup.new_zeros(())
+        nt_xent = margin = ranking = representation = zero
+        logs: dict[str, float] = {}
+        if use_representation:
+            labels = _plain(torch.as_tensor(labeled[DataKeys.LABEL], device=sup.device)).long().view(-1)
+            levels = self.class_levels.to(labels.device)[labels]
+            z_l, z_w, z_s = (_plain(out[OutputKeys.EMBEDDING]).float() for out in outputs)
+            self.update_reference(z_l, levels)
+            nt_xent = self.nt_xent(z_w, z_s)
+            anchor_level, reference = self._anchor(z_l, levels)
+            if phase == HEALTHY_ANOMALY:
+                embeddings, healthy = z_l, levels == anchor_level
+                if self.has_reference:
+                    embeddings = torch.cat([z_l, self.reference.to(z_l)[None]])
+                    healthy = torch.cat([healthy, healthy.new_ones(1)])
+                supervised_term = margin = self.margin_loss(embeddings, healthy)
+            else:
+                supervised_term = ranking = self.ranking_loss(z_l, levels, reference)
+            representation = self.alpha * nt_xent + (1.0 - self.alpha) * supervised_term
+            logs["reference_level"] = float(anchor_level)
+
+        loss = rep_weight * representation + sup_weight * sup
+        if not use_representation and OutputKeys.EMBEDDING in out_l:
+            # a graph-connected zero: DistributedDataParallel expects every parameter to get a gradient
+            loss = loss + 0.0 * out_l[OutputKeys.EMBEDDING].sum()
+        logs.update(
+            {
+                "phase": float(phase),
+                "reference_norm": float(self.reference.norm()) if self.has_reference else 0.0,
+                "representation_weight": rep_weight,
+                "supervised_weight": sup_weight,
+            }
+        )
+        return StepOutput(
+            loss=loss,
+            terms={
+                "loss_sup": sup.detach(),
+                **{name: term.detach() for name, term in sup_terms.items()},
+                "loss_nt_xent": nt_xent.detach(),
+                "loss_margin": margin.detach(),
+                "loss_ranking": ranking.detach(),
+                "loss_representation": representation.detach(),
+            },
+            logs=logs,
+            labeled_outputs={k: v for k, v in out_l.items() if k in (OutputKeys.CLASS, OutputKeys.SEG)},
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_classes={self.num_classes}, class_levels={self.class_levels.tolist()}, alpha={self.alpha}, "
+            f"phase1={self.phase1}, phase2={self.phase2}"
+        )

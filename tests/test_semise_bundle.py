@@ -1,0 +1,197 @@
+"""The SEMISE bundle: its algorithm keys, severity orders, the HAM10000 overlay, the severity report, end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import export_torchscript
+from monai.bundle import ConfigParser
+
+from monai_ssl_ext.algorithms import SEMISE, FixMatch, FlexMatch, MeanTeacher, Supervised
+from monai_ssl_ext.benchmark import bundle_command, run_workflow
+from monai_ssl_ext.data import HAM10000_SEVERITY
+from monai_ssl_ext.data.synthetic import ensure_synthetic_dataset
+from monai_ssl_ext.metrics import evaluate_predictions, format_report
+from monai_ssl_ext.networks import JointClassSegNet
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "semise_ultrasound"
+HAM_MANIFEST = REPO / "data_manifests" / "ham10000" / "ham10000.json"
+BUSI_MANIFEST = REPO / "data_manifests" / "busi" / "busi.json"
+TINY = {"image_size": 32, "backbone": "resnet10", "num_workers": 0, "labeled_batch_size": 4, "unlabeled_batch_size": 4}
+
+
+def _parser(data: Path, configs: tuple[str, ...] = ("train.json",), **overrides) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / "configs" / c) for c in configs])
+    parser.update(
+        {
+            "bundle_root": str(BUNDLE),
+            "datalist": str(data),
+            "data_root": str(data.parent),
+            "device": "$torch.device('cpu')",
+            **TINY,
+            **overrides,
+        }
+    )
+    return parser
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    return ensure_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), num_images=40, image_size=48)
+
+
+def test_every_algorithm_key_instantiates_on_the_same_network(small_data):
+    parser = _parser(small_data)
+    expected = {
+        "semise": (SEMISE, 0.5),
+        "semise_contrastive_only": (SEMISE, 1.0),
+        "supervised": (Supervised, None),
+        "mean_teacher": (MeanTeacher, None),
+        "fixmatch": (FixMatch, None),
+        "flexmatch": (FlexMatch, None),
+    }
+    assert set(parser["algorithms"]) == set(expected)
+    for name, (cls, alpha) in expected.items():
+        parser["algorithm_name"] = name
+        parser.parse()
+        algorithm = parser.get_parsed_content("algorithm")
+        assert type(algorithm) is cls, name
+        if alpha is not None:
+            assert algorithm.alpha == alpha
+            # the synthetic data set has no normal class: BUSI's order ranks benign (1) below malignant (2)
+            assert algorithm.class_levels.tolist() == [1, 2] and algorithm.reference_level == 1
+            assert (algorithm.phase1, algorithm.phase2) == (0.25, 0.5)
+    net = parser.get_parsed_content("network_def")
+    assert isinstance(net, JointClassSegNet) and net.embed_dim == 128 and net.training_outputs
+    out = net.eval()(torch.rand(2, 1, 32, 32))
+    assert out["embedding"].shape == (2, 128) and out["class"].shape == (2, 2)
+
+
+def test_severity_key_accepts_a_name_groups_or_the_manifest_order(small_data):
+    for severity, levels in (("busi", [1, 2]), (None, [0, 1]), ([["malignant"], ["benign"]], [1, 0])):
+        parser = _parser(small_data, severity=severity)
+        assert parser.get_parsed_content("severity_classes") == levels
+    parser = _parser(small_data, severity="ham10000")
+    with pytest.raises(Exception) as err:  # monai.bundle wraps the expression's error
+        parser.get_parsed_content("severity_classes")
+    messages = []
+    cause: BaseException | None = err.value
+    while cause is not None:
+        messages.append(str(cause))
+        cause = cause.__cause__ or cause.__context__
+    assert any("benign" in m and "ham10000" in m for m in messages), messages
+
+
+def test_busi_manifest_classes_map_to_normal_benign_malignant(small_data):
+    classes = json.loads(BUSI_MANIFEST.read_text())["classes"]
+    assert classes == ["normal", "benign", "malignant"]
+    parser = _parser(small_data, class_names=classes)
+    assert parser.get_parsed_content("severity_classes") == [0, 1, 2]
+    assert parser.get_parsed_content("algorithms#semise").reference_level == 0
+    meta = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
+    channel_def = meta["network_data_format"]["outputs"]["class"]["channel_def"]
+    assert [channel_def[str(i)] for i in range(len(classes))] == classes
+
+
+def test_ham10000_overlay_with_the_real_manifest_classes(small_data):
+    classes = json.loads(HAM_MANIFEST.read_text())["classes"]
+    assert len(classes) == 7
+    parser = _parser(small_data, ("train.json", "ham10000.json"), class_names=classes)
+    assert parser["modality"] == "dermoscopy" and parser["severity"] == "ham10000"
+    levels = parser.get_parsed_content("severity_classes")
+    assert levels == HAM10000_SEVERITY.levels_for(classes).tolist()
+    by_name = dict(zip(classes, levels, strict=True))
+    # nv, bkl, df, vasc (benign) < akiec (pre-malignant) < bcc, mel (malignant)
+    assert by_name == {"nv": 0, "bkl": 0, "df": 0, "vasc": 0, "akiec": 1, "bcc": 2, "mel": 2}
+    assert parser.get_parsed_content("profile").name == "dermoscopy"
+    net = parser.get_parsed_content("network_def")
+    assert net.encoder.conv1.in_channels == 3 and net.head.out_features == 7
+    algorithm = parser.get_parsed_content("algorithms#semise")
+    assert algorithm.class_levels.tolist() == levels and algorithm.reference_level == 0
+
+
+def test_evaluation_report_has_a_severity_section(tmp_path):
+    probs = np.array([[0.8, 0.1, 0.1], [0.1, 0.2, 0.7], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1]])
+    labels = np.array([0, 2, 2, 1])
+    report = evaluate_predictions(probs, labels, ["normal", "benign", "malignant"], tmp_path, class_levels=[0, 1, 2])
+    severity = report["severity"]
+    assert severity["class_levels"] == [0, 1, 2]
+    assert severity["mae"] == pytest.approx((0 + 0 + 1 + 1) / 4)
+    assert severity["level_accuracy"] == pytest.approx(0.5)
+    assert json.loads((tmp_path / "metrics.json").read_text())["severity"]["mae"] == pytest.approx(0.5)
+    assert "severity" in format_report(report) and "MAE 0.500" in format_report(report)
+    assert "severity" not in evaluate_predictions(probs, labels, None, None, logger_name=None)
+
+
+def _run(tmp_path: Path, run_id: str, configs: list[str], overrides: dict) -> str:
+    cmd = bundle_command(BUNDLE, run_id, configs, overrides)
+    run_workflow(cmd, tmp_path / f"{run_id}.log")
+    return (tmp_path / f"{run_id}.log").read_text()
+
+
+@pytest.mark.slow
+def test_semise_train_evaluate_infer_export_end_to_end(tmp_path, small_data):
+    base = {
+        **TINY,
+        "datalist": str(small_data),
+        "data_root": str(small_data.parent),
+        "ckpt_dir": str(tmp_path / "models"),
+        "output_dir": str(tmp_path / "run"),
+        "num_iterations": 4,
+        "val_interval": 2,
+        "label_budget": 12,
+    }
+    log = _run(tmp_path, "training", ["train.json"], base)
+    assert "[train] 4/4 (100%)" in log
+    for term in ("loss_nt_xent", "loss_margin", "loss_ranking", "reference_norm", "phase"):
+        assert term in log, term
+    assert "val_auc_dice" in log and "val_dice" in log
+    assert (tmp_path / "models" / "model.pt").is_file()
+
+    _run(tmp_path, "evaluating", ["train.json", "evaluate.json"], {**base, "eval_output_dir": str(tmp_path / "eval")})
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert {"accuracy", "macro_f1", "auc"} <= set(metrics["classification"])
+    assert {"dice", "iou"} <= set(metrics["segmentation"])
+    assert metrics["severity"]["class_levels"] == [1, 2] and 0 <= metrics["severity"]["mae"] <= 1
+    assert metrics["extra"]["bundle"] == "semise_ultrasound" and metrics["extra"]["severity"] == "busi"
+
+    images = sorted((small_data.parent / "images").glob("*.png"))[:5]
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for img in images:
+        (inputs / img.name).write_bytes(img.read_bytes())
+    # the synthetic data set has two classes; the bundle's declared default is BUSI's three
+    classes = "['benign','malignant']"
+    infer = {
+        "input_dir": str(inputs),
+        "checkpoint": str(tmp_path / "models" / "model.pt"),
+        "output_dir": str(tmp_path / "infer"),
+        "image_size": 32,
+        "backbone": "resnet10",
+        "class_names": classes,
+    }
+    _run(tmp_path, "run", ["inference.json"], infer)
+    with open(tmp_path / "infer" / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(images)
+    for row in rows:
+        assert abs(float(row["prob_benign"]) + float(row["prob_malignant"]) - 1) < 1e-5
+    assert (tmp_path / "infer" / "predictions_overlay.png").is_file()
+
+    ts = tmp_path / "model.ts"
+    export_torchscript(
+        BUNDLE, tmp_path / "models" / "model.pt", ts, image_size=32, backbone="resnet10", class_names=classes
+    )
+    model = torch.jit.load(str(ts))
+    out = model(torch.rand(2, 1, 32, 32))
+    assert set(out) == {"class", "seg"}
+    assert out["class"].shape == (2, 2) and out["seg"].shape == (2, 2, 32, 32)
