@@ -154,3 +154,25 @@ def test_hermes_train_evaluate_infer_export_end_to_end(tmp_path, small_data):
     out = model(torch.rand(2, 1, 32, 32))
     assert set(out) == {"class", "seg"}
     assert out["class"].shape == (2, 2) and out["seg"].shape == (2, 2, 32, 32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["hermes", "fixmatch"])
+def test_two_process_training_with_heads_some_algorithms_do_not_use(tmp_path, small_data, algorithm):
+    # FixMatch never reads the projection heads and Hermes reads its contrastive heads only after the
+    # warm-up: DistributedDataParallel must be told that some parameters get no gradient
+    overrides = {
+        **TINY,
+        "datalist": str(small_data),
+        "data_root": str(small_data.parent),
+        "ckpt_dir": str(tmp_path / "models"),
+        "output_dir": str(tmp_path / "run"),
+        "algorithm_name": algorithm,
+        "num_iterations": 4,
+        "val_interval": 2,
+        "label_budget": 12,
+    }
+    cmd = bundle_command(BUNDLE, "training", ["train.json", "multi_gpu_train.json"], overrides, nproc=2)
+    run_workflow(cmd, tmp_path / "ddp.log")
+    assert "[train] 4/4 (100%)" in (tmp_path / "ddp.log").read_text()
+    assert (tmp_path / "models" / "model.pt").is_file()
