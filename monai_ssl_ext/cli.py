@@ -399,6 +399,35 @@ class Commands:
 
     @staticmethod
     @_friendly
+    def export(
+        ckpt: str,
+        output: str,
+        bundle: str = _DEFAULT_BUNDLE,
+        configs: Any = "inference.json",
+        metadata: Any = "metadata.json",
+        **overrides: Any,
+    ) -> str:
+        """Export a checkpoint to TorchScript with config and metadata overlays merged in order.
+
+        Args:
+            ckpt: state dict of the network (``models/model.pt``).
+            output: TorchScript file to write (``models/model.ts``).
+            bundle: bundle folder or name.
+            configs: comma-separated config files under the bundle's ``configs/`` (or paths).
+            metadata: comma-separated metadata files, merged in order and embedded in the model.
+            overrides: config values, as for training (``--image_size 64 --backbone resnet10``).
+        """
+        from monai_ssl_ext.benchmark import find_bundle
+        from monai_ssl_ext.deploy import export_bundle
+
+        path = export_bundle(
+            find_bundle(bundle), ckpt, output, configs=_as_list(configs), metadata=_as_list(metadata), **overrides
+        )
+        print(f"wrote {path}")
+        return str(path)
+
+    @staticmethod
+    @_friendly
     def check_bundle(*bundles: str, schema: str | None = None) -> list:
         """Model-zoo checks for each bundle: metadata schema, network input/output, TorchScript export."""
         from monai_ssl_ext.benchmark import find_bundle

@@ -14,6 +14,7 @@ from monai.bundle import ConfigParser
 
 from monai_ssl_ext.algorithms import SEMISE, FixMatch, FlexMatch, MeanTeacher, Supervised
 from monai_ssl_ext.benchmark import bundle_command, run_workflow
+from monai_ssl_ext.cli import main
 from monai_ssl_ext.data import HAM10000_SEVERITY
 from monai_ssl_ext.data.synthetic import ensure_synthetic_dataset
 from monai_ssl_ext.metrics import evaluate_predictions, format_report
@@ -119,6 +120,42 @@ def test_ham10000_overlay_with_the_real_manifest_classes(small_data):
     assert algorithm.class_levels.tolist() == levels and algorithm.reference_level == 0
 
 
+def test_ham10000_export_declares_colour_input_and_seven_classes(tmp_path):
+    from monai.bundle import verify_metadata
+
+    from monai_ssl_ext.deploy.bundle_checks import DEFAULT_SCHEMA
+
+    classes = json.loads(HAM_MANIFEST.read_text())["classes"]
+    metas = ("metadata.json", "ham10000_metadata.json")
+    configs = ("inference.json", "ham10000_inference.json")
+    if DEFAULT_SCHEMA.is_file():
+        verify_metadata(meta_file=[str(BUNDLE / "configs" / m) for m in metas], filepath=str(DEFAULT_SCHEMA))
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / "configs" / c) for c in configs])
+    parser.read_meta([str(BUNDLE / "configs" / m) for m in metas])
+    parser.update({"bundle_root": str(BUNDLE), "image_size": 32, "backbone": "resnet10"})
+    assert parser["class_names"] == classes
+    net = parser.get_parsed_content("network_def")
+    ckpt = tmp_path / "model.pt"
+    torch.save(net.state_dict(), ckpt)
+
+    ts = tmp_path / "model.ts"
+    # the command the README gives, with both overlays
+    files = ["--configs", ",".join(configs), "--metadata", ",".join(metas)]
+    small = ["--image_size", "32", "--backbone", "resnet10"]
+    main(["export", "--bundle", str(BUNDLE), "--ckpt", str(ckpt), "--output", str(ts), *files, *small])
+    extra = {"metadata.json": ""}
+    model = torch.jit.load(str(ts), _extra_files=extra)
+    meta = json.loads(extra["metadata.json"])
+    image_in = meta["network_data_format"]["inputs"]["image"]
+    class_out = meta["network_data_format"]["outputs"]["class"]
+    assert image_in["num_channels"] == 3 and image_in["modality"] == "XC"
+    assert class_out["num_channels"] == 7 and [class_out["channel_def"][str(i)] for i in range(7)] == classes
+    assert meta["network_data_format"]["outputs"]["seg"]["num_channels"] == 2
+    out = model(torch.rand(1, 3, 32, 32))
+    assert out["class"].shape == (1, 7) and out["seg"].shape == (1, 2, 32, 32)
+
+
 def test_evaluation_report_has_a_severity_section(tmp_path):
     probs = np.array([[0.8, 0.1, 0.1], [0.1, 0.2, 0.7], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1]])
     labels = np.array([0, 2, 2, 1])
@@ -154,7 +191,7 @@ def test_semise_train_evaluate_infer_export_end_to_end(tmp_path, small_data):
     assert "[train] 4/4 (100%)" in log
     for term in ("loss_nt_xent", "loss_margin", "loss_ranking", "reference_norm", "phase"):
         assert term in log, term
-    assert "val_auc_dice" in log and "val_dice" in log
+    assert "val_auc_dice" in log and "val_dice" in log and "val_severity_mae" in log
     assert (tmp_path / "models" / "model.pt").is_file()
 
     _run(tmp_path, "evaluating", ["train.json", "evaluate.json"], {**base, "eval_output_dir": str(tmp_path / "eval")})

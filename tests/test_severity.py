@@ -16,6 +16,7 @@ from monai_ssl_ext.data import (
     SeverityOrder,
     get_severity_order,
 )
+from monai_ssl_ext.engines import ClassificationMetric
 from monai_ssl_ext.losses import (
     HealthyAnomalyMarginLoss,
     NTXentLoss,
@@ -354,6 +355,23 @@ def test_severity_metrics_shared_levels():
         severity_metrics(probs, labels, [0, 1, 2])
     with pytest.raises(ValueError, match=">= 0"):
         severity_metrics(probs, labels, [0, 1, -1, 2])
+
+
+def test_validation_metric_reports_severity_mae_over_the_epoch():
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.2, 0.5, 0.3], [0.0, 0.1, 0.9]])
+    labels = torch.tensor([0, 1, 2, 2])
+    metric = ClassificationMetric("severity_mae", output_transform=lambda o: o, class_levels=[0, 1, 2])
+    # two batches, logits: the figure is over the whole epoch, as in the hand-computed case above
+    metric.update((torch.log(probs[:2]), labels[:2]))
+    metric.update((torch.log(probs[2:]), labels[2:]))
+    assert metric.compute() == pytest.approx(0.5)
+    accuracy = ClassificationMetric("severity_level_accuracy", output_transform=lambda o: o, class_levels=[0, 1, 2])
+    accuracy.update((torch.log(probs), labels))
+    assert accuracy.compute() == pytest.approx(0.5)
+    without_levels = ClassificationMetric("severity_mae", output_transform=lambda o: o)
+    without_levels.update((torch.log(probs), labels))
+    with pytest.raises(KeyError, match="severity_mae"):
+        without_levels.compute()
 
 
 def test_per_class_recall_is_reported():

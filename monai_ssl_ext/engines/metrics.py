@@ -36,6 +36,9 @@ class ClassificationMetric(Metric):
         output_transform: maps ``engine.state.output`` to ``(pred, label)``; predictions may be
             logits ``(C,)``/``(B, C)`` or dicts with a ``class`` entry (decollated lists are fine).
         positive_class: positive class of binary tasks (for sensitivity/specificity).
+        class_levels: ``(C,)`` severity level of each class; with it, the ordinal figures of
+            :func:`monai_ssl_ext.metrics.severity_metrics` are available as ``severity_mae``,
+            ``severity_expected_level_mae`` and ``severity_level_accuracy``.
     """
 
     def __init__(
@@ -44,9 +47,11 @@ class ClassificationMetric(Metric):
         output_transform: Callable = from_engine(["pred", "label"]),
         positive_class: int = 1,
         device: str | torch.device = "cpu",
+        class_levels: Sequence[int] | None = None,
     ) -> None:
         self.metric = metric
         self.positive_class = positive_class
+        self.class_levels = None if class_levels is None else [int(v) for v in class_levels]
         self._probs: list[torch.Tensor] = []
         self._labels: list[torch.Tensor] = []
         super().__init__(output_transform=output_transform, device=device)
@@ -77,6 +82,11 @@ class ClassificationMetric(Metric):
         probs = torch.cat(probs_parts)
         labels = torch.cat([lb for _, rank_labels in parts for lb in rank_labels])
         figures = classification_metrics(probs.numpy(), labels.numpy(), positive_class=self.positive_class)
+        if self.class_levels is not None:
+            from monai_ssl_ext.metrics import severity_metrics
+
+            ordinal = severity_metrics(probs.numpy(), labels.numpy(), self.class_levels)
+            figures.update({f"severity_{k}": v for k, v in ordinal.items() if k != "num_samples"})
         if self.metric not in figures:
             raise KeyError(f"unknown classification metric '{self.metric}'; available: {sorted(figures)}")
         return float(figures[self.metric])
