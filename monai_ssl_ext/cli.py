@@ -423,7 +423,6 @@ class Commands:
         path = export_bundle(
             find_bundle(bundle), ckpt, output, configs=_as_list(configs), metadata=_as_list(metadata), **overrides
         )
-        print(f"wrote {path}")
         return str(path)
 
     @staticmethod
