@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_in_out
+from monai.bundle import ConfigParser, verify_metadata, verify_net_in_out
+
+from .export import export_bundle
 
 __all__ = ["BundleCheckError", "check_bundle"]
 
@@ -127,15 +129,7 @@ def check_bundle(
         network = parser.get_parsed_content(net_id)
         ckpt = Path(tmp) / "model.pt"
         torch.save(network.state_dict(), ckpt)
-        ts_path = Path(tmp) / "model.ts"
-        ckpt_export(
-            net_id=net_id,
-            filepath=str(ts_path),
-            ckpt_file=str(ckpt),
-            meta_file=str(meta_file),
-            config_file=str(config_file),
-            **overrides,
-        )
+        ts_path = export_bundle(bundle, ckpt, Path(tmp) / "model.ts", configs=inference_config, net_id=net_id)
         if not ts_path.is_file():
             raise BundleCheckError(f"{bundle.name}: ckpt_export wrote no {ts_path.name}")
         extra_files = {"metadata.json": "", "inference.json": ""}

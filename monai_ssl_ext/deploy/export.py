@@ -4,7 +4,7 @@ MONAI's ``ckpt_export`` merges a list of config files but reads a single metadat
 trained with an overlay (HAM10000 on the SEMISE bundle: colour input, seven classes) needs the
 metadata overlaid the same way, or the exported model declares the wrong input and outputs. This
 module merges the metadata files in order (later files win; ``a::b::c`` keys set one nested
-entry), writes the result beside the export, and calls ``ckpt_export`` with it.
+entry), writes the result to a temporary file, and calls ``ckpt_export`` with it.
 """
 
 from __future__ import annotations
