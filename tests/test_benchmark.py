@@ -63,6 +63,22 @@ def test_results_markdown_has_one_row_per_algorithm_with_mean_and_std():
     assert "| supervised | 0 | 70.00 ± 0.00 |" in rows[1]
     assert "Dice" not in text  # no segmentation metric in any run: no empty column
     assert "Dice" in results_markdown([_record("fixmatch", 0, 0.8, dice=0.7)])
+    assert "Recall per class" not in text  # no run records it
+
+
+def test_results_markdown_gives_severity_mae_in_levels_and_recall_per_class():
+    runs = [_record("semise", 0, 0.8), _record("semise", 1, 0.6)]
+    for run, mae, recalls in zip(runs, (0.25, 0.75), ((1.0, 0.5), (0.5, 0.5)), strict=True):
+        run["metrics"]["severity_mae"] = mae
+        run["per_class_recall"] = dict(zip(("benign", "malignant"), recalls, strict=True))
+    text = results_markdown(runs)
+    header = next(line for line in text.splitlines() if line.startswith("| Algorithm | Seeds"))
+    assert header.split(" | ")[6] == "Severity MAE"
+    row = next(line for line in text.splitlines() if line.startswith("| semise | 0,1"))
+    assert row.split(" | ")[6] == "0.500 ± 0.354"  # levels, not %
+    recall_rows = text.split("Recall per class:", 1)[1].splitlines()
+    assert "| Algorithm | benign | malignant |" in recall_rows
+    assert "| semise | 75.00 ± 35.36 | 50.00 ± 0.00 |" in recall_rows
 
 
 def test_root_cause_skips_the_bundle_wrapper_and_keeps_the_message_lines():
@@ -127,6 +143,7 @@ def test_benchmark_runs_every_algorithm_and_seed_and_resumes(tmp_path):
     for record in results:
         assert record.keys() >= REQUIRED_RECORD_KEYS
         assert {"accuracy", "balanced_accuracy", "macro_f1", "auc"} <= record["metrics"].keys()
+        assert set(record["per_class_recall"]) == {"benign", "malignant"}
         assert 0.0 <= record["metrics"]["accuracy"] <= 1.0
         assert record["train_images_per_s"] > 0 and record["peak_memory_mb"] > 0 and record["wall_s"] > 0
         assert record["labels"] == 16 and record["profile"] == "smoke"

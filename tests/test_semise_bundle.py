@@ -17,7 +17,7 @@ from monai_ssl_ext.benchmark import bundle_command, run_workflow
 from monai_ssl_ext.cli import main
 from monai_ssl_ext.data import HAM10000_SEVERITY
 from monai_ssl_ext.data.synthetic import ensure_synthetic_dataset
-from monai_ssl_ext.metrics import evaluate_predictions, format_report
+from monai_ssl_ext.metrics import evaluate_predictions, format_report, headline_metrics, per_class_recall
 from monai_ssl_ext.networks import JointClassSegNet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -166,7 +166,12 @@ def test_evaluation_report_has_a_severity_section(tmp_path):
     assert severity["level_accuracy"] == pytest.approx(0.5)
     assert json.loads((tmp_path / "metrics.json").read_text())["severity"]["mae"] == pytest.approx(0.5)
     assert "severity" in format_report(report) and "MAE 0.500" in format_report(report)
-    assert "severity" not in evaluate_predictions(probs, labels, None, None, logger_name=None)
+    without_levels = evaluate_predictions(probs, labels, None, None, logger_name=None)
+    assert "severity" not in without_levels
+    # the benchmark's figures: severity MAE only where the classes are ordered, recall of every class
+    assert headline_metrics(report)["severity_mae"] == pytest.approx(0.5)
+    assert "severity_mae" not in headline_metrics(without_levels)
+    assert per_class_recall(report) == pytest.approx({"normal": 1.0, "benign": 0.0, "malignant": 0.5})
 
 
 def _run(tmp_path: Path, run_id: str, configs: list[str], overrides: dict) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 from monai_ssl_ext.benchmark.bundle_runner import bundle_command, find_bundle, run_workflow
 from monai_ssl_ext.benchmark.tables import results_markdown
 from monai_ssl_ext.engines.handlers import format_duration
-from monai_ssl_ext.metrics.report import headline_metrics
+from monai_ssl_ext.metrics.report import headline_metrics, per_class_recall
 from monai_ssl_ext.utils.atomic import write_json, write_text
 
 __all__ = ["BenchmarkSpec", "run_benchmark"]
@@ -131,7 +131,8 @@ def run_benchmark(spec: BenchmarkSpec) -> list[dict]:
         eval_s = run_workflow(eval_cmd, run_dir / "evaluate.log")
 
         summary = json.loads((run_dir / "train_summary.json").read_text())
-        metrics = headline_metrics(json.loads((run_dir / "eval_test" / "metrics.json").read_text()))
+        report = json.loads((run_dir / "eval_test" / "metrics.json").read_text())
+        metrics = headline_metrics(report)
         record = {
             "bundle": bundle.name,
             "algorithm": algorithm,
@@ -140,6 +141,7 @@ def run_benchmark(spec: BenchmarkSpec) -> list[dict]:
             "seed": seed,
             "profile": spec.profile,
             "metrics": metrics,
+            "per_class_recall": per_class_recall(report),
             "train_images_per_s": summary.get("train_images_per_s"),
             "peak_memory_mb": summary.get("peak_memory_mb"),
             "wall_s": train_s,

@@ -8,13 +8,15 @@ from collections.abc import Sequence
 
 __all__ = ["mean_std", "results_markdown"]
 
+# (metric key, column title, shown in %): severity MAE is a distance in levels, not a rate
 _COLUMNS = [
-    ("accuracy", "Accuracy"),
-    ("balanced_accuracy", "Balanced acc."),
-    ("macro_f1", "Macro-F1"),
-    ("auc", "AUC"),
-    ("dice", "Dice"),
-    ("iou", "IoU"),
+    ("accuracy", "Accuracy", True),
+    ("balanced_accuracy", "Balanced acc.", True),
+    ("macro_f1", "Macro-F1", True),
+    ("auc", "AUC", True),
+    ("dice", "Dice", True),
+    ("iou", "IoU", True),
+    ("severity_mae", "Severity MAE", False),
 ]
 
 
@@ -34,11 +36,31 @@ def _fmt(values: Sequence[float], percent: bool = True) -> str:
     if math.isnan(mean):
         return "-"
     scale = 100.0 if percent else 1.0
-    return f"{mean * scale:.2f} ± {std * scale:.2f}"
+    return f"{mean * scale:.2f} ± {std * scale:.2f}" if percent else f"{mean:.3f} ± {std:.3f}"
+
+
+def _per_class_recall_lines(by_algorithm: dict[str, list[dict]]) -> list[str]:
+    """A table of recall per class (mean ± std over seeds, in %) for the runs that record it."""
+    classes: list[str] = []
+    for runs in by_algorithm.values():
+        for r in runs:
+            classes += [c for c in r.get("per_class_recall") or {} if c not in classes]
+    if not classes:
+        return []
+    lines = ["Recall per class:", ""]
+    lines.append("| " + " | ".join(["Algorithm", *classes]) + " |")
+    lines.append("|" + "|".join(["---"] * (len(classes) + 1)) + "|")
+    for algorithm, runs in by_algorithm.items():
+        cells = [_fmt([(r.get("per_class_recall") or {}).get(c) for r in runs]) for c in classes]
+        lines.append("| " + " | ".join([algorithm, *cells]) + " |")
+    return [*lines, ""]
 
 
 def results_markdown(results: Sequence[dict], command: str = "") -> str:
-    """One table per (dataset, labels, profile): a row per algorithm, mean ± std over its seeds (in %)."""
+    """One table per (dataset, labels, profile): a row per algorithm, mean ± std over its seeds.
+
+    Rates are in %, severity MAE in levels; runs that record ``per_class_recall`` add a second table.
+    """
     groups: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in results:
         groups[(r["dataset"], r["labels"], r["profile"], r.get("bundle", ""))][r["algorithm"]].append(r)
@@ -47,23 +69,24 @@ def results_markdown(results: Sequence[dict], command: str = "") -> str:
         lines += ["Produced by:", "", "```", command, "```", ""]
     for (dataset, labels, profile, bundle), by_algorithm in groups.items():
         present = [
-            (k, name) for k, name in _COLUMNS if any(k in r["metrics"] for rs in by_algorithm.values() for r in rs)
+            column for column in _COLUMNS if any(column[0] in r["metrics"] for rs in by_algorithm.values() for r in rs)
         ]
         lines.append(f"## {dataset}, {labels} labels, profile `{profile}` ({bundle})")
         lines.append("")
-        header = ["Algorithm", "Seeds", *[name for _, name in present], "Train img/s", "Peak MiB", "Train time"]
+        header = ["Algorithm", "Seeds", *[name for _, name, _ in present], "Train img/s", "Peak MiB", "Train time"]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "|".join(["---"] * len(header)) + "|")
         for algorithm, runs in by_algorithm.items():
             seeds = ",".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
             cells = [algorithm, seeds]
-            cells += [_fmt([r["metrics"].get(k) for r in runs]) for k, _ in present]
+            cells += [_fmt([r["metrics"].get(k) for r in runs], percent) for k, _, percent in present]
             speed, _ = mean_std([r.get("train_images_per_s") for r in runs])
             memory, _ = mean_std([r.get("peak_memory_mb") for r in runs])
             wall, _ = mean_std([r.get("wall_s") for r in runs])
             cells += [f"{speed:.1f}", f"{memory:.0f}", f"{wall / 60:.1f} min"]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-    lines.append("Metrics on the test split, in %, mean ± sample standard deviation over seeds; the checkpoint")
-    lines.append("evaluated is the one with the best validation key metric.")
+        lines += _per_class_recall_lines(by_algorithm)
+    lines.append("Metrics on the test split, in % (severity MAE in levels), mean ± sample standard deviation over")
+    lines.append("seeds; the checkpoint evaluated is the one with the best validation key metric.")
     return "\n".join(lines) + "\n"

@@ -13,7 +13,14 @@ from .calibration import calibration_bins, ece_from_bins, expected_calibration_e
 from .classification import binary_auc, classification_metrics, confusion_matrix, one_vs_rest_auc, ordinal_mae
 from .ordinal import severity_metrics
 from .plots import plot_confusion_matrix, plot_mask_overlays, plot_reliability_diagram, plot_training_curves
-from .report import HEADLINE_METRICS, EvaluationReport, evaluate_predictions, format_report, headline_metrics
+from .report import (
+    HEADLINE_METRICS,
+    EvaluationReport,
+    evaluate_predictions,
+    format_report,
+    headline_metrics,
+    per_class_recall,
+)
 from .segmentation import dice_per_image, iou_per_image, segmentation_metrics
 
 __all__ = [
@@ -32,6 +39,7 @@ __all__ = [
     "iou_per_image",
     "one_vs_rest_auc",
     "ordinal_mae",
+    "per_class_recall",
     "plot_confusion_matrix",
     "plot_mask_overlays",
     "plot_reliability_diagram",

@@ -31,7 +31,14 @@ from monai_ssl_ext.utils.distributed import get_world_size, is_dist, is_main_pro
 if TYPE_CHECKING:
     from ignite.engine import Engine
 
-__all__ = ["HEADLINE_METRICS", "EvaluationReport", "evaluate_predictions", "format_report", "headline_metrics"]
+__all__ = [
+    "HEADLINE_METRICS",
+    "EvaluationReport",
+    "evaluate_predictions",
+    "format_report",
+    "headline_metrics",
+    "per_class_recall",
+]
 
 # the figures quoted in results tables, in display order: classification first, then segmentation
 HEADLINE_METRICS = (
@@ -46,6 +53,7 @@ HEADLINE_METRICS = (
     "iou",
     "dice_nonempty",
     "iou_nonempty",
+    "severity_mae",
 )
 
 _PRED = "pred"  # monai.utils.CommonKeys.PRED: where SupervisedEvaluator puts the network output
@@ -144,13 +152,27 @@ def evaluate_predictions(
 def headline_metrics(report: Mapping[str, Any]) -> dict[str, float | None]:
     """The :data:`HEADLINE_METRICS` of a report (the content of ``metrics.json``) as one flat dict.
 
-    Classification figures come from ``report["classification"]`` and Dice/IoU from
-    ``report["segmentation"]`` when the model segments; figures a task does not define are left out.
+    Classification figures come from ``report["classification"]``, Dice/IoU from
+    ``report["segmentation"]`` when the model segments and ``severity_mae`` (mean absolute error in
+    severity levels) from ``report["severity"]`` when the classes are ordered; figures a task does not
+    define are left out.
     """
     if "classification" not in report:
         raise KeyError(f"not an evaluation report: no 'classification' section (keys {sorted(report)})")
+    severity = report.get("severity") or {}
     sections = [report["classification"], report.get("segmentation") or {}]
+    if "mae" in severity:
+        sections.append({"severity_mae": severity["mae"]})
     return {k: section[k] for k in HEADLINE_METRICS for section in sections if k in section}
+
+
+def per_class_recall(report: Mapping[str, Any]) -> dict[str, float]:
+    """Recall (sensitivity) of each class of a report, keyed by class name, in the report's class order."""
+    if "classification" not in report:
+        raise KeyError(f"not an evaluation report: no 'classification' section (keys {sorted(report)})")
+    per_class = report["classification"].get("per_class") or {}
+    names = report.get("class_names", list(per_class))
+    return {name: float(per_class[name]["recall"]) for name in names if name in per_class}
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
