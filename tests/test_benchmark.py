@@ -76,7 +76,7 @@ def test_results_markdown_gives_severity_mae_in_levels_and_recall_per_class():
     assert header.split(" | ")[6] == "Severity MAE"
     row = next(line for line in text.splitlines() if line.startswith("| semise | 0,1"))
     assert row.split(" | ")[6] == "0.500 ± 0.354"  # levels, not %
-    recall_rows = text.split("Recall per class:", 1)[1].splitlines()
+    recall_rows = text.split("Recall per class (%):", 1)[1].splitlines()
     assert "| Algorithm | benign | malignant |" in recall_rows
     assert "| semise | 75.00 ± 35.36 | 50.00 ± 0.00 |" in recall_rows
 

@@ -35,8 +35,9 @@ def _fmt(values: Sequence[float], percent: bool = True) -> str:
     mean, std = mean_std(values)
     if math.isnan(mean):
         return "-"
-    scale = 100.0 if percent else 1.0
-    return f"{mean * scale:.2f} ± {std * scale:.2f}" if percent else f"{mean:.3f} ± {std:.3f}"
+    if percent:
+        return f"{mean * 100:.2f} ± {std * 100:.2f}"
+    return f"{mean:.3f} ± {std:.3f}"
 
 
 def _per_class_recall_lines(by_algorithm: dict[str, list[dict]]) -> list[str]:
@@ -47,7 +48,7 @@ def _per_class_recall_lines(by_algorithm: dict[str, list[dict]]) -> list[str]:
             classes += [c for c in r.get("per_class_recall") or {} if c not in classes]
     if not classes:
         return []
-    lines = ["Recall per class:", ""]
+    lines = ["Recall per class (%):", ""]
     lines.append("| " + " | ".join(["Algorithm", *classes]) + " |")
     lines.append("|" + "|".join(["---"] * (len(classes) + 1)) + "|")
     for algorithm, runs in by_algorithm.items():
