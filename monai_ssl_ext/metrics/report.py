@@ -149,6 +149,12 @@ def evaluate_predictions(
     return report
 
 
+def _classification_section(report: Mapping[str, Any]) -> Mapping[str, Any]:
+    if "classification" not in report:
+        raise KeyError(f"not an evaluation report: no 'classification' section (keys {sorted(report)})")
+    return report["classification"]
+
+
 def headline_metrics(report: Mapping[str, Any]) -> dict[str, float | None]:
     """The :data:`HEADLINE_METRICS` of a report (the content of ``metrics.json``) as one flat dict.
 
@@ -157,10 +163,8 @@ def headline_metrics(report: Mapping[str, Any]) -> dict[str, float | None]:
     severity levels) from ``report["severity"]`` when the classes are ordered; figures a task does not
     define are left out.
     """
-    if "classification" not in report:
-        raise KeyError(f"not an evaluation report: no 'classification' section (keys {sorted(report)})")
     severity = report.get("severity") or {}
-    sections = [report["classification"], report.get("segmentation") or {}]
+    sections = [_classification_section(report), report.get("segmentation") or {}]
     if "mae" in severity:
         sections.append({"severity_mae": severity["mae"]})
     return {k: section[k] for k in HEADLINE_METRICS for section in sections if k in section}
@@ -168,9 +172,7 @@ def headline_metrics(report: Mapping[str, Any]) -> dict[str, float | None]:
 
 def per_class_recall(report: Mapping[str, Any]) -> dict[str, float]:
     """Recall (sensitivity) of each class of a report, keyed by class name, in the report's class order."""
-    if "classification" not in report:
-        raise KeyError(f"not an evaluation report: no 'classification' section (keys {sorted(report)})")
-    per_class = report["classification"].get("per_class") or {}
+    per_class = _classification_section(report).get("per_class") or {}
     names = report.get("class_names", list(per_class))
     return {name: float(per_class[name]["recall"]) for name in names if name in per_class}
 
