@@ -7,7 +7,9 @@
     monai-ssl benchmark ...              algorithms x seeds at a label budget and a profile
     monai-ssl split MANIFEST ...         write a label-budget split
     monai-ssl synthetic --output DIR     generate the synthetic ultrasound data set
-    monai-ssl check_bundle BUNDLE        model-zoo checks: metadata, network shapes, TorchScript export
+    monai-ssl check_bundle BUNDLE        model-zoo checks: files, metadata, properties, shapes, TorchScript export
+    monai-ssl render_bundles [--check]   write the bundle folders from their one definition
+    monai-ssl export CKPT OUT            TorchScript export described by the trained configuration
     monai-ssl manifest SOURCE PATH OUT   build a manifest (busi, ham10000, nct_crc, folder, csv, dicom, medmnist)
     monai-ssl inspect PATH [--json]      what the pipeline sees of a file or a folder (DICOM, NIfTI, PNG...)
 
@@ -39,7 +41,7 @@ _DEBUG = contextvars.ContextVar("monai_ssl_debug", default=False)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from monai_ssl_ext.benchmark import BundleRunError
+    from monai_ssl_ext.bundle import BundleRunError
     from monai_ssl_ext.data import LabelBudgetError, ManifestError
     from monai_ssl_ext.io import ImageReadError
 
@@ -132,7 +134,7 @@ class Commands:
             bundle: bundle folder or name.
             overrides: further bundle config overrides (``--num_iterations 100``).
         """
-        from monai_ssl_ext.benchmark import bundle_command, find_bundle, run_workflow
+        from monai_ssl_ext.bundle import find_bundle, run_workflow, workflow_command
         from monai_ssl_ext.data.synthetic import ensure_synthetic_dataset
 
         out = Path(output).resolve()
@@ -148,15 +150,18 @@ class Commands:
             "output_dir": str(out),
             **overrides,
         }
-        configs = ["train.json", f"profiles/{profile}.json"]
-        cmd = bundle_command(bundle_dir, "training", configs, settings)
+        cmd = workflow_command(bundle_dir, "training", profile, overrides=settings)
         logger.info(f"[demo] training {algorithm} ({profile} profile):\n  {' '.join(cmd)}")
         run_workflow(cmd, out / "train.log", echo=_echo_progress)
-        eval_cmd = bundle_command(
+        # evaluation reads the settings the model was trained with from beside its checkpoint
+        eval_cmd = workflow_command(
             bundle_dir,
             "evaluating",
-            [*configs, "evaluate.json"],
-            {**settings, "eval_output_dir": str(out / "eval_test")},
+            overrides={
+                "ckpt_dir": settings["ckpt_dir"],
+                "output_dir": str(out),
+                "eval_output_dir": str(out / "eval_test"),
+            },
         )
         logger.info("[demo] testing the checkpoint chosen on the validation split")
         run_workflow(eval_cmd, out / "evaluate.log")
@@ -175,6 +180,7 @@ class Commands:
         data_root: str | None = None,
         classes: Any = None,
         nproc: int = 1,
+        overlays: Any = None,
         **overrides: Any,
     ) -> None:
         """Train a bundle (``python -m monai.bundle run training`` with the given overrides).
@@ -187,17 +193,18 @@ class Commands:
             data_root: folder the manifest's paths are relative to.
             classes: keep only these classes (comma-separated).
             nproc: processes (torchrun) for multi-GPU training.
+            overlays: further configs of the bundle, comma-separated (``ham10000.json``).
+
+        The settings the model is trained with are written to ``<ckpt_dir>/train_config.json``;
+        ``evaluate``, ``infer`` and ``export`` read them from there.
         """
-        from monai_ssl_ext.benchmark import bundle_command, find_bundle, run_workflow
+        from monai_ssl_ext.bundle import find_bundle, run_workflow, workflow_command
 
         bundle_dir = find_bundle(bundle)
-        configs = ["train.json"] + ([f"profiles/{profile}.json"] if profile else [])
-        if nproc > 1:
-            configs.append("multi_gpu_train.json")
         settings = {**_data_overrides(datalist, data_root, classes), **overrides}
         if algorithm:
             settings["algorithm_name"] = algorithm
-        cmd = bundle_command(bundle_dir, "training", configs, settings, nproc=nproc)
+        cmd = workflow_command(bundle_dir, "training", profile, _as_list(overlays), settings, nproc=nproc)
         print("$ " + " ".join(cmd), flush=True)
         log = Path(settings.get("output_dir", bundle_dir / "runs" / (algorithm or "default"))) / "train.log"
         run_workflow(cmd, log, echo=print)
@@ -206,38 +213,50 @@ class Commands:
     @_friendly
     def evaluate(
         bundle: str = _DEFAULT_BUNDLE,
-        algorithm: str | None = None,
-        profile: str | None = None,
         split: str = "test",
-        datalist: str | None = None,
-        data_root: str | None = None,
-        classes: Any = None,
+        ckpt_dir: str | None = None,
+        output: str | None = None,
         **overrides: Any,
     ) -> None:
-        """Evaluate the selected checkpoint on a split (``test`` by default) and print the metrics."""
-        from monai_ssl_ext.benchmark import bundle_command, find_bundle, run_workflow
+        """Evaluate the selected checkpoint on a split (``test`` by default) and print the metrics.
+
+        The data, classes, image size and network are those the model was trained with (read from
+        ``train_config.json`` beside ``model.pt``); an override such as ``--datalist`` replaces one.
+
+        Args:
+            bundle: bundle folder or name.
+            split: ``test`` or ``validation``.
+            ckpt_dir: folder of ``model.pt`` (default: the bundle's ``models/``).
+            output: folder for metrics.json and figures (default: ``eval_<split>`` in the run folder).
+        """
+        from monai_ssl_ext.bundle import find_bundle, run_workflow, workflow_command
 
         bundle_dir = find_bundle(bundle)
-        configs = ["train.json"] + ([f"profiles/{profile}.json"] if profile else []) + ["evaluate.json"]
-        settings = {**_data_overrides(datalist, data_root, classes), "eval_split": split, **overrides}
-        if algorithm:
-            settings["algorithm_name"] = algorithm
-        cmd = bundle_command(bundle_dir, "evaluating", configs, settings)
+        settings: dict[str, Any] = {"eval_split": split, **overrides}
+        if ckpt_dir:
+            settings["ckpt_dir"] = str(Path(ckpt_dir).resolve())
+        if output:
+            settings["eval_output_dir"] = str(Path(output).resolve())
+        cmd = workflow_command(bundle_dir, "evaluating", overrides=settings)
         print("$ " + " ".join(cmd), flush=True)
-        out = Path(settings.get("output_dir", bundle_dir / "runs" / (algorithm or "fixmatch")))
-        run_workflow(cmd, out / f"evaluate_{split}.log", echo=print)
+        log_dir = Path(output) if output else Path(ckpt_dir or bundle_dir / "models")
+        run_workflow(cmd, log_dir / f"evaluate_{split}.log", echo=print)
 
     @staticmethod
     @_friendly
     def infer(input: str, bundle: str = _DEFAULT_BUNDLE, output: str | None = None, **overrides: Any) -> None:
-        """Predict on an image, a folder of images or a manifest's test split; writes predictions.csv/json."""
-        from monai_ssl_ext.benchmark import bundle_command, find_bundle, run_workflow
+        """Predict on an image, a folder of images or a manifest's test split; writes predictions.csv/json.
+
+        Classes, modality, image size and network come from ``train_config.json`` beside the checkpoint
+        (``--checkpoint``, default the bundle's ``models/model.pt``).
+        """
+        from monai_ssl_ext.bundle import find_bundle, run_workflow, workflow_command
 
         bundle_dir = find_bundle(bundle)
         settings = {"input_dir": str(Path(input).resolve()), **overrides}
         if output:
             settings["output_dir"] = str(Path(output).resolve())
-        cmd = bundle_command(bundle_dir, "run", ["inference.json"], settings)
+        cmd = workflow_command(bundle_dir, "inference", overrides=settings)
         print("$ " + " ".join(cmd), flush=True)
         run_workflow(
             cmd, Path(settings.get("output_dir", bundle_dir / "eval" / "inference")) / "inference.log", echo=print
@@ -407,7 +426,10 @@ class Commands:
         metadata: Any = "metadata.json",
         **overrides: Any,
     ) -> str:
-        """Export a checkpoint to TorchScript with config and metadata overlays merged in order.
+        """Export a checkpoint to TorchScript, described by the settings it was trained with.
+
+        The trained configuration beside ``ckpt`` (``train_config.json``) gives the image size,
+        channels, network and classes; the exported model embeds them in its config and metadata.
 
         Args:
             ckpt: state dict of the network (``models/model.pt``).
@@ -415,9 +437,10 @@ class Commands:
             bundle: bundle folder or name.
             configs: comma-separated config files under the bundle's ``configs/`` (or paths).
             metadata: comma-separated metadata files, merged in order and embedded in the model.
-            overrides: config values, as for training (``--image_size 64 --backbone resnet10``).
+            overrides: config values for a checkpoint without a trained configuration
+                (``--image_size 64 --backbone resnet10``).
         """
-        from monai_ssl_ext.benchmark import find_bundle
+        from monai_ssl_ext.bundle import find_bundle
         from monai_ssl_ext.deploy import export_bundle
 
         path = export_bundle(
@@ -428,12 +451,37 @@ class Commands:
     @staticmethod
     @_friendly
     def check_bundle(*bundles: str, schema: str | None = None) -> list:
-        """Model-zoo checks for each bundle: metadata schema, network input/output, TorchScript export."""
-        from monai_ssl_ext.benchmark import find_bundle
-        from monai_ssl_ext.deploy import check_bundle
+        """Model-zoo checks for each bundle: files, metadata, workflow properties, README, shapes, export."""
+        from monai_ssl_ext.bundle import find_bundle
+        from monai_ssl_ext.bundle.checks import check_bundle
 
         names: Sequence[str] = bundles or [_DEFAULT_BUNDLE]
         return [check_bundle(find_bundle(b), schema=schema) for b in names]
+
+    @staticmethod
+    @_friendly
+    def render_bundles(*names: str, bundles_dir: str = "bundles", check: bool = False) -> list:
+        """Write the bundle folders from their definition (``monai_ssl_ext/bundle/definition``).
+
+        Args:
+            names: bundles to render (default: every defined bundle).
+            bundles_dir: folder holding the bundle folders.
+            check: write nothing; list the files that differ from their rendering and exit with
+                status 2 if any does (a hand edit of a rendered file, or a definition not rendered).
+        """
+        from monai_ssl_ext.bundle import bundle_names, check_rendered, write_bundle
+
+        chosen = list(names) or bundle_names()
+        if check:
+            stale = [f"{name}/{rel}" for name in chosen for rel in check_rendered(name, bundles_dir)]
+            for rel in stale:
+                print(
+                    f"monai-ssl render_bundles: differs from the definition: {Path(bundles_dir) / rel}", file=sys.stderr
+                )
+            if stale:
+                sys.exit(2)
+            return []
+        return [str(p) for name in chosen for p in write_bundle(name, bundles_dir)]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -19,13 +19,13 @@ from monai_ssl_ext.algorithms import (
     RampUp,
     Supervised,
     choose,
-    get_algorithm,
     sigmoid_rampup,
 )
 from monai_ssl_ext.keys import DataKeys
 from monai_ssl_ext.losses import masked_cross_entropy, softmax_mse
 
 NUM_CLASSES = 3
+ALGORITHMS = {"supervised": Supervised, "mean_teacher": MeanTeacher, "fixmatch": FixMatch, "flexmatch": FlexMatch}
 
 
 class TinyNet(nn.Module):
@@ -57,7 +57,7 @@ def test_unlabeled_loss_is_nonzero_and_changes_student(name):
     kwargs = {"num_classes": NUM_CLASSES}
     if name in ("fixmatch", "flexmatch"):
         kwargs["threshold"] = 0.0  # every pseudo label passes: the loss must then be strictly positive
-    algorithm = get_algorithm(name, **kwargs)
+    algorithm = ALGORITHMS[name](**kwargs)
     algorithm.setup(net, total_steps=10, num_unlabeled=8)
     labeled, unlabeled = make_batches()
     out = algorithm.train_step(net, labeled, unlabeled, step=9)
@@ -78,7 +78,7 @@ def test_unlabeled_loss_is_nonzero_and_changes_student(name):
 def test_one_optimizer_step_changes_weights(name):
     torch.manual_seed(1)
     net = TinyNet()
-    algorithm = get_algorithm(name, num_classes=NUM_CLASSES)
+    algorithm = ALGORITHMS[name](num_classes=NUM_CLASSES)
     algorithm.setup(net, total_steps=4, num_unlabeled=8)
     labeled, unlabeled = make_batches()
     before = [p.detach().clone() for p in net.parameters()]
@@ -254,11 +254,9 @@ def test_supervised_does_not_use_unlabeled_data():
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
-def test_choose_and_registry_name_the_choices():
+def test_choose_names_the_choices():
     with pytest.raises(KeyError, match="fixmatch"):
         choose({"fixmatch": object()}, "fixmach")
-    with pytest.raises(KeyError, match="available"):
-        get_algorithm("meanteacher", num_classes=2)
 
 
 def test_algorithm_without_setup_fails_clearly():
@@ -266,3 +264,41 @@ def test_algorithm_without_setup_fails_clearly():
         MeanTeacher(2).train_step(TinyNet(2), *make_batches(), 0)
     with pytest.raises(ValueError, match="unlabeled set"):
         FlexMatch(2).setup(TinyNet(2), total_steps=1, num_unlabeled=None)
+
+
+def test_find_unused_parameters_declares_which_methods_leave_parameters_without_gradient():
+    from monai_ssl_ext.algorithms import SEMISE, Hermes, SemiSupervisedAlgorithm
+    from monai_ssl_ext.networks import JointClassSegNet
+
+    # what multi-GPU configs pass to DistributedDataParallel ("$@algorithm.find_unused_parameters")
+    assert SemiSupervisedAlgorithm.find_unused_parameters is True  # the safe default
+    assert SEMISE.find_unused_parameters is False
+    assert Hermes.find_unused_parameters is True
+    assert all(cls.find_unused_parameters is True for cls in (Supervised, MeanTeacher, FixMatch, FlexMatch))
+    assert FixMatch(NUM_CLASSES).find_unused_parameters is True and "find_unused" not in FixMatch(2).state_dict()
+
+    # on the SEMISE bundle's network (with a projection head for the embedding)
+    torch.manual_seed(0)
+    net = JointClassSegNet(NUM_CLASSES, depth=10, decoder_channels=(16, 8, 8, 8), embed_dim=8).train()
+    g = torch.Generator().manual_seed(0)
+    labeled = {
+        DataKeys.IMAGE: torch.rand(3, 1, 32, 32, generator=g),
+        DataKeys.LABEL: torch.arange(3),
+        DataKeys.MASK: (torch.rand(3, 1, 32, 32, generator=g) > 0.5).float(),
+    }
+    weak = torch.rand(4, 1, 32, 32, generator=g)
+    unlabeled = {DataKeys.IMAGE_WEAK: weak, DataKeys.IMAGE_STRONG: weak.flip(-1), DataKeys.INDEX: torch.arange(4)}
+
+    def no_gradient(algorithm, step):
+        net.zero_grad(set_to_none=True)
+        algorithm.train_step(net, labeled, unlabeled, step).loss.backward()
+        return {name.split(".")[0] for name, p in net.named_parameters() if p.grad is None}
+
+    # a baseline reads only the class and seg outputs: the projection head gets no gradient
+    fixmatch = FixMatch(NUM_CLASSES, threshold=0.0)
+    fixmatch.setup(net, total_steps=4)
+    assert no_gradient(fixmatch, 0) == {"projection"}
+    # SEMISE reaches every parameter in each of its three phases (steps 0, 5 and 12 of 20)
+    semise = SEMISE(NUM_CLASSES, class_levels=[0, 1, 2])
+    semise.setup(net, total_steps=20)
+    assert [no_gradient(semise, step) for step in (0, 5, 12)] == [set(), set(), set()]

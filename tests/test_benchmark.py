@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from monai_ssl_ext.benchmark import BenchmarkSpec, run_benchmark
-from monai_ssl_ext.benchmark.bundle_runner import BundleRunError, root_cause, run_workflow
 from monai_ssl_ext.benchmark.tables import mean_std, results_markdown
+from monai_ssl_ext.bundle.runner import BundleRunError, root_cause, run_workflow
 from monai_ssl_ext.data.synthetic import ensure_synthetic_dataset
 
 REQUIRED_RECORD_KEYS = {

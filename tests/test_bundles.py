@@ -11,10 +11,10 @@ import torch
 from conftest import export_torchscript
 from monai.bundle import ConfigParser
 
-from monai_ssl_ext.benchmark import bundle_command, run_workflow
-from monai_ssl_ext.benchmark.bundle_runner import BundleRunError
+from monai_ssl_ext.bundle import BundleRunError, bundle_command, run_workflow
+from monai_ssl_ext.bundle.checks import check_bundle
+from monai_ssl_ext.cli import main
 from monai_ssl_ext.data.synthetic import ensure_synthetic_dataset
-from monai_ssl_ext.deploy import check_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = sorted(p for p in (REPO / "bundles").iterdir() if (p / "configs").is_dir())
@@ -25,37 +25,13 @@ TINY = {"image_size": 32, "backbone_depth": 10, "num_workers": 0, "labeled_batch
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=[b.name for b in BUNDLES])
 def test_bundle_passes_model_zoo_checks(bundle):
+    # files, metadata, workflow properties, README (sections and a command for every workflow), shapes, export
     if not SCHEMA.is_file():
         pytest.skip(f"metadata schema absent: {SCHEMA}")
     report = check_bundle(bundle, schema=SCHEMA)
-    assert report["metadata"] == "ok" and report["net_in_out"] == "ok"
+    assert report["metadata"] == "ok" and report["readme"] == "ok" and report["properties"] == ["train", "infer"]
+    assert report["net_in_out"] in ("verify_net_in_out", "named outputs")
     assert report["export"]["ts_bytes"] > 0
-
-
-@pytest.mark.parametrize("bundle", BUNDLES, ids=[b.name for b in BUNDLES])
-def test_bundle_has_every_workflow_and_documents_it(bundle):
-    for name in (
-        "train.json",
-        "evaluate.json",
-        "inference.json",
-        "multi_gpu_train.json",
-        "metadata.json",
-        "logging.conf",
-    ):
-        assert (bundle / "configs" / name).is_file(), f"{bundle.name} lacks configs/{name}"
-    readme = (bundle / "docs" / "README.md").read_text()
-    for workflow in (
-        "run training",
-        "run evaluating",
-        "inference.json",
-        "multi_gpu_train.json",
-        "ckpt_export",
-        "verify_metadata",
-        "resume_from",
-    ):
-        assert workflow in readme, f"{bundle.name}/docs/README.md does not show '{workflow}'"
-    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
-    assert meta["version"] in meta["changelog"]
 
 
 def test_every_algorithm_key_of_the_bundle_instantiates(tmp_path):
@@ -113,10 +89,24 @@ def small_data(tmp_path_factory):
     return ensure_synthetic_dataset(root, num_images=60, image_size=48)
 
 
+def _tensorboard_tags(run_dir: Path) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags: set[str] = set()
+    for events in run_dir.glob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        tags |= set(accumulator.Tags()["scalars"])
+    return tags
+
+
 @pytest.mark.slow
 def test_train_resume_evaluate_infer_export_end_to_end(tmp_path, small_data):
+    # the README's sequence: smoke profile (64 px, ResNet-10), then every other workflow with no setting repeated
     base = {
-        **TINY,
+        "num_workers": 0,
+        "labeled_batch_size": 4,
+        "unlabeled_batch_size": 8,
         "datalist": str(small_data),
         "data_root": str(small_data.parent),
         "ckpt_dir": str(tmp_path / "models"),
@@ -124,22 +114,30 @@ def test_train_resume_evaluate_infer_export_end_to_end(tmp_path, small_data):
         "algorithm_name": "mean_teacher",
         "val_interval": 2,
     }
-    log = _run(tmp_path, "training", ["train.json"], {**base, "num_iterations": 4})
+    smoke = ["train.json", "profiles/smoke.json"]
+    log = _run(tmp_path, "training", smoke, {**base, "num_iterations": 4})
     assert "[train] 4/4 (100%)" in log and "ETA" in log
     assert (tmp_path / "models" / "model.pt").is_file()
     assert (tmp_path / "models" / "checkpoint_epoch=2.pt").is_file()
     for name in ("history.json", "training_curves.png", "train_summary.json"):
         assert (tmp_path / "run" / name).is_file(), name
+    trained = json.loads((tmp_path / "models" / "train_config.json").read_text())
+    assert (trained["image_size"], trained["backbone_depth"], trained["in_channels"]) == (64, 10, 1)
+    assert trained["class_names"] == ["benign", "malignant"] and trained["algorithm_name"] == "mean_teacher"
+    # TensorBoard: training scalars and learning rate per iteration, validation metrics at each validation
+    assert {"train_loss", "lr", "val_auc", "val_accuracy"} <= _tensorboard_tags(tmp_path / "run")
 
     # resume: same run extended to 8 iterations continues from iteration 4
-    log = _run(tmp_path, "training", ["train.json"], {**base, "num_iterations": 8, "resume_from": "latest"})
+    log = _run(tmp_path, "training", smoke, {**base, "num_iterations": 8, "resume_from": "latest"})
     assert "resuming at iteration 4/8" in log and "[train] 8/8 (100%)" in log
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert history["validation"]["epoch"] == [1, 2, 3, 4]
 
-    _run(tmp_path, "evaluating", ["train.json", "evaluate.json"], {**base, "eval_output_dir": str(tmp_path / "eval")})
+    where = {"ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "run")}
+    _run(tmp_path, "evaluating", ["train.json", "evaluate.json"], {**where, "eval_output_dir": str(tmp_path / "eval")})
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["split"] == "test" and metrics["num_samples"] == 12
+    assert metrics["extra"]["algorithm"] == "mean_teacher" and metrics["extra"]["bundle"] == "baselines_ultrasound"
     assert {"accuracy", "balanced_accuracy", "macro_f1", "auc", "sensitivity", "specificity", "ece"} <= set(
         metrics["classification"]
     )
@@ -147,24 +145,35 @@ def test_train_resume_evaluate_infer_export_end_to_end(tmp_path, small_data):
     assert (tmp_path / "eval" / "reliability_diagram.png").is_file()
 
     images = small_data.parent / "images"
-    infer = {
-        "input_dir": str(images),
-        "checkpoint": str(tmp_path / "models" / "model.pt"),
-        "output_dir": str(tmp_path / "infer"),
-        "image_size": 32,
-        "backbone_depth": 10,
-    }
+    checkpoint = str(tmp_path / "models" / "model.pt")
+    infer = {"input_dir": str(images), "checkpoint": checkpoint, "output_dir": str(tmp_path / "infer")}
     _run(tmp_path, "run", ["inference.json"], infer)
     with open(tmp_path / "infer" / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(list(images.glob("*.png")))
     assert abs(float(rows[0]["prob_benign"]) + float(rows[0]["prob_malignant"]) - 1) < 1e-5
+    # a network that does not fit the weights: one line naming the checkpoint and the first differing key
+    error = _run(tmp_path, "run", ["inference.json"], {**infer, "backbone_depth": 18}, expect_fail=True)
+    first = error.splitlines()[0]
+    assert checkpoint in first and "do not fit the network" in first
+    assert "CheckpointMismatchError" in first and "encoder." in first
 
     ts = tmp_path / "model.ts"
-    export_torchscript(BASELINES, tmp_path / "models" / "model.pt", ts, image_size=32, backbone_depth=10)
-    model = torch.jit.load(str(ts))
-    probs = torch.softmax(model(torch.rand(2, 1, 32, 32)), dim=1)
+    main(["export", checkpoint, str(ts), "--bundle", str(BASELINES)])
+    extra = {"metadata.json": "", "inference.json": ""}
+    model = torch.jit.load(str(ts), _extra_files=extra)
+    image_in = json.loads(extra["metadata.json"])["network_data_format"]["inputs"]["image"]
+    pred_out = json.loads(extra["metadata.json"])["network_data_format"]["outputs"]["pred"]
+    assert image_in["spatial_shape"] == [64, 64] and image_in["num_channels"] == 1
+    assert pred_out["channel_def"] == {"0": "benign", "1": "malignant"}
+    embedded = json.loads(extra["inference.json"])
+    assert (embedded["image_size"], embedded["backbone_depth"], embedded["in_channels"]) == (64, 10, 1)
+    probs = torch.softmax(model(torch.rand(2, 1, 64, 64)), dim=1)
     assert probs.shape == (2, 2) and torch.allclose(probs.sum(1), torch.ones(2))
+
+    # model-zoo's own export command builds the trained network too (it reads the file beside the weights)
+    export_torchscript(BASELINES, tmp_path / "models" / "model.pt", tmp_path / "raw.ts", checkpoint=checkpoint)
+    assert torch.jit.load(str(tmp_path / "raw.ts"))(torch.rand(1, 1, 64, 64)).shape == (1, 2)
 
 
 @pytest.mark.slow
@@ -184,6 +193,10 @@ def test_two_process_torchrun_training_completes(tmp_path, small_data):
     log = (tmp_path / "ddp.log").read_text()
     assert "[train] 4/4 (100%)" in log
     assert (tmp_path / "models" / "model.pt").is_file()
+    assert json.loads((tmp_path / "models" / "train_config.json").read_text())["algorithm_name"] == "flexmatch"
+    # TensorBoard from rank 0 only: every events file comes from one process
+    writers = {p.name.split(".")[-2] for p in (tmp_path / "run").glob("events.out.tfevents.*")}
+    assert len(writers) == 1, sorted(p.name for p in (tmp_path / "run").glob("events.out.tfevents.*"))
     summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
     assert summary["iterations"] == 4
 
@@ -223,3 +236,26 @@ def test_missing_manifest_file_is_named(tmp_path, small_data):
 
     with pytest.raises(FileNotFoundError, match=r"does_not_exist\.png"):
         load_manifest(broken, small_data.parent)
+
+
+@pytest.mark.slow
+def test_tracking_mlflow_records_the_run_that_mlflow_reads_back(tmp_path, small_data):
+    mlflow = pytest.importorskip("mlflow")
+    overrides = {
+        **TINY,
+        "datalist": str(small_data),
+        "data_root": str(small_data.parent),
+        "ckpt_dir": str(tmp_path / "models"),
+        "output_dir": str(tmp_path / "run"),
+        "num_iterations": 4,
+        "val_interval": 2,
+        "tracking": "mlflow",
+        "experiment_name": "baselines_test",
+    }
+    _run(tmp_path, "training", ["train.json"], overrides)
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'run' / 'mlruns.db'}")
+    experiment = client.get_experiment_by_name("baselines_test")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 4
+    assert len(client.get_metric_history(run.info.run_id, "val_auc")) == 2

@@ -13,12 +13,12 @@ pydicom = pytest.importorskip("pydicom")
 from pydicom import uid  # noqa: E402
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 
+from monai_ssl_ext.data import expand_frames  # noqa: E402
 from monai_ssl_ext.io import (  # noqa: E402
     DicomImageReader,
     ImageReadError,
     MissingDecoderError,
     count_frames,
-    expand_frames,
     format_inspection,
     image_format,
     inspect_path,

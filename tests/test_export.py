@@ -10,6 +10,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from monai_ssl_ext.deploy import export_bundle, merged_metadata
+from monai_ssl_ext.engines import CheckpointMismatchError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -39,10 +40,12 @@ def test_metadata_overlay_sets_nested_entries_and_keeps_the_rest(tmp_path):
 
 
 def test_export_embeds_the_merged_metadata(tmp_path, checkpoint):
+    # no trained configuration beside this checkpoint: the bundle's defaults, with the given overrides
     ts = export_bundle(BUNDLE, checkpoint, tmp_path / "model.ts", **SMALL)
     extra = {"metadata.json": ""}
     model = torch.jit.load(str(ts), _extra_files=extra)
-    assert json.loads(extra["metadata.json"])["network_data_format"]["inputs"]["image"]["num_channels"] == 1
+    image_in = json.loads(extra["metadata.json"])["network_data_format"]["inputs"]["image"]
+    assert image_in["num_channels"] == 1 and image_in["spatial_shape"] == [32, 32]
     assert model(torch.rand(1, 1, 32, 32))["class"].shape == (1, 3)
 
 
@@ -53,8 +56,8 @@ def test_missing_files_are_named_and_a_failed_export_keeps_the_previous_model(tm
         export_bundle(BUNDLE, tmp_path / "absent.pt", target, **SMALL)
     with pytest.raises(FileNotFoundError, match=r"metadata file not found: .*metadata_typo\.json"):
         export_bundle(BUNDLE, checkpoint, target, metadata=["metadata.json", "metadata_typo.json"], **SMALL)
-    # a checkpoint of another network: the export itself fails
-    with pytest.raises(RuntimeError):
+    # a checkpoint of another network: one line naming the checkpoint and the first differing key
+    with pytest.raises(CheckpointMismatchError, match=r"model\.pt: the weights do not fit the network: .*encoder"):
         export_bundle(BUNDLE, checkpoint, target, image_size=32, backbone="resnet18")
     assert target.read_bytes() == b"previous export"
     assert [p.name for p in tmp_path.iterdir()] == ["model.ts"]

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import export_torchscript
 from monai.bundle import ConfigParser
 from PIL import Image
 
 from monai_ssl_ext.algorithms import FixMatch, Hermes, MeanTeacher
-from monai_ssl_ext.benchmark import bundle_command, run_workflow
+from monai_ssl_ext.bundle import bundle_command, run_workflow
+from monai_ssl_ext.cli import main
 from monai_ssl_ext.data.synthetic import ensure_synthetic_dataset
 from monai_ssl_ext.networks import EfficientNetLite0Encoder, HermesNet
 
@@ -69,8 +69,10 @@ def test_every_algorithm_and_ablation_of_the_bundle_instantiates_with_its_switch
         parser.parse()
         algorithm = parser.get_parsed_content("algorithm")
         assert algorithm.selector.use_entropy is use_entropy and algorithm.seg_selector.span == span
-    assert isinstance(parser.get_parsed_content("algorithms#mean_teacher"), MeanTeacher)
-    assert isinstance(parser.get_parsed_content("algorithms#fixmatch"), FixMatch)
+    for name, cls in (("mean_teacher", MeanTeacher), ("fixmatch", FixMatch)):
+        parser["algorithm_name"] = name
+        parser.parse()
+        assert type(parser.get_parsed_content("algorithm")) is cls
     # the same two-branch network for every algorithm; the couplings are network switches
     net = parser.get_parsed_content("network_def")
     assert isinstance(net, HermesNet) and len(net.attention) == 4 and net.pool.enabled
@@ -118,7 +120,13 @@ def test_hermes_train_evaluate_infer_export_end_to_end(tmp_path, small_data):
     assert "val_auc_dice" in log and "val_dice" in log
     assert (tmp_path / "models" / "model.pt").is_file()
 
-    _run(tmp_path, "evaluating", ["train.json", "evaluate.json"], {**base, "eval_output_dir": str(tmp_path / "eval")})
+    # evaluation and inference read the trained settings (32 px, ResNet-10) from beside the checkpoint
+    evaluate = {
+        "ckpt_dir": base["ckpt_dir"],
+        "output_dir": base["output_dir"],
+        "eval_output_dir": str(tmp_path / "eval"),
+    }
+    _run(tmp_path, "evaluating", ["train.json", "evaluate.json"], evaluate)
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert {"accuracy", "macro_f1", "auc"} <= set(metrics["classification"])
     assert {"dice", "iou"} <= set(metrics["segmentation"])
@@ -133,8 +141,6 @@ def test_hermes_train_evaluate_infer_export_end_to_end(tmp_path, small_data):
         "input_dir": str(inputs),
         "checkpoint": str(tmp_path / "models" / "model.pt"),
         "output_dir": str(tmp_path / "infer"),
-        "image_size": 32,
-        "backbone": "resnet10",
     }
     _run(tmp_path, "run", ["inference.json"], infer)
     with open(tmp_path / "infer" / "predictions.csv") as f:
@@ -149,8 +155,12 @@ def test_hermes_train_evaluate_infer_export_end_to_end(tmp_path, small_data):
     assert (tmp_path / "infer" / "predictions_overlay.png").is_file()
 
     ts = tmp_path / "model.ts"
-    export_torchscript(BUNDLE, tmp_path / "models" / "model.pt", ts, image_size=32, backbone="resnet10")
-    model = torch.jit.load(str(ts))
+    main(["export", str(tmp_path / "models" / "model.pt"), str(ts), "--bundle", str(BUNDLE)])
+    extra = {"metadata.json": ""}
+    model = torch.jit.load(str(ts), _extra_files=extra)
+    declared = json.loads(extra["metadata.json"])["network_data_format"]
+    assert declared["inputs"]["image"]["spatial_shape"] == [32, 32]
+    assert declared["outputs"]["seg"]["spatial_shape"] == [32, 32]
     out = model(torch.rand(2, 1, 32, 32))
     assert set(out) == {"class", "seg"}
     assert out["class"].shape == (2, 2) and out["seg"].shape == (2, 2, 32, 32)

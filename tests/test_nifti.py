@@ -12,7 +12,8 @@ from conftest import shared_data
 
 nib = pytest.importorskip("nibabel")
 
-from monai_ssl_ext.io import ImageReadError, count_frames, expand_frames, read_image, read_nifti  # noqa: E402
+from monai_ssl_ext.data import expand_frames  # noqa: E402
+from monai_ssl_ext.io import ImageReadError, count_frames, read_image, read_nifti, slice_to_nifti  # noqa: E402
 from monai_ssl_ext.transforms import ReadImage, ReadImaged  # noqa: E402
 
 X, Y, Z = 5, 7, 9
@@ -149,6 +150,41 @@ def test_nifti2_and_big_endian(tmp_path):
     nib.save(big, tmp_path / "big.nii")
     out, _ = read_image(tmp_path / "big.nii")
     assert out.dtype.isnative and np.array_equal(out, one)
+
+
+# ---------------------------------------------------------------- writing a slice back
+
+
+# voxel axes permuted and flipped against RAS, so that reading reorients before slicing
+_PERMUTED = np.array([[0.0, -0.8, 0.0, 1.0], [0.6, 0.0, 0.0, 2.0], [0.0, 0.0, -1.5, 3.0], [0.0, 0.0, 0.0, 1.0]])
+
+
+@pytest.mark.parametrize(
+    ("shape", "affine", "axis", "index"),
+    [
+        ((X, Y, Z), None, 2, None),
+        ((X, Y, Z), _PERMUTED, 2, None),
+        ((X, Y, Z), _PERMUTED, 0, 1),
+        ((X, Y, Z), _PERMUTED, "coronal", -2),
+        ((X, Y), _PERMUTED, 2, None),
+        ((X, Y, Z, 3), _PERMUTED, 1, 4),
+    ],
+)
+def test_slice_written_back_reads_as_the_same_mask(tmp_path, shape, affine, axis, index):
+    path = _save(tmp_path / "image.nii.gz", np.zeros(shape, np.int16), affine)
+    image, meta = read_nifti(path, slice_axis=axis, slice_index=index)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, size=image.shape[-2:]).astype(np.uint8)
+    mask_path = tmp_path / "mask.nii.gz"
+    nib.save(slice_to_nifti(labels, path, meta["slice_axis"], meta["slice_index"]), mask_path)
+
+    mask, mask_meta = read_nifti(mask_path, slice_axis=axis, slice_index=index)
+    assert mask.dtype == np.uint8 and np.array_equal(mask[0], labels)
+    assert mask_meta["slice_index"] == meta["slice_index"] and mask_meta["spacing"] == meta["spacing"]
+    written, source = nib.load(mask_path), nib.load(path)
+    assert written.shape == source.shape[:3] and np.array_equal(written.affine, source.affine)
+    # only the slice that was read is labelled
+    assert np.count_nonzero(written.dataobj) == np.count_nonzero(labels)
 
 
 # ---------------------------------------------------------------- bad files

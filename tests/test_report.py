@@ -14,8 +14,8 @@ from monai.engines import SupervisedEvaluator
 from PIL import Image
 from torch import nn
 
+from monai_ssl_ext.engines import EvaluationReport
 from monai_ssl_ext.metrics import (
-    EvaluationReport,
     classification_metrics,
     evaluate_predictions,
     format_report,
@@ -208,11 +208,11 @@ def test_evaluate_predictions_without_engine(tmp_path):
 
 
 # ---------------------------------------------------------------- two ranks (gloo, CPU)
-# the worker feeds saved network outputs to the handler, so it does not pay for importing monai.engines
+# the worker feeds saved network outputs to the handler: no evaluator, no data loading
 _WORKER = r"""
 import json, sys
 import torch, torch.distributed as dist
-from monai_ssl_ext.metrics import EvaluationReport
+from monai_ssl_ext.engines import EvaluationReport
 
 rank, out = int(sys.argv[1]), sys.argv[2]
 dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[3], rank=rank, world_size=2)

@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import export_torchscript
 from monai.bundle import ConfigParser
 
 from monai_ssl_ext.algorithms import SEMISE, FixMatch, FlexMatch, MeanTeacher, Supervised
-from monai_ssl_ext.benchmark import bundle_command, run_workflow
+from monai_ssl_ext.bundle import bundle_command, run_workflow, write_trained_config
 from monai_ssl_ext.cli import main
 from monai_ssl_ext.data import HAM10000_SEVERITY
 from monai_ssl_ext.data.synthetic import ensure_synthetic_dataset
@@ -97,7 +96,7 @@ def test_busi_manifest_classes_map_to_normal_benign_malignant(small_data):
     assert classes == ["normal", "benign", "malignant"]
     parser = _parser(small_data, class_names=classes)
     assert parser.get_parsed_content("severity_classes") == [0, 1, 2]
-    assert parser.get_parsed_content("algorithms#semise").reference_level == 0
+    assert parser.get_parsed_content("algorithm").reference_level == 0
     meta = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
     channel_def = meta["network_data_format"]["outputs"]["class"]["channel_def"]
     assert [channel_def[str(i)] for i in range(len(classes))] == classes
@@ -116,42 +115,44 @@ def test_ham10000_overlay_with_the_real_manifest_classes(small_data):
     assert parser.get_parsed_content("profile").name == "dermoscopy"
     net = parser.get_parsed_content("network_def")
     assert net.encoder.conv1.in_channels == 3 and net.head.out_features == 7
-    algorithm = parser.get_parsed_content("algorithms#semise")
+    algorithm = parser.get_parsed_content("algorithm")
     assert algorithm.class_levels.tolist() == levels and algorithm.reference_level == 0
 
 
 def test_ham10000_export_declares_colour_input_and_seven_classes(tmp_path):
     from monai.bundle import verify_metadata
 
-    from monai_ssl_ext.deploy.bundle_checks import DEFAULT_SCHEMA
+    from monai_ssl_ext.bundle.checks import DEFAULT_SCHEMA
 
     classes = json.loads(HAM_MANIFEST.read_text())["classes"]
     metas = ("metadata.json", "ham10000_metadata.json")
-    configs = ("inference.json", "ham10000_inference.json")
     if DEFAULT_SCHEMA.is_file():
         verify_metadata(meta_file=[str(BUNDLE / "configs" / m) for m in metas], filepath=str(DEFAULT_SCHEMA))
+    # what training with the HAM10000 overlay writes beside the weights
+    trained = {"modality": "dermoscopy", "in_channels": 3, "class_names": classes, "image_size": 32}
+    write_trained_config(tmp_path / "models", {**trained, "backbone": "resnet10", "embed_dim": 128})
     parser = ConfigParser()
-    parser.read_config([str(BUNDLE / "configs" / c) for c in configs])
-    parser.read_meta([str(BUNDLE / "configs" / m) for m in metas])
-    parser.update({"bundle_root": str(BUNDLE), "image_size": 32, "backbone": "resnet10"})
-    assert parser["class_names"] == classes
+    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(BUNDLE), "checkpoint": str(tmp_path / "models" / "model.pt")})
+    assert parser.get_parsed_content("class_names") == classes
     net = parser.get_parsed_content("network_def")
-    ckpt = tmp_path / "model.pt"
+    ckpt = tmp_path / "models" / "model.pt"
     torch.save(net.state_dict(), ckpt)
 
     ts = tmp_path / "model.ts"
-    # the command the README gives, with both overlays
-    files = ["--configs", ",".join(configs), "--metadata", ",".join(metas)]
-    small = ["--image_size", "32", "--backbone", "resnet10"]
-    main(["export", "--bundle", str(BUNDLE), "--ckpt", str(ckpt), "--output", str(ts), *files, *small])
-    extra = {"metadata.json": ""}
+    # the command the README gives: no setting repeated, a descriptive metadata overlay
+    main(["export", str(ckpt), str(ts), "--bundle", str(BUNDLE), "--metadata", ",".join(metas)])
+    extra = {"metadata.json": "", "inference.json": ""}
     model = torch.jit.load(str(ts), _extra_files=extra)
     meta = json.loads(extra["metadata.json"])
     image_in = meta["network_data_format"]["inputs"]["image"]
     class_out = meta["network_data_format"]["outputs"]["class"]
-    assert image_in["num_channels"] == 3 and image_in["modality"] == "XC"
+    assert image_in["num_channels"] == 3 and image_in["modality"] == "XC" and image_in["spatial_shape"] == [32, 32]
     assert class_out["num_channels"] == 7 and [class_out["channel_def"][str(i)] for i in range(7)] == classes
     assert meta["network_data_format"]["outputs"]["seg"]["num_channels"] == 2
+    assert "HAM10000" in meta["data_source"]
+    embedded = json.loads(extra["inference.json"])
+    assert embedded["class_names"] == classes and embedded["modality"] == "dermoscopy" and "trained" not in embedded
     out = model(torch.rand(1, 3, 32, 32))
     assert out["class"].shape == (1, 7) and out["seg"].shape == (1, 2, 32, 32)
 
@@ -199,7 +200,12 @@ def test_semise_train_evaluate_infer_export_end_to_end(tmp_path, small_data):
     assert "val_auc_dice" in log and "val_dice" in log and "val_severity_mae" in log
     assert (tmp_path / "models" / "model.pt").is_file()
 
-    _run(tmp_path, "evaluating", ["train.json", "evaluate.json"], {**base, "eval_output_dir": str(tmp_path / "eval")})
+    evaluate = {
+        "ckpt_dir": base["ckpt_dir"],
+        "output_dir": base["output_dir"],
+        "eval_output_dir": str(tmp_path / "eval"),
+    }
+    _run(tmp_path, "evaluating", ["train.json", "evaluate.json"], evaluate)
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert {"accuracy", "macro_f1", "auc"} <= set(metrics["classification"])
     assert {"dice", "iou"} <= set(metrics["segmentation"])
@@ -211,15 +217,12 @@ def test_semise_train_evaluate_infer_export_end_to_end(tmp_path, small_data):
     inputs.mkdir()
     for img in images:
         (inputs / img.name).write_bytes(img.read_bytes())
-    # the synthetic data set has two classes; the bundle's declared default is BUSI's three
-    classes = "['benign','malignant']"
+    # the synthetic data set has two classes (the bundle's declared default is BUSI's three): inference
+    # takes them, the image size and the backbone from the trained configuration
     infer = {
         "input_dir": str(inputs),
         "checkpoint": str(tmp_path / "models" / "model.pt"),
         "output_dir": str(tmp_path / "infer"),
-        "image_size": 32,
-        "backbone": "resnet10",
-        "class_names": classes,
     }
     _run(tmp_path, "run", ["inference.json"], infer)
     with open(tmp_path / "infer" / "predictions.csv") as f:
@@ -230,9 +233,7 @@ def test_semise_train_evaluate_infer_export_end_to_end(tmp_path, small_data):
     assert (tmp_path / "infer" / "predictions_overlay.png").is_file()
 
     ts = tmp_path / "model.ts"
-    export_torchscript(
-        BUNDLE, tmp_path / "models" / "model.pt", ts, image_size=32, backbone="resnet10", class_names=classes
-    )
+    main(["export", str(tmp_path / "models" / "model.pt"), str(ts), "--bundle", str(BUNDLE)])
     model = torch.jit.load(str(ts))
     out = model(torch.rand(2, 1, 32, 32))
     assert set(out) == {"class", "seg"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 
 import pytest
 import torch
@@ -12,22 +13,27 @@ from monai.engines import SupervisedEvaluator
 from monai.engines.utils import IterationEvents
 from monai.handlers import StatsHandler, ValidationHandler, from_engine
 
-from monai_ssl_ext.algorithms import get_algorithm
+from monai_ssl_ext.algorithms import FixMatch, FlexMatch, MeanTeacher, Supervised
 from monai_ssl_ext.data import SeededTransformDataset, SemiSupervisedLoader
 from monai_ssl_ext.engines import (
     AtomicCheckpointSaver,
     ClassificationMetric,
     ProgressLogger,
+    PseudoLabelAccuracy,
     ResumeCheckpointLoader,
+    SemiSupervisedStream,
     SemiSupervisedTrainer,
     TrainingHistory,
     find_latest_checkpoint,
+    output_scalars,
+    pseudo_label_accuracy,
 )
 from monai_ssl_ext.keys import DataKeys
 from monai_ssl_ext.networks import Classifier
 from monai_ssl_ext.transforms import get_profile
 
 SIZE = 16
+ALGORITHMS = {"supervised": Supervised, "mean_teacher": MeanTeacher, "fixmatch": FixMatch, "flexmatch": FlexMatch}
 
 
 def make_data(seed=0):
@@ -44,7 +50,7 @@ def make_data(seed=0):
     return lab, unl
 
 
-def make_trainer(algorithm_name="fixmatch", epochs=2, epoch_length=3, handlers=None, seed=0, net_seed=0):
+def make_trainer(algorithm_name="fixmatch", epochs=2, epoch_length=3, handlers=None, seed=0, net_seed=0, **options):
     profile = get_profile("ultrasound", image_size=SIZE)
     lab, unl = make_data()
     loader = SemiSupervisedLoader(
@@ -58,9 +64,18 @@ def make_trainer(algorithm_name="fixmatch", epochs=2, epoch_length=3, handlers=N
     net = Classifier(2, depth=10, return_dict=True, dropout=0.2)  # dropout: per-step torch RNG must be reproduced
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
     kwargs = {"threshold": 0.6} if algorithm_name in ("fixmatch", "flexmatch") else {}
-    algorithm = get_algorithm(algorithm_name, num_classes=2, **kwargs)
+    algorithm = ALGORITHMS[algorithm_name](num_classes=2, **kwargs)
     trainer = SemiSupervisedTrainer(
-        "cpu", epochs, loader, net, opt, algorithm, epoch_length=epoch_length, seed=seed, train_handlers=handlers
+        "cpu",
+        epochs,
+        loader,
+        net,
+        opt,
+        algorithm,
+        epoch_length=epoch_length,
+        seed=seed,
+        train_handlers=handlers,
+        **options,
     )
     return trainer, net, opt, algorithm
 
@@ -107,14 +122,84 @@ def test_hidden_labels_never_reach_the_algorithm():
 
 
 def test_pseudo_label_accuracy_matches_definition():
+    from types import SimpleNamespace
+
     from monai_ssl_ext.algorithms import StepOutput
 
     result = StepOutput(
         loss=torch.tensor(1.0), pseudo_label=torch.tensor([0, 1, 1, 0]), pseudo_mask=torch.tensor([1.0, 1.0, 0.0, 0.0])
     )
+    # the step output carries what the handler needs; the handler adds the two scalars
     out = SemiSupervisedTrainer._make_output({DataKeys.IMAGE: torch.zeros(1)}, result, torch.tensor([0, 0, 1, 1]))
+    assert "pseudo_label_acc" not in out
+    PseudoLabelAccuracy()(SimpleNamespace(state=SimpleNamespace(output=out)))
     assert out["pseudo_label_acc"] == pytest.approx(0.5)  # used: [0 ok, 1 wrong]
     assert out["pseudo_label_acc_all"] == pytest.approx(0.5)  # all: ok, wrong, ok, wrong
+    assert set(output_scalars(out)) == {"loss", "pseudo_label_acc", "pseudo_label_acc_all"}
+    # nothing used: "no evidence" (nan), not "all wrong"; no mask: every pseudo label is used
+    none_used = pseudo_label_accuracy(torch.tensor([0, 1]), torch.zeros(2), torch.tensor([0, 1]))
+    assert math.isnan(none_used["pseudo_label_acc"]) and none_used["pseudo_label_acc_all"] == 1.0
+    assert pseudo_label_accuracy(torch.tensor([0, 1]), None, [1, 1])["pseudo_label_acc"] == pytest.approx(0.5)
+    # without hidden labels (no benchmark mode) the handler adds nothing
+    plain = SemiSupervisedTrainer._make_output({DataKeys.IMAGE: torch.zeros(1)}, result, None)
+    PseudoLabelAccuracy()(SimpleNamespace(state=SimpleNamespace(output=plain)))
+    assert "pseudo_label_acc" not in plain and "pseudo_label_acc_all" not in plain
+
+
+def test_pseudo_label_accuracy_handler_is_attached_by_the_trainer_and_sees_the_batched_output():
+    seen = {}
+    trainer, *_ = make_trainer("fixmatch", epochs=1, epoch_length=2)
+    attached = trainer._event_handlers[IterationEvents.LOSS_COMPLETED]
+    assert any(isinstance(handler, PseudoLabelAccuracy) for handler, *_ in attached)
+
+    @trainer.on(IterationEvents.LOSS_COMPLETED)
+    def record(engine):  # after the trainer's handler: the accuracies computed from the step's tensors
+        out = engine.state.output
+        seen["acc"] = pseudo_label_accuracy(out["pseudo_label"], out["pseudo_mask"], out[DataKeys.HIDDEN_LABEL])
+        seen["logged"] = {k: out[k] for k in seen["acc"]}
+        seen["sizes"] = (len(out["pseudo_label"]), len(out[DataKeys.HIDDEN_LABEL]), len(out["image"]))
+
+    trainer.run()
+    assert seen["logged"] == seen["acc"] and seen["sizes"] == (8, 8, 4)
+    out = trainer.state.output
+    # decollated per labeled sample: the scalars replicated, the unlabeled batch's entries dropped
+    assert len(out) == 4 and not {"pseudo_label", "pseudo_mask", DataKeys.HIDDEN_LABEL} & set(out[0])
+    assert out[3]["pseudo_label_acc"] == seen["acc"]["pseudo_label_acc"] or math.isnan(out[3]["pseudo_label_acc"])
+
+    off, *_ = make_trainer("fixmatch", epochs=1, epoch_length=1, pseudo_label_accuracy=False)
+    off.run()
+    assert "pseudo_label_acc" not in off.state.output[0] and "loss_unsup" in off.state.output[0]
+
+
+def test_learning_rate_is_an_output_scalar(tmp_path, caplog):
+    trainer, _, opt, _ = make_trainer("fixmatch", epochs=1, epoch_length=3, decollate=False)
+    scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    seen = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(output_scalars(e.state.output)["lr"]))
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: scheduler.step())
+    TrainingHistory(tmp_path, interval=1, plot=False).attach(trainer)  # no optimizer: the output's lr
+    ProgressLogger(interval=1).attach(trainer)
+    with caplog.at_level(logging.INFO, logger="monai_ssl_ext.train"):
+        trainer.run()
+    # the rate each step used, halved after every step
+    assert seen == pytest.approx([0.05, 0.025, 0.0125])
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert history["scalars"]["lr"] == pytest.approx([0.05, 0.025, 0.0125])
+    assert list(history["scalars"])[-1] == "lr"  # recorded once per iteration, last
+    assert "| lr 0.0125 |" in caplog.text
+    # the non-decollated output keeps the unlabeled batch's tensors, which are not scalars
+    assert {"pseudo_label", DataKeys.HIDDEN_LABEL} <= set(trainer.state.output)
+    assert not {"pseudo_label", "pseudo_mask", DataKeys.HIDDEN_LABEL} & set(output_scalars(trainer.state.output))
+
+
+def test_loader_must_be_a_semi_supervised_stream():
+    trainer, net, opt, alg = make_trainer("supervised", epochs=1, epoch_length=1)
+    assert isinstance(trainer.data_loader, SemiSupervisedLoader)
+    assert isinstance(trainer.data_loader, SemiSupervisedStream)
+    plain = torch.utils.data.DataLoader([{DataKeys.IMAGE: torch.zeros(1, 4, 4), DataKeys.LABEL: 0}])
+    assert not isinstance(plain, SemiSupervisedStream)
+    with pytest.raises(TypeError, match=r"SemiSupervisedStream.*lacks unlabeled_dataset, use_unlabeled, start_step"):
+        SemiSupervisedTrainer("cpu", 1, plain, net, opt, alg, epoch_length=1)
 
 
 def test_supervised_only_does_not_load_unlabeled_batches():

@@ -59,12 +59,22 @@ class SemiSupervisedAlgorithm(nn.Module):
     buffers) and :meth:`after_optimizer_step` (update teachers). State that must survive a resume
     lives in submodules or buffers, so ``state_dict()`` carries it into checkpoints.
 
+    Class attributes:
+        uses_unlabeled: the method reads the unlabeled batch (``False``: the loader does not load it).
+        find_unused_parameters: some parameters of the network the method trains may get no gradient
+            in a step (an output head the loss does not read, a term that starts after a warm-up...),
+            so ``DistributedDataParallel`` must be built with ``find_unused_parameters=True`` (without
+            it DDP waits for those gradients and fails). ``True`` is always safe, at the cost of a graph
+            traversal per step; a method that reaches every parameter in every step sets ``False``.
+            Multi-GPU bundle configs read it as ``"$@algorithm.find_unused_parameters"``.
+
     Args:
         num_classes: number of image classes.
         supervised_loss: loss on the labeled batch (default :class:`~monai_ssl_ext.losses.TaskLoss`).
     """
 
     uses_unlabeled: ClassVar[bool] = True
+    find_unused_parameters: ClassVar[bool] = True
 
     def __init__(self, num_classes: int, supervised_loss: nn.Module | None = None) -> None:
         super().__init__()

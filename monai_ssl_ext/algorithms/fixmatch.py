@@ -34,6 +34,10 @@ class FixMatch(SemiSupervisedAlgorithm):
         supervised_loss: loss on the labeled batch.
     """
 
+    # reads only the class/seg outputs: the training-only projection heads of HermesNet or
+    # JointClassSegNet(embed_dim) get no gradient
+    find_unused_parameters = True
+
     def __init__(
         self,
         num_classes: int,

@@ -12,7 +12,9 @@ from monai_ssl_ext.algorithms.schedules import RampUp
 from monai_ssl_ext.algorithms.thresholds import DualThreshold
 from monai_ssl_ext.keys import DataKeys, OutputKeys
 from monai_ssl_ext.losses.consistency import masked_cross_entropy, masked_dice_loss
-from monai_ssl_ext.losses.contrastive import PixelContrastLoss, SupConLoss, inter_task_consistency
+from monai_ssl_ext.losses.inter_task import inter_task_consistency
+from monai_ssl_ext.losses.pixel_contrast import PixelContrastLoss
+from monai_ssl_ext.losses.supcon import SupConLoss
 from monai_ssl_ext.losses.supervised import TaskLoss, mask_to_index
 
 __all__ = ["Hermes"]
@@ -57,6 +59,10 @@ class Hermes(SemiSupervisedAlgorithm):
         use_pseudo_labels, use_supcon, use_pixel_contrast, use_consistency: ablation switches.
         supervised_loss: labeled-batch loss (default ``TaskLoss(cls_weight, seg_weight)``).
     """
+
+    # the embedding heads get no gradient before the contrastive warm-up ends, nor when an ablation
+    # switch turns their term off
+    find_unused_parameters = True
 
     def __init__(
         self,

@@ -1,10 +1,10 @@
-"""Ramp-up and ramp-down schedules for loss weights, as functions of the training step."""
+"""Ramp-up schedules for loss weights, as functions of the training step."""
 
 from __future__ import annotations
 
 import math
 
-__all__ = ["RampUp", "cosine_rampdown", "linear_rampup", "sigmoid_rampup"]
+__all__ = ["RampUp", "linear_rampup", "sigmoid_rampup"]
 
 
 def sigmoid_rampup(step: float, length: float) -> float:
@@ -23,14 +23,6 @@ def linear_rampup(step: float, length: float) -> float:
     if length <= 0:
         return 1.0
     return float(min(max(step / length, 0.0), 1.0))
-
-
-def cosine_rampdown(step: float, length: float) -> float:
-    """``0.5 (cos(pi t) + 1)`` with ``t = clip(step / length, 0, 1)`` (Loshchilov & Hutter, SGDR)."""
-    if length <= 0:
-        return 1.0
-    t = min(max(step / length, 0.0), 1.0)
-    return float(0.5 * (math.cos(math.pi * t) + 1.0))
 
 
 _SHAPES = {"sigmoid": sigmoid_rampup, "linear": linear_rampup, "constant": lambda step, length: 1.0}

@@ -19,7 +19,10 @@ from torch import nn
 from monai_ssl_ext.algorithms.base import SemiSupervisedAlgorithm, StepOutput
 from monai_ssl_ext.data.severity import SeverityOrder, get_severity_order
 from monai_ssl_ext.keys import DataKeys, OutputKeys
-from monai_ssl_ext.losses.severity import HealthyAnomalyMarginLoss, NTXentLoss, PreferenceRankingLoss
+from monai_ssl_ext.losses.healthy_anomaly_margin import HealthyAnomalyMarginLoss
+from monai_ssl_ext.losses.ntxent import NTXentLoss
+from monai_ssl_ext.losses.preference_ranking import PreferenceRankingLoss, healthy_reference
+from monai_ssl_ext.losses.severity_representation import severity_representation_loss
 from monai_ssl_ext.utils.distributed import all_reduce_sum, is_dist
 
 __all__ = ["SEMISE", "severity_levels"]
@@ -123,6 +126,9 @@ class SEMISE(SemiSupervisedAlgorithm):
         supervised_loss: labeled-batch loss (default :class:`~monai_ssl_ext.losses.TaskLoss`).
     """
 
+    # every phase keeps all outputs (class, seg, embedding) in the loss, weighted 0 when off
+    find_unused_parameters = False
+
     def __init__(
         self,
         num_classes: int,
@@ -220,8 +226,7 @@ class SEMISE(SemiSupervisedAlgorithm):
             return self.reference_level, self.reference.to(embeddings.dtype)
         # nothing of the reference level seen yet: the batch's least severe images stand in for it
         level = int(levels.min())
-        chosen = levels == level
-        return level, F.normalize(embeddings.detach()[chosen], dim=1).mean(dim=0)
+        return level, healthy_reference(embeddings.detach(), levels, level)
 
     def _load_from_state_dict(self, state_dict: Mapping[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         # the reference is sized lazily: take the checkpoint's size so that the copy can succeed
@@ -275,7 +280,7 @@ class SEMISE(SemiSupervisedAlgorithm):
                 supervised_term = margin = self.margin_loss(embeddings, healthy)
             else:
                 supervised_term = ranking = self.ranking_loss(z_l, levels, reference)
-            representation = self.alpha * nt_xent + (1.0 - self.alpha) * supervised_term
+            representation = severity_representation_loss(nt_xent, supervised_term, self.alpha)
             logs["reference_level"] = float(anchor_level)
 
         loss = rep_weight * representation + sup_weight * sup

@@ -24,6 +24,9 @@ class Supervised(SemiSupervisedAlgorithm):
     """
 
     uses_unlabeled: ClassVar[bool] = False
+    # reads only the class/seg outputs: the training-only projection heads of HermesNet or
+    # JointClassSegNet(embed_dim) get no gradient
+    find_unused_parameters = True
 
     def train_step(
         self, network: nn.Module, labeled: dict[str, Any], unlabeled: dict[str, Any] | None, step: int

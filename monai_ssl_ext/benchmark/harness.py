@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from monai_ssl_ext.benchmark.bundle_runner import bundle_command, find_bundle, run_workflow
 from monai_ssl_ext.benchmark.tables import results_markdown
+from monai_ssl_ext.bundle.runner import find_bundle, run_workflow, workflow_command
 from monai_ssl_ext.engines.handlers import format_duration
 from monai_ssl_ext.metrics.report import headline_metrics, per_class_recall
 from monai_ssl_ext.utils.atomic import write_json, write_text
@@ -123,11 +123,18 @@ def run_benchmark(spec: BenchmarkSpec) -> list[dict]:
             f"[{n}/{len(runs)}] {algorithm} seed {seed}: training ({run_dir}) | benchmark ETA {format_duration(eta)}"
         )
 
-        train_cmd = bundle_command(bundle, "training", ["train.json", profile_cfg], overrides, nproc=spec.nproc)
+        train_cmd = workflow_command(bundle, "training", spec.profile, overrides=overrides, nproc=spec.nproc)
         progress = _progress_echo(f"[{n}/{len(runs)}] {algorithm} seed {seed}")
         train_s = run_workflow(train_cmd, run_dir / "train.log", echo=progress)
-        eval_overrides = {**overrides, "eval_split": "test", "eval_output_dir": str(run_dir / "eval_test")}
-        eval_cmd = bundle_command(bundle, "evaluating", ["train.json", profile_cfg, "evaluate.json"], eval_overrides)
+        # evaluation reads the trained configuration beside the checkpoint: data, classes, network
+        eval_overrides = {
+            "ckpt_dir": overrides["ckpt_dir"],
+            "output_dir": overrides["output_dir"],
+            "eval_split": "test",
+            "eval_output_dir": str(run_dir / "eval_test"),
+            **spec.overrides,
+        }
+        eval_cmd = workflow_command(bundle, "evaluating", overrides=eval_overrides)
         eval_s = run_workflow(eval_cmd, run_dir / "evaluate.log")
 
         summary = json.loads((run_dir / "train_summary.json").read_text())

@@ -1,8 +1,9 @@
 """Manifests, label budgets, data set builders and the iteration-indexed training streams."""
 
+from .datalist import expand_frames, load_manifest
 from .inputs import IMAGE_SUFFIXES, list_inputs
 from .label_budget import LabelBudgetError, LabelSplit, resolve_budget, split_label_budget, stratified_group_split
-from .manifest import SPLITS, Manifest, ManifestError, load_manifest
+from .manifest import SPLITS, Manifest, ManifestError
 from .severity import BUSI_SEVERITY, HAM10000_SEVERITY, SEVERITY_ORDERS, SeverityOrder, get_severity_order
 from .streams import IterationBatchSampler, SeededTransformDataset, SemiSupervisedLoader
 
@@ -20,6 +21,7 @@ __all__ = [
     "SeededTransformDataset",
     "SemiSupervisedLoader",
     "SeverityOrder",
+    "expand_frames",
     "get_severity_order",
     "list_inputs",
     "load_manifest",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from monai_ssl_ext.data.datalist import load_manifest
 from monai_ssl_ext.io.reader import IMAGE_SUFFIXES
 from monai_ssl_ext.keys import DataKeys
 
@@ -33,8 +34,6 @@ def list_inputs(path: str | os.PathLike, data_root: str | os.PathLike | None = N
     if not p.exists():
         raise FileNotFoundError(f"Inference input not found: {p}")
     if p.is_file() and p.suffix.lower() == ".json":
-        from monai_ssl_ext.data.manifest import load_manifest
-
         manifest = load_manifest(p, data_root)
         return [{DataKeys.IMAGE: e[DataKeys.IMAGE]} for e in manifest.split(split)]
     if p.is_file():

@@ -29,7 +29,7 @@ import copy
 import json
 import os
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,7 +40,7 @@ from monai_ssl_ext.utils.atomic import write_json
 if TYPE_CHECKING:
     from monai_ssl_ext.data.label_budget import LabelSplit
 
-__all__ = ["SPLITS", "Manifest", "ManifestError", "load_manifest"]
+__all__ = ["SPLITS", "Manifest", "ManifestError"]
 
 SPLITS = ("training", "validation", "test")
 _PATH_KEYS = (DataKeys.IMAGE, DataKeys.MASK)
@@ -279,43 +279,3 @@ class Manifest:
             hide_labels=hide_labels,
             source=self.path or self.name,
         )
-
-
-def load_manifest(
-    datalist: str | os.PathLike | Manifest,
-    data_root: str | os.PathLike | None = None,
-    check_files: bool = True,
-    classes: Iterable[str] | None = None,
-    frames: Any = None,
-) -> Manifest:
-    """Load a manifest and resolve its paths against ``data_root``.
-
-    Args:
-        datalist: a manifest JSON path, a :class:`Manifest`, or ``"synthetic"`` for the project's
-            generated ultrasound-like data set, which is created under ``data_root`` on first use.
-        data_root: folder that relative paths are relative to (``None``: the manifest's folder).
-        check_files: verify that every listed file exists.
-        classes: keep only these classes (for example ``["benign", "malignant"]``).
-        frames: frame policy of multi-frame images (see :mod:`monai_ssl_ext.io.frames`); with ``"every:k"``
-            each multi-frame entry becomes one entry per k-th frame, all in the split of their file and
-            sharing its group, so a label budget never separates the frames of one clip.
-    """
-    if isinstance(datalist, Manifest):
-        manifest = datalist
-    elif str(datalist) == "synthetic":
-        from monai_ssl_ext.data.synthetic import ensure_synthetic_dataset
-
-        if data_root is None:
-            raise ValueError("datalist 'synthetic' needs a data_root to generate the data set into.")
-        manifest = Manifest.load(ensure_synthetic_dataset(data_root))
-    else:
-        manifest = Manifest.load(datalist)
-    if classes is not None:
-        manifest = manifest.with_classes(list(classes))
-    manifest = manifest.resolve(data_root, check_files=check_files)
-    if frames is not None:
-        from monai_ssl_ext.io.frames import expand_frames
-
-        for split in SPLITS:
-            setattr(manifest, split, expand_frames(manifest.split(split), frames))
-    return manifest

@@ -167,8 +167,14 @@ class SemiSupervisedLoader:
 
     ``start_step`` is the first step the next iterator yields; the trainer sets it from its
     iteration counter when a run resumes. ``use_unlabeled`` is switched off by the trainer for
-    algorithms that ignore unlabeled data, so that supervised-only runs do not load it.
+    algorithms that ignore unlabeled data, so that supervised-only runs do not load it. With
+    ``unlabeled_dataset`` (``None`` when empty) these make the loader a
+    :class:`monai_ssl_ext.engines.SemiSupervisedStream`, the protocol the trainer checks.
     """
+
+    unlabeled_dataset: torch.utils.data.Dataset | None
+    use_unlabeled: bool
+    start_step: int
 
     def __init__(
         self,

@@ -1,6 +1,5 @@
-"""Export and deployment: model-zoo bundle checks and TorchScript export."""
+"""Export and deployment: TorchScript export of a trained bundle model."""
 
-from .bundle_checks import BundleCheckError, check_bundle
 from .export import export_bundle, merged_metadata
 
-__all__ = ["BundleCheckError", "check_bundle", "export_bundle", "merged_metadata"]
+__all__ = ["export_bundle", "merged_metadata"]

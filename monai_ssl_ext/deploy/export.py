@@ -1,10 +1,19 @@
-"""TorchScript export of a bundle's network with configuration and metadata overlays.
+"""TorchScript export of a trained bundle model, described by the settings it was trained with.
 
-MONAI's ``ckpt_export`` merges a list of config files but reads a single metadata file. A bundle
-trained with an overlay (HAM10000 on the SEMISE bundle: colour input, seven classes) needs the
-metadata overlaid the same way, or the exported model declares the wrong input and outputs. This
-module merges the metadata files in order (later files win; ``a::b::c`` keys set one nested
-entry), writes the result to a temporary file, and calls ``ckpt_export`` with it.
+MONAI's ``ckpt_export`` embeds the config files it is given and one metadata file, as they are. A
+model trained at 64 px with a ResNet-10 from the smoke profile would then carry a config that builds
+a 224 px ResNet-18 and metadata that declares one. :func:`export_bundle` instead:
+
+1. reads the bundle's inference config (and overlays), which looks its settings up in the trained
+   configuration beside the checkpoint (``train_config.json``, written by training);
+2. checks that the checkpoint fits the network those settings build (one line naming the first
+   differing key if not);
+3. embeds one merged inference config with the settings written in as values (no file lookups:
+   MONAI Deploy runs it as it is), and metadata whose input channels, spatial shape, modality and
+   class names are the trained ones. Metadata files are merged in order (later files win; ``a::b::c``
+   keys set one nested entry) for descriptive overlays such as ``ham10000_metadata.json``.
+
+The TorchScript file is replaced only once the export has succeeded.
 """
 
 from __future__ import annotations
@@ -18,6 +27,8 @@ from typing import Any
 
 from monai.bundle import ConfigParser, ckpt_export
 
+from monai_ssl_ext.bundle.trained import describe_network_io, freeze_settings
+from monai_ssl_ext.engines.model_loader import load_model_weights
 from monai_ssl_ext.utils import atomic_path
 
 __all__ = ["export_bundle", "merged_metadata"]
@@ -52,37 +63,54 @@ def export_bundle(
     net_id: str = "network_def",
     **overrides: Any,
 ) -> Path:
-    """Export the checkpoint of ``bundle``'s network to TorchScript with merged configs and metadata.
+    """Export the checkpoint of ``bundle``'s network to TorchScript, described by its trained settings.
 
     Args:
         bundle: bundle folder.
-        ckpt_file: state dict of the network (``models/model.pt``).
+        ckpt_file: state dict of the network (``models/model.pt``); its ``train_config.json`` beside it
+            gives the settings (without one, the bundle's own defaults).
         filepath: TorchScript file to write; replaced only once the export has succeeded.
         configs: config files, names under ``configs/`` or absolute paths, merged in order.
-        metadata: metadata files, merged in order; the merged metadata is embedded in the model.
+        metadata: metadata files, merged in order; the result, with the network's input and outputs
+            stated from the settings, is embedded in the model.
         net_id: id of the network definition in the configs.
-        overrides: config values (``image_size=...``, ``backbone=...``), as on the command line.
+        overrides: config values that replace the trained settings (for a checkpoint trained elsewhere).
 
     Returns:
         ``filepath``.
+
+    Raises:
+        FileNotFoundError: a missing checkpoint, config or metadata file (named).
+        CheckpointMismatchError: the checkpoint does not fit the network (checkpoint and key named).
     """
     bundle = Path(bundle)
     ckpt_file = Path(ckpt_file)
     if not ckpt_file.is_file():
         raise FileNotFoundError(f"checkpoint not found: {ckpt_file}")
-    config_files = _bundle_files(bundle, configs, "config")
+    parser = ConfigParser()
+    parser.read_config(_bundle_files(bundle, configs, "config"))
+    parser.update({"bundle_root": str(bundle), "checkpoint": str(ckpt_file), **overrides})
+    setting_names = list(parser.get("fallback", {})) or [k for k in overrides if k in parser]
+    settings = {name: parser.get_parsed_content(name) for name in setting_names}
+    settings["in_channels"] = parser.get_parsed_content("profile").channels if "profile" in parser else None
+    load_model_weights(parser.get_parsed_content(net_id), ckpt_file)
+
     meta = merged_metadata(_bundle_files(bundle, metadata, "metadata"))
+    if {"image_size", "modality", "class_names"} <= set(settings):
+        meta["network_data_format"] = describe_network_io(meta["network_data_format"], settings)
+    frozen = freeze_settings(parser.config, settings)
     target = Path(filepath)
     with tempfile.TemporaryDirectory() as tmp, atomic_path(target) as tmp_ts:
         meta_file = Path(tmp) / "metadata.json"
         meta_file.write_text(json.dumps(meta, indent=4))
+        config_file = Path(tmp) / "inference.json"  # the name MONAI Deploy looks for inside model.ts
+        config_file.write_text(json.dumps(frozen, indent=4))
         ckpt_export(
             net_id=net_id,
             filepath=str(tmp_ts),
             ckpt_file=str(ckpt_file),
             meta_file=str(meta_file),
-            config_file=config_files,
+            config_file=str(config_file),
             bundle_root=str(bundle),
-            **overrides,
         )
     return target

@@ -1,26 +1,36 @@
-"""The semi-supervised trainer and its handlers."""
+"""The semi-supervised trainer, its handlers, validation metrics and the evaluation-report handler."""
 
 from .checkpoint import AtomicCheckpointSaver, ResumeCheckpointLoader, find_latest_checkpoint
+from .evaluation_report import EvaluationReport
 from .handlers import ProgressLogger, TrainingHistory, format_duration, output_scalars, peak_memory_mb
 from .metrics import ClassificationMetric, SegmentationMetric, class_logits, seg_logits, selection_metric
+from .model_loader import CheckpointMismatchError, ModelLoader, load_model_weights
 from .prediction_writer import PredictionWriter
-from .trainer import SemiSupervisedTrainer, move_to_device
+from .pseudo_label_accuracy import PseudoLabelAccuracy, pseudo_label_accuracy
+from .trainer import SemiSupervisedStream, SemiSupervisedTrainer, move_to_device
 
 __all__ = [
     "AtomicCheckpointSaver",
+    "CheckpointMismatchError",
     "ClassificationMetric",
+    "EvaluationReport",
+    "ModelLoader",
     "PredictionWriter",
     "ProgressLogger",
+    "PseudoLabelAccuracy",
     "ResumeCheckpointLoader",
     "SegmentationMetric",
+    "SemiSupervisedStream",
     "SemiSupervisedTrainer",
     "TrainingHistory",
     "class_logits",
     "find_latest_checkpoint",
     "format_duration",
+    "load_model_weights",
     "move_to_device",
     "output_scalars",
     "peak_memory_mb",
+    "pseudo_label_accuracy",
     "seg_logits",
     "selection_metric",
 ]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from ignite.engine import Engine, Events
 
+from monai_ssl_ext.engines.pseudo_label_accuracy import UNLABELED_OUTPUT_KEYS
 from monai_ssl_ext.utils.atomic import write_json
 from monai_ssl_ext.utils.distributed import is_main_process
 
@@ -24,11 +25,18 @@ if TYPE_CHECKING:
 
 __all__ = ["ProgressLogger", "TrainingHistory", "format_duration", "on_run_start", "output_scalars", "peak_memory_mb"]
 
-_SKIP = {"image", "label", "pred", "mask"}
+# batched entries, and the per-unlabeled-sample ones a non-decollated output keeps (a batch of one is not a scalar)
+_SKIP = {"image", "label", "pred", "mask", *UNLABELED_OUTPUT_KEYS}
+_LR = "lr"  # the trainer's learning-rate scalar (monai_ssl_ext.engines.trainer.LR_KEY)
 
 
 def output_scalars(output: Any) -> dict[str, float]:
-    """The scalar entries of a trainer's ``engine.state.output`` (a dict or a decollated list of dicts)."""
+    """The scalar entries of a trainer's ``engine.state.output`` (a dict or a decollated list of dicts).
+
+    With :class:`~monai_ssl_ext.engines.SemiSupervisedTrainer`: ``loss``, the algorithm's loss terms and
+    logs, ``lr`` (learning rate of the step) and, in benchmark mode, ``pseudo_label_acc`` and
+    ``pseudo_label_acc_all``; the ``output_transform`` of ``TensorBoardStatsHandler`` in the bundles.
+    """
     first = output[0] if isinstance(output, list) and output else output
     if not isinstance(first, dict):
         return {}
@@ -91,7 +99,9 @@ class ProgressLogger:
     Example::
 
         [train] 150/1000 (15%) epoch 2/10 | loss 0.532 loss_sup 0.410 loss_unsup 0.122 mask_rate 0.63
-        pseudo_label_acc 0.91 | 3.1 it/s 148 img/s | elapsed 48s ETA 4m34s
+        pseudo_label_acc 0.91 | lr 0.00987 | 3.1 it/s 148 img/s | elapsed 48s ETA 4m34s
+
+    The learning rate (the output's ``lr``) gets its own field after the other scalars.
 
     Args:
         interval: iterations between lines.
@@ -139,7 +149,10 @@ class ProgressLogger:
         scalars = output_scalars(engine.state.output)
         if self.keys is not None:
             scalars = {k: scalars[k] for k in self.keys if k in scalars}
+        lr = scalars.pop(_LR, None)
         terms = " ".join(f"{k} {v:.4g}" for k, v in scalars.items())
+        if lr is not None:
+            terms += f" | lr {lr:.3g}"
         self.logger.info(
             f"[train] {it}/{total} ({100 * it / total:.0f}%) epoch {engine.state.epoch}/{engine.state.max_epochs} | "
             f"{terms} | {rate:.2f} it/s {samples / elapsed if elapsed > 0 else 0:.0f} img/s | "
@@ -158,6 +171,9 @@ class TrainingHistory:
 
     - Every iteration: the scalar entries of the output (loss terms, mask rate, pseudo-label
       accuracy...) and the learning rate are accumulated and averaged over ``interval`` iterations.
+      The learning rate ``lr`` is read from ``optimizer`` when given (at ``ITERATION_COMPLETED``, so
+      after a scheduler handler attached before this one has stepped), else from the output's ``lr``
+      (the rate the step used, which :class:`~monai_ssl_ext.engines.SemiSupervisedTrainer` puts there).
     - Every epoch: the validator's metrics (when ``validator`` is given; attach this handler after
       the ``ValidationHandler`` so that validation has run) and the files are rewritten, so a run that
       stops early still leaves its curves.
@@ -167,7 +183,7 @@ class TrainingHistory:
     Args:
         output_dir: folder for the files.
         validator: the validation evaluator, whose ``state.metrics`` are recorded each epoch.
-        optimizer: to record the learning rate of its first parameter group.
+        optimizer: to record the learning rate of its first parameter group (``None``: the output's ``lr``).
         interval: iterations averaged into one point.
         plot: write ``training_curves.png``.
     """
@@ -223,10 +239,14 @@ class TrainingHistory:
             self.validation["metrics"][k] = [v[i] for i in vkeep]
 
     def _iteration(self, engine: Engine) -> None:
-        for k, v in output_scalars(engine.state.output).items():
+        scalars = output_scalars(engine.state.output)
+        lr = scalars.pop(_LR, None)
+        for k, v in scalars.items():
             self._window[k].append(v)
         if self.optimizer is not None:
-            self._window["lr"].append(float(self.optimizer.param_groups[0]["lr"]))
+            lr = float(self.optimizer.param_groups[0]["lr"])
+        if lr is not None:  # one value per iteration, recorded last (as in earlier history files)
+            self._window[_LR].append(lr)
         if engine.state.iteration % self.interval == 0:
             self._flush(engine.state.iteration)
 

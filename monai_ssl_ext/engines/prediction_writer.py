@@ -108,51 +108,14 @@ def _write_png(path: Path, labels: np.ndarray, classes: int) -> None:
         Image.fromarray((labels * step).astype(np.uint8)).save(tmp, format="PNG")
 
 
-def _inverse_orientation(ornt: np.ndarray) -> np.ndarray:
-    inv = np.empty_like(ornt)
-    for axis, (target, flip) in enumerate(ornt):
-        inv[int(target)] = (axis, flip)
-    return inv
-
-
-def _nifti_in_source_grid(labels: np.ndarray, source: str, meta: Mapping) -> Any:
-    """The label map of one slice put back into the voxel grid of the NIfTI file it was read from.
-
-    Undoes :func:`monai_ssl_ext.io.read_nifti`: its display orientation (flips and transpose), the slice
-    taken from the canonical (RAS) volume, and the reorientation to RAS; the mask then shares the file's
-    shape (one volume of a 4D series) and affine, so any viewer overlays it voxel for voxel.
-    """
-    import nibabel as nib
-    from nibabel.orientations import apply_orientation, io_orientation
-
-    ref = nib.load(source)
-    shape = (*ref.shape[:3], 1, 1)[:3]
-    ornt = io_orientation(ref.affine)
-    volume = np.zeros(apply_orientation(np.empty(shape, dtype=np.uint8), ornt).shape, dtype=np.uint8)
-    axis, index = int(_plain(meta["slice_axis"])), int(_plain(meta["slice_index"]))
-    where: list[Any] = [slice(None)] * 3
-    where[axis] = index
-    # read_nifti shows plane[a, b] as image[B - 1 - b, A - 1 - a]
-    volume[tuple(where)] = labels.T[::-1, ::-1]
-    volume = apply_orientation(volume, _inverse_orientation(ornt))
-    if len(ref.shape) == 2:
-        volume = volume[:, :, 0]
-    out = nib.Nifti1Image(np.ascontiguousarray(volume, dtype=np.uint8), ref.affine)
-    header = ref.header
-    out.header.set_xyzt_units(*header.get_xyzt_units())
-    if int(header["qform_code"]) > 0:
-        out.header.set_qform(header.get_qform(), code=int(header["qform_code"]))
-    if int(header["sform_code"]) > 0:
-        out.header.set_sform(header.get_sform(), code=int(header["sform_code"]))
-    return out
-
-
 def _nifti_image(labels: np.ndarray, source: str, meta: Mapping) -> Any:
     import nibabel as nib
 
+    from monai_ssl_ext.io.nifti import slice_to_nifti
+
     fmt = str(meta.get("format", ""))
     if fmt.startswith("nifti") and "slice_axis" in meta and source:
-        return _nifti_in_source_grid(labels, source, meta)
+        return slice_to_nifti(labels, source, _plain(meta["slice_axis"]), _plain(meta["slice_index"]))
     affine = meta.get("original_affine")
     if affine is not None and fmt.startswith("nifti"):
         # loaded by a MONAI reader: the array is in the file's voxel order

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence, Sized
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from ignite.engine import Events
@@ -15,11 +15,55 @@ from monai.utils import CommonKeys
 from torch.optim.optimizer import Optimizer
 
 from monai_ssl_ext.algorithms.base import SemiSupervisedAlgorithm, StepOutput
+from monai_ssl_ext.engines.pseudo_label_accuracy import (
+    HIDDEN_LABEL,
+    PSEUDO_LABEL,
+    PSEUDO_MASK,
+    UNLABELED_OUTPUT_KEYS,
+    PseudoLabelAccuracy,
+)
 from monai_ssl_ext.keys import DataKeys, OutputKeys
 from monai_ssl_ext.utils.distributed import get_rank
 from monai_ssl_ext.utils.seeding import derive_seed
 
-__all__ = ["SemiSupervisedTrainer", "move_to_device"]
+__all__ = ["LR_KEY", "SemiSupervisedStream", "SemiSupervisedTrainer", "move_to_device"]
+
+LR_KEY = "lr"  # the output scalar holding the learning rate of the step (first parameter group)
+
+
+@runtime_checkable
+class SemiSupervisedStream(Protocol):
+    """The training loader :class:`SemiSupervisedTrainer` reads and steers.
+
+    Iterating it yields ``{"labeled": batch, "unlabeled": batch or None}`` for consecutive training
+    steps (usually endlessly). :class:`monai_ssl_ext.data.SemiSupervisedLoader` is the implementation;
+    any object with these members satisfies the protocol (``isinstance`` checks their presence):
+
+    - ``unlabeled_dataset``: the unlabeled items (its length sizes per-sample algorithm state such as
+      FlexMatch's), or ``None`` when there are none.
+    - ``use_unlabeled``: set by the trainer to ``False`` for algorithms that ignore unlabeled data (and
+      when there is none), so that the stream does not load it; ``"unlabeled"`` is then ``None``.
+    - ``start_step``: set by the trainer, before each iterator is created, to the iteration the run
+      starts from (non-zero on resume); the next iterator yields that step's batches first.
+    """
+
+    unlabeled_dataset: Sized | None
+    use_unlabeled: bool
+    start_step: int
+
+    def __iter__(self) -> Iterator[dict[str, Any]]: ...
+
+
+def _check_stream(loader: Any) -> SemiSupervisedStream:
+    if isinstance(loader, SemiSupervisedStream):
+        return loader
+    members = ("__iter__", "unlabeled_dataset", "use_unlabeled", "start_step")
+    missing = ", ".join(name for name in members if not hasattr(loader, name))
+    raise TypeError(
+        "SemiSupervisedTrainer needs a training loader satisfying monai_ssl_ext.engines.SemiSupervisedStream "
+        "(an iterable of {'labeled', 'unlabeled'} batches with unlabeled_dataset, use_unlabeled and start_step), "
+        f"such as monai_ssl_ext.data.SemiSupervisedLoader; got {type(loader).__name__}, which lacks {missing}."
+    )
 
 
 def move_to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:
@@ -40,8 +84,9 @@ def _scalar(value: Any) -> float:
 class SemiSupervisedTrainer(Trainer):
     """A MONAI trainer whose iteration hands a labeled and an unlabeled batch to an algorithm.
 
-    Each item of ``train_data_loader`` is ``{"labeled": batch, "unlabeled": batch}`` (see
-    :class:`monai_ssl_ext.data.SemiSupervisedLoader`). Per iteration the trainer moves both to the
+    ``train_data_loader`` is a :class:`SemiSupervisedStream` (see
+    :class:`monai_ssl_ext.data.SemiSupervisedLoader`): each item is ``{"labeled": batch, "unlabeled":
+    batch}``; the trainer sets its ``use_unlabeled`` and ``start_step``. Per iteration the trainer moves both to the
     device, calls ``algorithm.train_step`` (under autocast when ``amp``), back-propagates, steps the
     optimizer, calls ``algorithm.after_optimizer_step`` (EMA teachers) and fires MONAI's
     ``IterationEvents`` (``FORWARD_COMPLETED``, ``LOSS_COMPLETED``, ``BACKWARD_COMPLETED``,
@@ -51,11 +96,16 @@ class SemiSupervisedTrainer(Trainer):
 
     ``engine.state.output`` is laid out as ``SupervisedTrainer``'s: ``image``, ``label`` and ``pred``
     of the labeled batch and the scalar ``loss``; the named loss terms and logging values of
-    :class:`~monai_ssl_ext.algorithms.StepOutput` are added as scalars. When ``decollate`` is on
-    the output is decollated per labeled sample (so ``from_engine(["loss"], first=True)`` works).
-    When the unlabeled batch carries ``hidden_label`` (benchmark mode) the trainer, not the
-    algorithm, reads it to report ``pseudo_label_acc`` (accuracy of the pseudo labels used) and
-    ``pseudo_label_acc_all`` (of all pseudo labels).
+    :class:`~monai_ssl_ext.algorithms.StepOutput` are added as scalars, and ``lr``, the learning
+    rate of the optimizer's first parameter group used by this step. Until the output is decollated
+    (``MODEL_COMPLETED``) it also holds the per-unlabeled-sample ``pseudo_label`` and ``pseudo_mask``
+    of the step and, when the unlabeled batch carries ``hidden_label`` (benchmark mode), those true
+    labels, popped from the batch so that the algorithm never sees them; a
+    :class:`~monai_ssl_ext.engines.PseudoLabelAccuracy` handler, which the trainer attaches itself
+    (``pseudo_label_accuracy``), turns them into the scalars ``pseudo_label_acc`` (accuracy of the
+    pseudo labels used) and ``pseudo_label_acc_all`` (of all pseudo labels) at ``LOSS_COMPLETED``.
+    When ``decollate`` is on the output is then decollated per labeled sample, scalars replicated
+    (so ``from_engine(["loss"], first=True)`` works) and the per-unlabeled-sample entries dropped.
 
     Training length is counted in iterations: ``epoch_length`` iterations make an epoch (the
     interval of validation and checkpoints), independent of the labeled set's size.
@@ -68,7 +118,7 @@ class SemiSupervisedTrainer(Trainer):
     Args:
         device: device to train on.
         max_epochs: number of epochs.
-        train_data_loader: iterable of ``{"labeled", "unlabeled"}`` dicts.
+        train_data_loader: a :class:`SemiSupervisedStream` of ``{"labeled", "unlabeled"}`` dicts.
         network: the student network (optionally ``DistributedDataParallel``-wrapped).
         optimizer: optimizer of the network's parameters.
         algorithm: the semi-supervised method.
@@ -81,13 +131,18 @@ class SemiSupervisedTrainer(Trainer):
         event_names, event_to_attr, amp_kwargs: as in MONAI's ``SupervisedTrainer``.
         decollate: decollate ``engine.state.output`` per labeled sample after each iteration.
         optim_set_to_none: ``optimizer.zero_grad(set_to_none=...)``.
+        pseudo_label_accuracy: attach a :class:`~monai_ssl_ext.engines.PseudoLabelAccuracy` handler
+            (it only reports when the unlabeled batches carry hidden labels).
+
+    Raises:
+        TypeError: ``train_data_loader`` does not satisfy :class:`SemiSupervisedStream`.
     """
 
     def __init__(
         self,
         device: str | torch.device,
         max_epochs: int,
-        train_data_loader: Iterable,
+        train_data_loader: SemiSupervisedStream,
         network: torch.nn.Module,
         optimizer: Optimizer,
         algorithm: SemiSupervisedAlgorithm,
@@ -106,6 +161,7 @@ class SemiSupervisedTrainer(Trainer):
         decollate: bool = True,
         optim_set_to_none: bool = False,
         amp_kwargs: dict | None = None,
+        pseudo_label_accuracy: bool = True,
     ) -> None:
         device = torch.device(device)
         if amp and device.type != "cuda":
@@ -113,11 +169,12 @@ class SemiSupervisedTrainer(Trainer):
             amp = False
         if epoch_length is None and not hasattr(train_data_loader, "__len__"):
             raise ValueError("epoch_length is required when the training loader is endless.")
+        stream = _check_stream(train_data_loader)
         self._decollate_output = decollate
         super().__init__(
             device=device,
             max_epochs=max_epochs,
-            data_loader=train_data_loader,
+            data_loader=stream,
             epoch_length=epoch_length,
             non_blocking=non_blocking,
             postprocessing=postprocessing,
@@ -131,6 +188,8 @@ class SemiSupervisedTrainer(Trainer):
             decollate=False,  # the batch holds two differently sized halves: decollate the output only
             amp_kwargs=amp_kwargs,
         )
+        if pseudo_label_accuracy:
+            PseudoLabelAccuracy().attach(self)
         if decollate:
             self._register_output_decollate()
         self.network = network
@@ -141,12 +200,11 @@ class SemiSupervisedTrainer(Trainer):
         self.optim_set_to_none = optim_set_to_none
         self.state.samples_seen = 0
 
-        unlabeled = getattr(train_data_loader, "unlabeled_dataset", None)
-        if hasattr(train_data_loader, "use_unlabeled"):
-            train_data_loader.use_unlabeled = bool(algorithm.uses_unlabeled and unlabeled is not None)
-        if algorithm.uses_unlabeled and unlabeled is None and hasattr(train_data_loader, "unlabeled_dataset"):
+        unlabeled = stream.unlabeled_dataset
+        stream.use_unlabeled = bool(algorithm.uses_unlabeled and unlabeled is not None)
+        if algorithm.uses_unlabeled and unlabeled is None:
             raise ValueError(f"{type(algorithm).__name__} needs unlabeled data, but the loader has none.")
-        total_steps = max_epochs * (epoch_length if epoch_length is not None else len(train_data_loader))
+        total_steps = max_epochs * (epoch_length if epoch_length is not None else len(stream))  # type: ignore[arg-type]
         algorithm.setup(
             network, total_steps=total_steps, num_unlabeled=len(unlabeled) if unlabeled is not None else None
         )
@@ -161,11 +219,12 @@ class SemiSupervisedTrainer(Trainer):
         @self.on(IterationEvents.MODEL_COMPLETED)
         def _decollate_output(engine: SemiSupervisedTrainer) -> None:
             if isinstance(engine.state.output, dict):
-                engine.state.output = decollate(engine.state.output)
+                # the unlabeled batch's entries have another batch size: not part of the per-sample output
+                batched = {k: v for k, v in engine.state.output.items() if k not in UNLABELED_OUTPUT_KEYS}
+                engine.state.output = decollate(batched)
 
     def _align_loader_with_iteration(self, engine: SemiSupervisedTrainer) -> None:
-        if hasattr(self.data_loader, "start_step"):
-            self.data_loader.start_step = int(engine.state.iteration)
+        self.data_loader.start_step = int(engine.state.iteration)
 
     def _iteration(self, engine: SemiSupervisedTrainer, batchdata: dict[str, Any]) -> dict:
         if batchdata is None:
@@ -198,7 +257,8 @@ class SemiSupervisedTrainer(Trainer):
         if not isinstance(result, StepOutput):
             raise TypeError(f"{type(engine.algorithm).__name__}.train_step must return a StepOutput.")
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-        engine.state.output = self._make_output(labeled, result, hidden)
+        lr = float(engine.optimizer.param_groups[0]["lr"])
+        engine.state.output = self._make_output(labeled, result, hidden, lr)
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
         loss = result.loss
@@ -229,7 +289,7 @@ class SemiSupervisedTrainer(Trainer):
         return engine.state.output
 
     @staticmethod
-    def _make_output(labeled: dict, result: StepOutput, hidden: Any) -> dict[str, Any]:
+    def _make_output(labeled: dict, result: StepOutput, hidden: Any, lr: float | None = None) -> dict[str, Any]:
         outputs = result.labeled_outputs
         pred = outputs.get(OutputKeys.CLASS, outputs.get(OutputKeys.SEG))
         out: dict[str, Any] = {
@@ -240,13 +300,11 @@ class SemiSupervisedTrainer(Trainer):
         }
         for name, value in {**result.terms, **result.logs}.items():
             out[name] = _scalar(value)
-        if hidden is not None and result.pseudo_label is not None:
-            truth = torch.as_tensor(hidden, device=result.pseudo_label.device).long().view(-1)
-            correct = (result.pseudo_label.view(-1) == truth).float()
-            used = (
-                (result.pseudo_mask.view(-1) > 0) if result.pseudo_mask is not None else torch.ones_like(correct).bool()
-            )
-            out["pseudo_label_acc_all"] = float(correct.mean())
-            # nan when no pseudo label passed: "no evidence", not "all wrong"
-            out["pseudo_label_acc"] = float(correct[used].mean()) if used.any() else float("nan")
+        if lr is not None:
+            out[LR_KEY] = lr
+        if result.pseudo_label is not None:
+            out[PSEUDO_LABEL] = result.pseudo_label.detach()
+            out[PSEUDO_MASK] = result.pseudo_mask.detach() if result.pseudo_mask is not None else None
+        if hidden is not None:
+            out[HIDDEN_LABEL] = hidden
         return out

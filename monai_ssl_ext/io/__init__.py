@@ -2,7 +2,8 @@
 
 - :func:`read_image`: any supported file (PNG/JPEG/TIFF..., DICOM, NIfTI), chosen by suffix and content.
 - :func:`read_raster`, :func:`read_dicom`, :func:`read_nifti`: one format each.
-- :mod:`~monai_ssl_ext.io.frames`: frame policies for cine / multi-frame files (:func:`expand_frames`).
+- :func:`slice_to_nifti`: a label map of a slice read by :func:`read_nifti`, back in its file's voxel grid.
+- :mod:`~monai_ssl_ext.io.frames`: frame policies for cine / multi-frame files.
 - :class:`DicomImageReader`: the DICOM reader as a MONAI ``ImageReader`` for ``LoadImage``.
 - :func:`inspect_path` / :func:`format_inspection`: what each file of a folder loads as.
 """
@@ -16,9 +17,9 @@ from .dicom import (
     ultrasound_regions,
 )
 from .errors import ImageReadError, MissingDecoderError
-from .frames import FramePolicy, expand_frames, frame_indices, parse_frame_policy, resolve_frame
+from .frames import FramePolicy, frame_indices, parse_frame_policy, resolve_frame
 from .inspect import format_inspection, inspect_path
-from .nifti import NIFTI_SUFFIXES, read_nifti
+from .nifti import NIFTI_SUFFIXES, read_nifti, slice_to_nifti
 from .raster import RASTER_SUFFIXES, read_raster
 from .reader import IMAGE_SUFFIXES, count_frames, image_format, read_image
 
@@ -43,7 +44,6 @@ __all__ = [
     "MissingDecoderError",
     "UltrasoundRegion",
     "count_frames",
-    "expand_frames",
     "format_inspection",
     "frame_indices",
     "image_format",
@@ -56,5 +56,6 @@ __all__ = [
     "read_raster",
     "resolve_frame",
     "select_imaging_region",
+    "slice_to_nifti",
     "ultrasound_regions",
 ]

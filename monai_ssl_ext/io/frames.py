@@ -6,8 +6,9 @@ A bundle chooses the policy with one config key (``"frame": ...``); the value is
   indices count from the end): one frame per file;
 - ``"all"``: every frame, stacked on a time axis after the channel axis, ``(C, T, H, W)``;
 - ``"every:k"`` (or ``{"every": k}``): every ``k``-th frame (0, k, 2k, ...) as a **separate sample**.
-  :func:`expand_frames` turns one manifest entry into one entry per selected frame, each carrying its
-  index under ``"frame"``; the readers then load that frame (an entry's own ``"frame"`` wins).
+  :func:`monai_ssl_ext.data.expand_frames` turns one manifest entry into one entry per selected frame,
+  each carrying its index under ``"frame"``; the readers then load that frame (an entry's own
+  ``"frame"`` wins).
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from monai_ssl_ext.io.errors import ImageReadError
 
-__all__ = ["FramePolicy", "FrameSpec", "expand_frames", "frame_indices", "parse_frame_policy", "resolve_frame"]
+__all__ = ["FramePolicy", "FrameSpec", "frame_indices", "parse_frame_policy", "resolve_frame"]
 
 _NAMED = ("first", "middle", "last", "all")
 
@@ -88,7 +89,7 @@ def resolve_frame(policy: FrameSpec, n_frames: int, path: str | os.PathLike = ""
 
     Raises:
         ImageReadError: an index out of range, or ``"every:k"`` on a multi-frame file (such a manifest
-            must be expanded with :func:`expand_frames`, so that each entry names its frame).
+            must be expanded with :func:`monai_ssl_ext.data.expand_frames`, so that each entry names its frame).
     """
     p = parse_frame_policy(policy)
     n = max(int(n_frames), 1)
@@ -122,38 +123,3 @@ def frame_indices(policy: FrameSpec, n_frames: int) -> list[int]:
         return list(range(0, n, p.every))
     index = resolve_frame(p, n)
     return list(range(n)) if index is None else [index]
-
-
-def expand_frames(
-    entries: Iterable[Mapping[str, Any]],
-    policy: FrameSpec,
-    key: str = "image",
-    frame_key: str = "frame",
-    count: Callable[[str], int] | None = None,
-    group_key: str = "group",
-) -> list[dict[str, Any]]:
-    """Expand manifest entries for a frame policy: with ``"every:k"`` one entry per ``k``-th frame.
-
-    Each new entry is a copy of its source with ``frame_key`` set to the frame index; entries that
-    already carry a frame index are kept as they are. Other policies return copies of the entries
-    unchanged (the reader applies them). ``count(path)`` gives the number of frames of a file
-    (default :func:`monai_ssl_ext.io.count_frames`, which reads headers only). The frames of one file
-    keep its ``group_key`` (or, without one, get the file's path as their group), so that splits and
-    label budgets keep the frames of a clip together.
-    """
-    p = parse_frame_policy(policy)
-    if p.every is None:
-        return [dict(e) for e in entries]
-    if count is None:
-        from monai_ssl_ext.io.reader import count_frames
-
-        count = count_frames
-    out: list[dict[str, Any]] = []
-    for entry in entries:
-        if entry.get(frame_key) is not None:
-            out.append(dict(entry))
-            continue
-        group = entry.get(group_key, f"file:{entry[key]}")
-        for index in frame_indices(p, count(entry[key])):
-            out.append({**entry, frame_key: index, group_key: group})
-    return out

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from monai_ssl_ext.io.errors import ImageReadError
 from monai_ssl_ext.io.frames import FrameSpec, resolve_frame
 
-__all__ = ["NIFTI_SUFFIXES", "is_nifti_path", "nifti_frames", "read_nifti"]
+__all__ = ["NIFTI_SUFFIXES", "is_nifti_path", "nifti_frames", "read_nifti", "slice_to_nifti"]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
@@ -158,3 +159,51 @@ def read_nifti(
         "value_range": value_range,
     }
     return np.ascontiguousarray(out), meta
+
+
+def _inverse_orientation(ornt: np.ndarray) -> np.ndarray:
+    inv = np.empty_like(ornt)
+    for axis, (target, flip) in enumerate(ornt):
+        inv[int(target)] = (axis, flip)
+    return inv
+
+
+def slice_to_nifti(labels: np.ndarray, reference: str | os.PathLike, slice_axis: int, slice_index: int):
+    """A label map of one slice read by :func:`read_nifti` put back into the voxel grid of its file.
+
+    Undoes :func:`read_nifti`: its display orientation (flips and transpose), the slice taken from
+    the canonical (RAS) volume, and the reorientation to RAS; the result shares the shape (one volume
+    of a 4D series) and affine of the ``reference`` file, so any viewer overlays it voxel for voxel.
+
+    Args:
+        labels: ``(H, W)`` label map in the orientation :func:`read_nifti` returned the slice in.
+        reference: the NIfTI file the slice was read from.
+        slice_axis: ``meta["slice_axis"]`` of the read (canonical axis, 0, 1 or 2).
+        slice_index: ``meta["slice_index"]`` of the read (index along that axis in canonical order).
+
+    Returns:
+        a ``nibabel.Nifti1Image`` of ``uint8`` labels (zero outside the slice) with the reference's
+        affine, spatial units and qform/sform codes.
+    """
+    import nibabel as nib
+    from nibabel.orientations import apply_orientation, io_orientation
+
+    ref = nib.load(reference)
+    shape = (*ref.shape[:3], 1, 1)[:3]
+    ornt = io_orientation(ref.affine)
+    volume = np.zeros(apply_orientation(np.empty(shape, dtype=np.uint8), ornt).shape, dtype=np.uint8)
+    where: list[Any] = [slice(None)] * 3
+    where[int(slice_axis)] = int(slice_index)
+    # read_nifti shows plane[a, b] as image[B - 1 - b, A - 1 - a]
+    volume[tuple(where)] = labels.T[::-1, ::-1]
+    volume = apply_orientation(volume, _inverse_orientation(ornt))
+    if len(ref.shape) == 2:
+        volume = volume[:, :, 0]
+    out = nib.Nifti1Image(np.ascontiguousarray(volume, dtype=np.uint8), ref.affine)
+    header = ref.header
+    out.header.set_xyzt_units(*header.get_xyzt_units())
+    if int(header["qform_code"]) > 0:
+        out.header.set_qform(header.get_qform(), code=int(header["qform_code"]))
+    if int(header["sform_code"]) > 0:
+        out.header.set_sform(header.get_sform(), code=int(header["sform_code"]))
+    return out

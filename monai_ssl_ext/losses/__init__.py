@@ -1,24 +1,20 @@
 """Losses: supervised task losses and the unlabeled-data consistency losses."""
 
 from .consistency import masked_cross_entropy, masked_dice_loss, softmax_mse
-from .contrastive import InterTaskConsistencyLoss, PixelContrastLoss, SupConLoss, inter_task_consistency
-from .severity import (
-    HealthyAnomalyMarginLoss,
-    NTXentLoss,
-    PreferenceRankingLoss,
-    SeverityRepresentationLoss,
-    healthy_reference,
-    severity_representation_loss,
-)
+from .healthy_anomaly_margin import HealthyAnomalyMarginLoss
+from .inter_task import inter_task_consistency
+from .ntxent import NTXentLoss
+from .pixel_contrast import PixelContrastLoss
+from .preference_ranking import PreferenceRankingLoss, healthy_reference
+from .severity_representation import severity_representation_loss
+from .supcon import SupConLoss
 from .supervised import TaskLoss, mask_to_index
 
 __all__ = [
     "HealthyAnomalyMarginLoss",
-    "InterTaskConsistencyLoss",
     "NTXentLoss",
     "PixelContrastLoss",
     "PreferenceRankingLoss",
-    "SeverityRepresentationLoss",
     "SupConLoss",
     "TaskLoss",
     "healthy_reference",

@@ -5,8 +5,8 @@
 - :func:`segmentation_metrics`: per-image Dice/IoU with an explicit empty-mask convention.
 - :func:`expected_calibration_error`, :func:`reliability_data`: calibration (Guo et al. 2017).
 - ``plot_*``: figures written atomically as PNG.
-- :class:`EvaluationReport` (a ``SupervisedEvaluator`` handler) and :func:`evaluate_predictions`:
-  ``metrics.json`` and figures of one split.
+- :func:`evaluate_predictions`: ``metrics.json`` and figures of one split (the ``SupervisedEvaluator``
+  handler that feeds it is :class:`monai_ssl_ext.engines.EvaluationReport`).
 """
 
 from .calibration import calibration_bins, ece_from_bins, expected_calibration_error, reliability_data
@@ -15,7 +15,6 @@ from .ordinal import severity_metrics
 from .plots import plot_confusion_matrix, plot_mask_overlays, plot_reliability_diagram, plot_training_curves
 from .report import (
     HEADLINE_METRICS,
-    EvaluationReport,
     evaluate_predictions,
     format_report,
     headline_metrics,
@@ -25,7 +24,6 @@ from .segmentation import dice_per_image, iou_per_image, segmentation_metrics
 
 __all__ = [
     "HEADLINE_METRICS",
-    "EvaluationReport",
     "binary_auc",
     "calibration_bins",
     "classification_metrics",

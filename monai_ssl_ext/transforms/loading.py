@@ -93,7 +93,7 @@ class ReadImage(Transform):
             (8-bit / 255, 16-bit / 65535); ``None`` keeps raw values.
         frame: frame policy for multi-frame files (:mod:`monai_ssl_ext.io.frames`): ``"first"``
             (default), ``"middle"``, ``"last"``, an index, ``"all"`` or ``"every:k"`` (entries then
-            name their frame, see :func:`monai_ssl_ext.io.expand_frames`).
+            name their frame, see :func:`monai_ssl_ext.data.expand_frames`).
         crop_to_region: crop DICOM ultrasound to its imaging region (``True``) or a region index.
         reader_options: further options of :func:`monai_ssl_ext.io.read_image` (``modality_lut``,
             ``voi``, ``slice_axis``, ``slice_index``).
@@ -131,7 +131,7 @@ class ReadImage(Transform):
 class ReadImaged(MapTransform):
     """Dictionary version of :class:`ReadImage`; replaces each path under ``keys`` by its image.
 
-    An entry's own frame index (under ``frame_key``, as :func:`monai_ssl_ext.io.expand_frames`
+    An entry's own frame index (under ``frame_key``, as :func:`monai_ssl_ext.data.expand_frames`
     writes it) takes precedence over ``frame``, so one config key (``frame``) chooses the policy and
     expanded manifests load the frame each entry names.
     """

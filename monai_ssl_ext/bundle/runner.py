@@ -18,7 +18,19 @@ from typing import Any
 
 import monai_ssl_ext
 
-__all__ = ["BundleRunError", "bundle_command", "find_bundle", "root_cause", "run_workflow"]
+__all__ = [
+    "WORKFLOWS",
+    "BundleRunError",
+    "bundle_command",
+    "config_stack",
+    "find_bundle",
+    "root_cause",
+    "run_workflow",
+    "workflow_command",
+]
+
+# workflow name -> the run id its configs define
+WORKFLOWS = {"training": "training", "evaluating": "evaluating", "inference": "run"}
 
 
 class BundleRunError(RuntimeError):
@@ -87,6 +99,44 @@ def bundle_command(
     for key, value in (overrides or {}).items():
         cmd += [f"--{key}", _override_value(value)]
     return cmd
+
+
+def config_stack(workflow: str, profile: str | None = None, overlays: Sequence[str] = (), nproc: int = 1) -> list[str]:
+    """The config files (under a bundle's ``configs/``) a workflow merges, in order.
+
+    - ``training``: ``train.json``, the profile, the overlays, and ``multi_gpu_train.json`` for
+      several processes.
+    - ``evaluating``: ``train.json``, the profile, the overlays, then ``evaluate.json``, which reads the
+      trained configuration beside the checkpoint (so the profile and overlays are optional).
+    - ``inference``: ``inference.json`` and the overlays.
+
+    Args:
+        workflow: ``training``, ``evaluating`` or ``inference``.
+        profile: ``smoke``, ``full`` or ``None`` (the bundle's own settings).
+        overlays: further config files (``ham10000.json``).
+        nproc: processes of a training run.
+    """
+    profiles = [f"profiles/{profile}.json"] if profile else []
+    if workflow == "training":
+        return ["train.json", *profiles, *overlays, *(["multi_gpu_train.json"] if nproc > 1 else [])]
+    if workflow == "evaluating":
+        return ["train.json", *profiles, *overlays, "evaluate.json"]
+    if workflow == "inference":
+        return ["inference.json", *overlays]
+    raise ValueError(f"unknown workflow '{workflow}'; choose one of {sorted(WORKFLOWS)}")
+
+
+def workflow_command(
+    bundle: str | os.PathLike,
+    workflow: str,
+    profile: str | None = None,
+    overlays: Sequence[str] = (),
+    overrides: Mapping[str, Any] | None = None,
+    nproc: int = 1,
+) -> list[str]:
+    """The command line that runs ``workflow`` of ``bundle`` (see :func:`config_stack` and :func:`bundle_command`)."""
+    configs = config_stack(workflow, profile, overlays, nproc if workflow == "training" else 1)
+    return bundle_command(bundle, WORKFLOWS[workflow], configs, overrides, nproc=nproc if workflow == "training" else 1)
 
 
 def run_workflow(

@@ -1,0 +1,52 @@
+"""Bundles: rendered from one definition, run as workflows, checked as the model zoo checks them.
+
+- :mod:`.render`: the shared templates and per-method specifications that every bundle folder is
+  rendered from (``monai-ssl render_bundles``).
+- :mod:`.trained`: the trained configuration written beside the weights and read by evaluation,
+  inference and export.
+- :mod:`.runner`: the config stack of each workflow and the ``python -m monai.bundle run`` command.
+- :mod:`.checks`: the model-zoo checks of a bundle folder (``monai-ssl check_bundle``).
+"""
+
+from .render import bundle_names, check_rendered, render_bundle, write_bundle
+from .runner import (
+    WORKFLOWS,
+    BundleRunError,
+    bundle_command,
+    config_stack,
+    find_bundle,
+    root_cause,
+    run_workflow,
+    workflow_command,
+)
+from .trained import (
+    TRAINED_CONFIG_NAME,
+    TrainedConfigError,
+    describe_network_io,
+    freeze_settings,
+    read_trained_config,
+    trained_config_path,
+    write_trained_config,
+)
+
+__all__ = [
+    "TRAINED_CONFIG_NAME",
+    "WORKFLOWS",
+    "BundleRunError",
+    "TrainedConfigError",
+    "bundle_command",
+    "bundle_names",
+    "check_rendered",
+    "config_stack",
+    "describe_network_io",
+    "find_bundle",
+    "freeze_settings",
+    "read_trained_config",
+    "render_bundle",
+    "root_cause",
+    "run_workflow",
+    "trained_config_path",
+    "workflow_command",
+    "write_bundle",
+    "write_trained_config",
+]

@@ -1,0 +1,90 @@
+"""The datalist of a run: a manifest loaded, resolved against its data root and expanded per frame.
+
+- :func:`load_manifest`: a manifest file, a :class:`~monai_ssl_ext.data.manifest.Manifest` or the
+  generated ``"synthetic"`` data set, with classes kept, paths resolved and frames expanded.
+- :func:`expand_frames`: with a ``"every:k"`` frame policy (:mod:`monai_ssl_ext.io.frames`), one entry
+  per ``k``-th frame of each multi-frame file, each carrying its index under ``"frame"``; the readers
+  then load that frame (an entry's own ``"frame"`` wins).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from monai_ssl_ext.data.manifest import SPLITS, Manifest
+from monai_ssl_ext.data.synthetic import ensure_synthetic_dataset
+from monai_ssl_ext.io.frames import FrameSpec, frame_indices, parse_frame_policy
+from monai_ssl_ext.io.reader import count_frames
+
+__all__ = ["expand_frames", "load_manifest"]
+
+
+def expand_frames(
+    entries: Iterable[Mapping[str, Any]],
+    policy: FrameSpec,
+    key: str = "image",
+    frame_key: str = "frame",
+    count: Callable[[str], int] | None = None,
+    group_key: str = "group",
+) -> list[dict[str, Any]]:
+    """Expand manifest entries for a frame policy: with ``"every:k"`` one entry per ``k``-th frame.
+
+    Each new entry is a copy of its source with ``frame_key`` set to the frame index; entries that
+    already carry a frame index are kept as they are. Other policies return copies of the entries
+    unchanged (the reader applies them). ``count(path)`` gives the number of frames of a file
+    (default :func:`monai_ssl_ext.io.count_frames`, which reads headers only). The frames of one file
+    keep its ``group_key`` (or, without one, get the file's path as their group), so that splits and
+    label budgets keep the frames of a clip together.
+    """
+    p = parse_frame_policy(policy)
+    if p.every is None:
+        return [dict(e) for e in entries]
+    if count is None:
+        count = count_frames
+    out: list[dict[str, Any]] = []
+    for entry in entries:
+        if entry.get(frame_key) is not None:
+            out.append(dict(entry))
+            continue
+        group = entry.get(group_key, f"file:{entry[key]}")
+        for index in frame_indices(p, count(entry[key])):
+            out.append({**entry, frame_key: index, group_key: group})
+    return out
+
+
+def load_manifest(
+    datalist: str | os.PathLike | Manifest,
+    data_root: str | os.PathLike | None = None,
+    check_files: bool = True,
+    classes: Iterable[str] | None = None,
+    frames: Any = None,
+) -> Manifest:
+    """Load a manifest and resolve its paths against ``data_root``.
+
+    Args:
+        datalist: a manifest JSON path, a :class:`Manifest`, or ``"synthetic"`` for the project's
+            generated ultrasound-like data set, which is created under ``data_root`` on first use.
+        data_root: folder that relative paths are relative to (``None``: the manifest's folder).
+        check_files: verify that every listed file exists.
+        classes: keep only these classes (for example ``["benign", "malignant"]``).
+        frames: frame policy of multi-frame images (see :mod:`monai_ssl_ext.io.frames`); with ``"every:k"``
+            each multi-frame entry becomes one entry per k-th frame, all in the split of their file and
+            sharing its group, so a label budget never separates the frames of one clip.
+    """
+    if isinstance(datalist, Manifest):
+        manifest = datalist
+    elif str(datalist) == "synthetic":
+        if data_root is None:
+            raise ValueError("datalist 'synthetic' needs a data_root to generate the data set into.")
+        manifest = Manifest.load(ensure_synthetic_dataset(data_root))
+    else:
+        manifest = Manifest.load(datalist)
+    if classes is not None:
+        manifest = manifest.with_classes(list(classes))
+    manifest = manifest.resolve(data_root, check_files=check_files)
+    if frames is not None:
+        for split in SPLITS:
+            setattr(manifest, split, expand_frames(manifest.split(split), frames))
+    return manifest
