@@ -239,7 +239,7 @@ class Commands:
             settings["eval_output_dir"] = str(Path(output).resolve())
         cmd = workflow_command(bundle_dir, "evaluating", overrides=settings)
         print("$ " + " ".join(cmd), flush=True)
-        log_dir = Path(output) if output else Path(ckpt_dir or bundle_dir / "models")
+        log_dir = Path(output) if output else Path(ckpt_dir).resolve().parent if ckpt_dir else bundle_dir / "runs"
         run_workflow(cmd, log_dir / f"evaluate_{split}.log", echo=print)
 
     @staticmethod

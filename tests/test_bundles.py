@@ -125,7 +125,7 @@ def test_train_resume_evaluate_infer_export_end_to_end(tmp_path, small_data):
     assert (trained["image_size"], trained["backbone_depth"], trained["in_channels"]) == (64, 10, 1)
     assert trained["class_names"] == ["benign", "malignant"] and trained["algorithm_name"] == "mean_teacher"
     # TensorBoard: training scalars and learning rate per iteration, validation metrics at each validation
-    assert {"train_loss", "lr", "val_auc", "val_accuracy"} <= _tensorboard_tags(tmp_path / "run")
+    assert {"loss", "loss_sup", "lr", "val_auc", "val_accuracy"} <= _tensorboard_tags(tmp_path / "run")
 
     # resume: same run extended to 8 iterations continues from iteration 4
     log = _run(tmp_path, "training", smoke, {**base, "num_iterations": 8, "resume_from": "latest"})
