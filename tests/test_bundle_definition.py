@@ -203,3 +203,42 @@ def test_multi_gpu_overlay_keeps_tensorboard_to_rank_zero_by_its_handler_index(n
     assert handlers[int(key.split("#")[2])]["_target_"] == "TensorBoardStatsHandler"
     validator = next(h for h in handlers if h["_target_"] == "ValidationHandler")
     assert validator["interval"] == "@val_interval" and validator["epoch_level"] is False
+
+
+# where each bundle's eval_metrics come from: the default algorithm's row of a table in docs/benchmarks.md
+EVAL_METRICS_SOURCE = {
+    "baselines_ultrasound": ("## BUSI, benign vs malignant, 216 labels", "fixmatch"),
+    "hermes_ultrasound": ("### 216 labels (146 benign, 70 malignant), three seeds", "hermes"),
+    "semise_ultrasound": ("### BUSI: normal < benign < malignant", "semise"),
+}
+COLUMNS = {
+    "Accuracy": "accuracy",
+    "Balanced acc.": "balanced_accuracy",
+    "Macro-F1": "macro_f1",
+    "AUC": "auc",
+    "Dice": "dice",
+    "Severity MAE": "severity_mae",
+}
+
+
+def _benchmark_row(heading: str, algorithm: str) -> dict[str, float]:
+    text = (REPO / "docs" / "benchmarks.md").read_text().split(heading, 1)[1]
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    row = next(line for line in lines if line.split("|")[1].strip() == algorithm)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    out = {}
+    for name, cell in zip(header, cells, strict=True):
+        if name in COLUMNS:
+            mean = float(cell.split("±")[0])
+            out[COLUMNS[name]] = mean if name == "Severity MAE" else mean / 100
+    return out
+
+
+@pytest.mark.parametrize("name", bundle_names())
+def test_eval_metrics_are_the_default_algorithms_benchmark_row(name):
+    heading, algorithm = EVAL_METRICS_SOURCE[name]
+    train = json.loads(render_bundle(name)["configs/train.json"])
+    assert train["algorithm_name"] == algorithm
+    metrics = json.loads(render_bundle(name)["configs/metadata.json"])["eval_metrics"]
+    assert metrics == pytest.approx(_benchmark_row(heading, algorithm), abs=5e-5)
