@@ -237,9 +237,11 @@ class Commands:
             settings["ckpt_dir"] = str(Path(ckpt_dir).resolve())
         if output:
             settings["eval_output_dir"] = str(Path(output).resolve())
+        elif ckpt_dir:
+            settings["eval_output_dir"] = str(Path(ckpt_dir).resolve().parent / f"eval_{split}")
         cmd = workflow_command(bundle_dir, "evaluating", overrides=settings)
         print("$ " + " ".join(cmd), flush=True)
-        log_dir = Path(output) if output else Path(ckpt_dir).resolve().parent if ckpt_dir else bundle_dir / "runs"
+        log_dir = Path(settings.get("eval_output_dir", bundle_dir / "runs"))
         run_workflow(cmd, log_dir / f"evaluate_{split}.log", echo=print)
 
     @staticmethod
@@ -438,7 +440,7 @@ class Commands:
             configs: comma-separated config files under the bundle's ``configs/`` (or paths).
             metadata: comma-separated metadata files, merged in order and embedded in the model.
             overrides: config values for a checkpoint without a trained configuration
-                (``--image_size 64 --backbone resnet10``).
+                (``--image_size 64 --backbone_depth 10``).
         """
         from monai_ssl_ext.bundle import find_bundle
         from monai_ssl_ext.deploy import export_bundle

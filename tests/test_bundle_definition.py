@@ -242,3 +242,45 @@ def test_eval_metrics_are_the_default_algorithms_benchmark_row(name):
     assert train["algorithm_name"] == algorithm
     metrics = json.loads(render_bundle(name)["configs/metadata.json"])["eval_metrics"]
     assert metrics == pytest.approx(_benchmark_row(heading, algorithm), abs=5e-5)
+
+
+def test_trained_paths_are_recorded_absolute_and_a_resume_may_change_only_the_length(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "list.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    settings = {"datalist": "data/list.json", "data_root": "data", "image_size": 64, "num_iterations": 300}
+    path = write_trained_config("models", settings)
+    recorded = json.loads(path.read_text())
+    assert recorded["datalist"] == str(tmp_path / "data" / "list.json") and recorded["data_root"] == str(
+        tmp_path / "data"
+    )
+    # extending the run is a resume; anything else would relabel the weights with settings they were not trained with
+    write_trained_config("models", {**settings, "num_iterations": 600}, resume_from="latest")
+    with pytest.raises(TrainedConfigError, match=r"trained with image_size=64, this run sets image_size=224"):
+        write_trained_config("models", {**settings, "image_size": 224}, resume_from="latest")
+    assert json.loads(path.read_text())["num_iterations"] == 600
+    write_trained_config("models", {**settings, "image_size": 224})  # a new run may
+    assert json.loads(path.read_text())["image_size"] == 224
+
+
+def test_rectangular_inputs_are_described_with_both_sides():
+    meta = json.loads((BUNDLES / "baselines_ultrasound" / "configs" / "metadata.json").read_text())
+    settings = {"image_size": [96, 128], "in_channels": 1, "modality": "histology", "class_names": ["a", "b"]}
+    image = describe_network_io(meta["network_data_format"], settings)["inputs"]["image"]
+    assert image["spatial_shape"] == [96, 128] and image["modality"] == "SM"
+
+
+def test_export_names_an_override_that_is_no_setting(tmp_path):
+    from monai_ssl_ext.deploy import export_bundle
+
+    ckpt = tmp_path / "model.pt"
+    torch.save(Classifier(2, depth=10).state_dict(), ckpt)
+    with pytest.raises(ValueError, match="no setting 'backbone'"):
+        export_bundle(BUNDLES / "baselines_ultrasound", ckpt, tmp_path / "model.ts", backbone="resnet10")
+
+
+def test_a_training_checkpoint_gives_its_network_weights(tmp_path):
+    net = Classifier(2, depth=10)
+    torch.save({"network": net.state_dict(), "optimizer": {}}, tmp_path / "checkpoint_epoch=2.pt")
+    other = load_model_weights(Classifier(2, depth=10), tmp_path / "checkpoint_epoch=2.pt")
+    assert torch.equal(other.state_dict()["head.weight"], net.state_dict()["head.weight"])

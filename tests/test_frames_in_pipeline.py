@@ -59,3 +59,14 @@ def test_profile_reads_the_entry_frame_and_crops_to_the_ultrasound_region():
 def test_profile_rejects_an_unknown_frame_policy():
     with pytest.raises(ValueError, match="frame"):
         get_profile("ultrasound", frame="sometimes")
+
+
+def test_inference_inputs_follow_the_trained_frame_policy(tmp_path, monkeypatch):
+    import monai_ssl_ext.data.datalist as datalist
+    from monai_ssl_ext.data import list_inputs
+
+    monkeypatch.setattr(datalist, "count_frames", lambda path: 6)  # a six-frame cine loop
+    (tmp_path / "cine.dcm").write_bytes(b"")
+    entries = list_inputs(tmp_path / "cine.dcm", frames="every:2")
+    assert [e["frame"] for e in entries] == [0, 2, 4] and all("group" not in e for e in entries)
+    assert list_inputs(tmp_path / "cine.dcm") == [{"image": str(tmp_path / "cine.dcm")}]

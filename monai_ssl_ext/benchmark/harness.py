@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,7 +169,7 @@ def run_benchmark(spec: BenchmarkSpec) -> list[dict]:
     return results
 
 
-def _progress_echo(prefix: str):
+def _progress_echo(prefix: str) -> Callable[[str], None]:
     """Forward the trainer's progress lines (they carry the ETA) and errors; drop the rest of the log."""
 
     def echo(line: str) -> None:
@@ -179,7 +178,3 @@ def _progress_echo(prefix: str):
             logger.info(f"{prefix} {text}")
 
     return echo
-
-
-def default_output_dir(profile: str) -> str:
-    return os.path.join("runs", f"benchmark_{profile}")

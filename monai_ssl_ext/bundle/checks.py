@@ -4,9 +4,10 @@ What model-zoo's verification checks (its code is not used here; MONAI's own fun
 
 - the bundle directory: ``configs/metadata.json`` and ``LICENSE`` must exist; ``configs/inference.json``
   and ``models/model.pt`` are preferred, with ``large_files.yml`` (or ``.yaml``/``.json``) pointing
-  at files too large for the repository. Weights are never committed here: without either, the
-  export check below runs on freshly initialised weights, as model-zoo's CI does when it produces
-  "fake weights", and the README must say how ``models/model.pt`` is made;
+  at files too large for the repository. Weights are never committed here, so the README must say
+  how ``models/model.pt`` is made. The export check below always runs on freshly initialised weights
+  (model-zoo's CI produces such "fake weights" too) and the bundle's declared settings, not on
+  weights a local run may have left in ``models/``;
 - ``version`` present in ``changelog``; the metadata against the schema (``verify_metadata``);
 - the workflow properties MONAI declares for training and inference (``check_properties``:
   ``dataset_dir``, ``train#dataset``, ``train#inferer``..., and ``val_interval`` referenced by the
@@ -263,7 +264,9 @@ def check_bundle(
 
     config_file = bundle / "configs" / inference_config
     meta_file = bundle / "configs" / "metadata.json"
-    overrides = {"bundle_root": str(bundle)}
+    # a checkpoint path with no trained configuration beside it: the bundle's own declared settings are
+    # checked, whatever a local training run left in models/
+    overrides = {"bundle_root": str(bundle), "checkpoint": str(Path(tempfile.gettempdir()) / "untrained" / "model.pt")}
     try:
         if "pred" in meta["network_data_format"]["outputs"]:
             verify_net_in_out(

@@ -40,10 +40,41 @@ __all__ = ["bundle_names", "check_rendered", "load_spec", "render_bundle", "writ
 DEFINITION = resources.files("monai_ssl_ext.bundle") / "definition"
 COMMON = DEFINITION / "common"
 
-# training settings that describe where and how a run executes, not the model or its data
-RUNTIME_SETTINGS = ("bundle_root", "ckpt_dir", "output_dir", "device", "num_workers", "amp", "resume_from")
+# the training settings every bundle has, which the trained configuration records (with the method's own)
+COMMON_SETTINGS = (
+    "seed",
+    "algorithm_name",
+    "datalist",
+    "data_root",
+    "classes",
+    "label_budget",
+    "split_seed",
+    "benchmark_mode",
+    "modality",
+    "frame",
+    "crop_to_region",
+    "image_size",
+    "in_channels",
+    "pretrained_weights",
+    "num_iterations",
+    "val_interval",
+    "labeled_batch_size",
+    "unlabeled_batch_size",
+    "learning_rate",
+    "weight_decay",
+    "key_metric",
+)
 # settings inference needs besides the network's own (modality profile and class list)
-INFERENCE_SETTINGS = ("class_names", "modality", "frame", "crop_to_region", "image_size", "in_channels")
+# (``pretrained_weights``: whether the network normalises its input as those weights expect; no file is read)
+INFERENCE_SETTINGS = (
+    "class_names",
+    "modality",
+    "frame",
+    "crop_to_region",
+    "image_size",
+    "in_channels",
+    "pretrained_weights",
+)
 # settings that shape the optimisation only: evaluation does not need them back
 TRAINING_ONLY_SETTINGS = (
     "benchmark_mode",
@@ -175,10 +206,10 @@ def _train_config(spec: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     settings = {**spec.get("network_settings", {}), **spec.get("settings", {})}
     config = _insert_after(template, "in_channels", settings)
     config = apply_overrides(config, spec.get("train"))
-    keys = list(config)
-    start, stop = keys.index("seed"), keys.index("key_metric")
-    names = [k for k in keys[start : stop + 1] if k not in RUNTIME_SETTINGS and k not in ("dataset_dir", "with_mask")]
-    names += [k for k in settings if k not in names]
+    names = [*COMMON_SETTINGS, *(k for k in settings if k not in COMMON_SETTINGS)]
+    missing = [k for k in names if k not in config]
+    if missing:
+        raise KeyError(f"{spec['name']}: settings {missing} are recorded but not defined in train.json")
     config = _insert_after(config, "num_classes", {"trained_config": trained_config_entries(names)})
     return config, names
 
@@ -196,6 +227,8 @@ def _inference_config(spec: Mapping[str, Any], train: Mapping[str, Any]) -> dict
 def _evaluate_config(spec: Mapping[str, Any], settings: Iterable[str]) -> dict[str, Any]:
     template = _read_json(COMMON / "evaluate.json")
     entries = {k: f"$@trained[{k!r}]" for k in settings if k not in TRAINING_ONLY_SETTINGS}
+    # the trained class list, in its order: the head's outputs mean these classes whatever the manifest says
+    entries["classes"] = "$@trained['class_names']"
     config = _insert_after(template, "trained", entries)
     config = apply_overrides(config, {"validate#handlers#2#extra#bundle": spec["name"]})
     return apply_overrides(config, spec.get("evaluate"), overlay=True)
@@ -289,11 +322,18 @@ def write_bundle(name: str, bundles_dir: str | os.PathLike) -> list[Path]:
 
 
 def check_rendered(name: str, bundles_dir: str | os.PathLike) -> list[str]:
-    """Files of bundle ``name`` that differ from their rendering, or are missing (relative paths)."""
+    """Files of bundle ``name`` that differ from their rendering, are missing, or are configs it does not render."""
     root = Path(bundles_dir) / name
+    rendered = render_bundle(name, _committed_readme(root))
     differing = []
-    for rel, text in render_bundle(name, _committed_readme(root)).items():
+    for rel, text in rendered.items():
         path = root / rel
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
             differing.append(rel)
+    # a config file the definition no longer renders (a removed overlay) would still be shipped
+    if (root / "configs").is_dir():
+        for path in sorted((root / "configs").rglob("*")):
+            rel = path.relative_to(root).as_posix()
+            if path.is_file() and rel not in rendered:
+                differing.append(rel)
     return differing

@@ -5,7 +5,9 @@ writes the values to ``<ckpt_dir>/train_config.json`` before the first iteration
 them back, so it tests the model on the same data, classes, image size and network; inference reads
 the ones it needs (classes, modality, image size, channels, network); export embeds them as plain
 values in the TorchScript model's configuration and derives the declared input and output shapes
-from them. A model and its description therefore cannot disagree.
+from them. A model trained by the bundle and its description therefore agree; weights brought from
+elsewhere, without the file, run with the bundle's own settings (a warning says so) and a network they
+do not fit is refused in one line.
 
 The file holds JSON values only. Nothing read from it is ever evaluated: configs look values up
 by key (``"$@trained['image_size']"``), so a path or a class name containing ``$`` or ``@`` stays
@@ -16,14 +18,19 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from monai_ssl_ext.utils import write_json
+from monai_ssl_ext.utils import is_main_process, write_json
+
+logger = logging.getLogger("monai_ssl_ext.bundle")
 
 __all__ = [
+    "PATH_SETTINGS",
+    "RESUMABLE_CHANGES",
     "TRAINED_CONFIG_NAME",
     "TrainedConfigError",
     "describe_network_io",
@@ -37,7 +44,7 @@ __all__ = [
 TRAINED_CONFIG_NAME = "train_config.json"
 
 # DICOM modality codes of the modality profiles (metadata ``network_data_format.inputs.image.modality``)
-_DICOM_MODALITY = {"ultrasound": "US", "dermoscopy": "XC", "histology": "SM", "xray": "DX"}
+_DICOM_MODALITY = {"ultrasound": "US", "dermoscopy": "XC", "histology": "SM"}
 _CHANNEL_NAMES = {1: {"0": "image"}, 3: {"0": "R", "1": "G", "2": "B"}}
 
 
@@ -61,7 +68,7 @@ def trained_config_entries(names: Iterable[str]) -> dict[str, str]:
 def trained_config_path(location: str | os.PathLike) -> Path:
     """``train_config.json`` in ``location`` (a folder) or beside it (a checkpoint file)."""
     location = Path(location)
-    if location.suffix in (".pt", ".pth", ".ts"):
+    if location.suffix in (".pt", ".pth", ".ts", ".ckpt") or location.is_file():
         return location.parent / TRAINED_CONFIG_NAME
     return location / TRAINED_CONFIG_NAME
 
@@ -81,11 +88,51 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"setting of type {type(value).__name__} cannot be recorded in {TRAINED_CONFIG_NAME}")
 
 
-def write_trained_config(ckpt_dir: str | os.PathLike, settings: Mapping[str, Any]) -> Path:
-    """Write the resolved ``settings`` to ``<ckpt_dir>/train_config.json`` (atomically) and return its path."""
+# settings holding paths: recorded absolute, so that another working folder reads the same files
+PATH_SETTINGS = ("datalist", "data_root", "pretrained_weights")
+# settings a resumed run may change: extending a run is resuming it with more iterations
+RESUMABLE_CHANGES = ("num_iterations",)
+
+
+def _absolute_paths(settings: dict[str, Any]) -> dict[str, Any]:
+    out = dict(settings)
+    for key in PATH_SETTINGS:
+        value = out.get(key)
+        if isinstance(value, str) and value and Path(value).expanduser().exists():
+            out[key] = str(Path(value).expanduser().resolve())
+    return out
+
+
+def write_trained_config(ckpt_dir: str | os.PathLike, settings: Mapping[str, Any], resume_from: Any = None) -> Path:
+    """Write the resolved ``settings`` to ``<ckpt_dir>/train_config.json`` (atomically) and return its path.
+
+    Paths that exist (``datalist``, ``data_root``, ``pretrained_weights``) are recorded absolute. Under
+    ``torchrun`` the first process writes it; the others return the path.
+
+    Args:
+        ckpt_dir: the run's checkpoint folder.
+        settings: the resolved settings (a training config's ``trained_config``).
+        resume_from: the run's ``resume_from``; when set, the run continues the one recorded in the
+            folder and may change only ``num_iterations``: any other difference is refused before
+            training, instead of relabelling the weights with settings they were not trained with.
+
+    Raises:
+        TrainedConfigError: a resumed run with other settings than the recorded ones.
+    """
     path = trained_config_path(ckpt_dir)
+    if not is_main_process():
+        return path
+    record = _absolute_paths(_plain(settings))
+    if resume_from not in (None, "", False) and path.is_file():
+        previous = read_trained_config(path.parent)
+        for key, value in record.items():
+            if key not in RESUMABLE_CHANGES and key in previous and previous[key] != value:
+                raise TrainedConfigError(
+                    f"{path}: the run to resume was trained with {key}={previous[key]!r}, this run sets "
+                    f"{key}={value!r}; resume with the same settings (only num_iterations may change)"
+                )
     path.parent.mkdir(parents=True, exist_ok=True)
-    return write_json(path, _plain(settings), indent=4)
+    return write_json(path, record, indent=4)
 
 
 def read_trained_config(checkpoint: str | os.PathLike, fallback: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -107,6 +154,7 @@ def read_trained_config(checkpoint: str | os.PathLike, fallback: Mapping[str, An
                 f"{path}: no trained configuration beside the checkpoint; train the bundle first "
                 "(training writes it), or copy the file that came with the weights"
             )
+        logger.warning(f"{path} not found: the bundle's own settings are used for {Path(checkpoint).name}")
         return dict(fallback)
     try:
         trained = json.loads(path.read_text(encoding="utf-8"))
@@ -128,13 +176,14 @@ def describe_network_io(network_data_format: Mapping[str, Any], settings: Mappin
     ``class_names``.
     """
     out = copy.deepcopy(dict(network_data_format))
-    size = int(settings["image_size"])
+    size = settings["image_size"]
+    spatial = [int(s) for s in size] if isinstance(size, (list, tuple)) else [int(size), int(size)]
     channels = int(settings["in_channels"])
     image = out["inputs"]["image"]
     image["num_channels"] = channels
-    image["spatial_shape"] = [size, size]
+    image["spatial_shape"] = spatial
     image["channel_def"] = _CHANNEL_NAMES.get(channels, {str(i): f"channel {i}" for i in range(channels)})
-    image["modality"] = _DICOM_MODALITY.get(str(settings["modality"]), image.get("modality", "OT"))
+    image["modality"] = _DICOM_MODALITY.get(str(settings["modality"]), "OT")
     names = [str(n) for n in settings["class_names"]]
     for spec in out["outputs"].values():
         if spec.get("format") == "classes":
@@ -142,7 +191,7 @@ def describe_network_io(network_data_format: Mapping[str, Any], settings: Mappin
             spec["spatial_shape"] = [len(names)]
             spec["channel_def"] = {str(i): n for i, n in enumerate(names)}
         elif spec.get("type") == "image":
-            spec["spatial_shape"] = [size, size]
+            spec["spatial_shape"] = list(spatial)
     return out
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from monai.bundle import ConfigParser, ckpt_export
 
-from monai_ssl_ext.bundle.trained import describe_network_io, freeze_settings
+from monai_ssl_ext.bundle.trained import describe_network_io, freeze_settings, read_trained_config
 from monai_ssl_ext.engines.model_loader import load_model_weights
 from monai_ssl_ext.utils import atomic_path
 
@@ -81,6 +81,8 @@ def export_bundle(
 
     Raises:
         FileNotFoundError: a missing checkpoint, config or metadata file (named).
+        ValueError: an override that names no setting of the configs.
+        TrainedConfigError: an unreadable ``train_config.json`` beside the checkpoint.
         CheckpointMismatchError: the checkpoint does not fit the network (checkpoint and key named).
     """
     bundle = Path(bundle)
@@ -89,6 +91,11 @@ def export_bundle(
         raise FileNotFoundError(f"checkpoint not found: {ckpt_file}")
     parser = ConfigParser()
     parser.read_config(_bundle_files(bundle, configs, "config"))
+    unknown = [key for key in overrides if key not in parser]
+    if unknown:
+        raise ValueError(f"{bundle.name}: no setting {unknown[0]!r} in {', '.join(map(str, configs))}")
+    if "fallback" in parser:  # a missing or unreadable trained configuration, named here in one line
+        read_trained_config(ckpt_file, fallback=parser.get("fallback"))
     parser.update({"bundle_root": str(bundle), "checkpoint": str(ckpt_file), **overrides})
     setting_names = list(parser.get("fallback", {})) or [k for k in overrides if k in parser]
     settings = {name: parser.get_parsed_content(name) for name in setting_names}

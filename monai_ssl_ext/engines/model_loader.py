@@ -42,8 +42,10 @@ def first_state_dict_difference(expected: Mapping[str, torch.Tensor], found: Map
 
 
 def _state_dict_of(checkpoint: Any, key: str | None) -> Mapping[str, torch.Tensor]:
-    if key is not None and isinstance(checkpoint, Mapping) and isinstance(checkpoint.get(key), Mapping):
-        return checkpoint[key]
+    # the best-model file holds the weights under "model" (or alone); a training checkpoint under "network"
+    for name in (key, "network"):
+        if name is not None and isinstance(checkpoint, Mapping) and isinstance(checkpoint.get(name), Mapping):
+            return checkpoint[name]
     return checkpoint
 
 
@@ -54,7 +56,8 @@ def load_model_weights(
 
     Args:
         network: the model.
-        path: a state dict, or a checkpoint holding it under ``key`` (MONAI's ``{"model": ...}``).
+        path: a state dict, or a checkpoint holding it under ``key`` (MONAI's ``{"model": ...}``) or under
+            ``"network"`` (a training checkpoint, ``checkpoint_epoch=N.pt``).
         key: entry of the checkpoint holding the weights.
         map_location: ``torch.load`` map location.
 

@@ -43,6 +43,9 @@ class Classifier(nn.Module):
         depth: ResNet depth of the encoder (10, 18, 34, 50).
         pretrained: local ``torchvision``-format ResNet weights (``None``: random initialisation).
         dropout: dropout before the linear layer.
+        normalize_input: scale ``[0, 1]`` inputs as ImageNet weights expect (``None``: when ``pretrained``).
+            A network rebuilt for inference from a model trained on pretrained weights, without loading
+            them again, sets it to ``True``: the normalisation has no weights to load.
         return_dict: return the dict above instead of the logits.
     """
 
@@ -56,9 +59,12 @@ class Classifier(nn.Module):
         pretrained: str | os.PathLike | None = None,
         dropout: float = 0.0,
         return_dict: bool = False,
+        normalize_input: bool | None = None,
     ) -> None:
         super().__init__()
-        self.encoder = ResNetEncoder(depth=depth, in_channels=in_channels, pretrained=pretrained)
+        self.encoder = ResNetEncoder(
+            depth=depth, in_channels=in_channels, pretrained=pretrained, normalize_input=normalize_input
+        )
         self.feature_dim = self.encoder.out_channels[-1]
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.feature_dim, num_classes)
@@ -135,7 +141,7 @@ class JointClassSegNet(nn.Module):
     Args:
         num_classes: image classes.
         seg_classes: segmentation classes including background (2 for lesion vs background).
-        in_channels, depth, pretrained, dropout: as in :class:`Classifier`.
+        in_channels, depth, pretrained, dropout, normalize_input: as in :class:`Classifier`.
         decoder_channels: widths of the four decoder blocks.
         return_dict: return the dict above.
         embed_dim: size of the projected embedding (``None``: no projection head, no ``embedding``).
@@ -159,12 +165,17 @@ class JointClassSegNet(nn.Module):
         embed_dim: int | None = None,
         backbone: str | None = None,
         training_outputs: bool = True,
+        normalize_input: bool | None = None,
     ) -> None:
         super().__init__()
         if backbone is None:
-            self.encoder = ResNetEncoder(depth=depth, in_channels=in_channels, pretrained=pretrained)
+            self.encoder = ResNetEncoder(
+                depth=depth, in_channels=in_channels, pretrained=pretrained, normalize_input=normalize_input
+            )
         else:
-            self.encoder = build_encoder(backbone, in_channels=in_channels, pretrained=pretrained)
+            self.encoder = build_encoder(
+                backbone, in_channels=in_channels, pretrained=pretrained, normalize_input=normalize_input
+            )
         encoder_channels = list(self.encoder.out_channels)
         self.decoder = UNetDecoder(encoder_channels, tuple(decoder_channels))
         self.seg_head = nn.Conv2d(self.decoder.out_channels, seg_classes, kernel_size=1)

@@ -51,6 +51,8 @@ class HermesNet(nn.Module):
         consistency_dim: size of the inter-task consistency projections.
         dropout: dropout before the classification layer.
         return_dict, training_outputs: select the mode above (TorchScript constants).
+        normalize_input: scale ``[0, 1]`` inputs as the pretrained weights expect (``None``: when
+            ``pretrained``); a network rebuilt for inference from a pretrained-trained model sets it.
     """
 
     __constants__ = ["return_dict", "training_outputs"]
@@ -71,10 +73,11 @@ class HermesNet(nn.Module):
         dropout: float = 0.0,
         return_dict: bool = True,
         training_outputs: bool = True,
+        normalize_input: bool | None = None,
     ) -> None:
         super().__init__()
-        self.seg_encoder = build_encoder(backbone, in_channels=in_channels, pretrained=pretrained)
-        self.cls_encoder = build_encoder(backbone, in_channels=in_channels, pretrained=pretrained)
+        self.seg_encoder = build_encoder(backbone, in_channels, pretrained, normalize_input)
+        self.cls_encoder = build_encoder(backbone, in_channels, pretrained, normalize_input)
         enc = list(self.cls_encoder.out_channels)
         self.decoder = UNetDecoder(list(self.seg_encoder.out_channels), tuple(decoder_channels))
         self.seg_head = nn.Conv2d(self.decoder.out_channels, seg_classes, kernel_size=1)
