@@ -60,8 +60,10 @@ COMMON_SETTINGS = (
     "val_interval",
     "labeled_batch_size",
     "unlabeled_batch_size",
+    "unlabeled_includes_labeled",
     "learning_rate",
     "weight_decay",
+    "decay_norm_and_bias",
     "key_metric",
 )
 # settings inference needs besides the network's own (modality profile and class list)
@@ -82,8 +84,10 @@ TRAINING_ONLY_SETTINGS = (
     "val_interval",
     "labeled_batch_size",
     "unlabeled_batch_size",
+    "unlabeled_includes_labeled",
     "learning_rate",
     "weight_decay",
+    "decay_norm_and_bias",
     "key_metric",
 )
 

@@ -45,6 +45,7 @@ class LabelSplit:
         budget: the number of labeled images.
         seed: the seed of the draw.
         per_class: labeled images per class name.
+        hide_labels: whether unlabeled entries keep their true label under ``hidden_label``.
     """
 
     labeled: list[dict]
@@ -52,6 +53,26 @@ class LabelSplit:
     budget: int
     seed: int
     per_class: dict[str, int] = field(default_factory=dict)
+    hide_labels: bool = False
+
+    def unlabeled_stream(self, include_labeled: bool = False) -> list[dict]:
+        """The entries the unlabeled stream draws from.
+
+        Args:
+            include_labeled: also the labeled images, without their label (USB's default: consistency
+                on the labeled images too); in benchmark mode their label is kept under ``hidden_label``
+                like the others'. ``False``: the unlabeled images only.
+        """
+        if not include_labeled:
+            return self.unlabeled
+        extra = []
+        for entry in self.labeled:
+            u = copy.deepcopy(entry)
+            label = u.pop(DataKeys.LABEL, None)
+            if self.hide_labels and label is not None:
+                u[DataKeys.HIDDEN_LABEL] = label
+            extra.append(u)
+        return [*self.unlabeled, *extra]
 
     def summary(self) -> str:
         counts = ", ".join(f"{k}={v}" for k, v in self.per_class.items())
@@ -232,6 +253,7 @@ def split_label_budget(
         budget=len(labeled),
         seed=seed,
         per_class={names[c]: per_class.get(c, 0) for c in range(num_classes)},
+        hide_labels=hide_labels,
     )
 
 

@@ -5,6 +5,7 @@ from .evaluation_report import EvaluationReport
 from .handlers import ProgressLogger, TrainingHistory, format_duration, output_scalars, peak_memory_mb
 from .metrics import ClassificationMetric, SegmentationMetric, class_logits, seg_logits, selection_metric
 from .model_loader import CheckpointMismatchError, ModelLoader, load_model_weights
+from .optimisation import parameter_groups
 from .prediction_writer import PredictionWriter
 from .pseudo_label_accuracy import PseudoLabelAccuracy, pseudo_label_accuracy
 from .trainer import SemiSupervisedStream, SemiSupervisedTrainer, move_to_device
@@ -29,6 +30,7 @@ __all__ = [
     "load_model_weights",
     "move_to_device",
     "output_scalars",
+    "parameter_groups",
     "peak_memory_mb",
     "pseudo_label_accuracy",
     "seg_logits",
