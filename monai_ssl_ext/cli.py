@@ -348,7 +348,7 @@ class Commands:
         """Build a manifest from a data set as distributed and write it to ``output``.
 
         Args:
-            source: ``busi``, ``ham10000``, ``nct_crc``, ``folder`` (class sub-folders), ``csv``
+            source: ``busi``, ``ham10000``, ``chest_xray``, ``nct_crc``, ``folder`` (class sub-folders), ``csv``
                 (``path,label[,mask][,group]``), ``dicom`` (a DICOM folder; ``--labels labels.csv``) or
                 ``medmnist`` (a ``.npz`` file; its images are written as PNG files beside ``output``).
             path: the data set folder (the manifest's data root), the ``.npz`` or the CSV file.

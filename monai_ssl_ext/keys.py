@@ -20,6 +20,9 @@ class DataKeys:
     IMAGE_WEAK = "image_weak"
     IMAGE_STRONG = "image_strong"
     MASK_WEAK = "mask_weak"
+    # (2, 3) affine of a geometric strong view (strong -> weak, normalised coordinates): see
+    # monai_ssl_ext.transforms.randaugment; absent when the strong view is photometric only
+    STRONG_AFFINE = "strong_affine"
     # the true label of an unlabeled image: present only in benchmark mode, read by the trainer
     # for pseudo-label accuracy and never handed to an algorithm
     HIDDEN_LABEL = "hidden_label"

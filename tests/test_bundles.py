@@ -47,7 +47,7 @@ def test_every_algorithm_key_of_the_bundle_instantiates(tmp_path):
             **TINY,
         }
     )
-    for name in ("supervised", "mean_teacher", "fixmatch", "flexmatch"):
+    for name in ("supervised", "mean_teacher", "fixmatch", "flexmatch", "freematch", "softmatch"):
         parser["algorithm_name"] = name
         parser.parse()
         algorithm = parser.get_parsed_content("algorithm")

@@ -52,6 +52,8 @@ def test_every_algorithm_and_ablation_of_the_bundle_instantiates_with_its_switch
         "mean_teacher": {},
         "fixmatch": {},
         "flexmatch": {},
+        "freematch": {},
+        "softmatch": {},
         "hermes": {},
         "hermes_no_contrast": {"use_supcon": False, "use_pixel_contrast": False},
         "hermes_no_consistency": {"use_consistency": False},

@@ -48,3 +48,45 @@ def test_the_unlabeled_stream_may_include_the_labeled_images_without_their_label
     assert all(DataKeys.LABEL in e for e in split.labeled)  # the labeled entries themselves are untouched
     plain = split_label_budget(entries, 6, seed=0)
     assert all(DataKeys.HIDDEN_LABEL not in e for e in plain.unlabeled_stream(include_labeled=True))
+
+
+def _joint_batches(affine: torch.Tensor | None):
+    g = torch.Generator().manual_seed(0)
+    labeled = {
+        DataKeys.IMAGE: torch.rand(2, 1, 32, 32, generator=g),
+        DataKeys.LABEL: torch.tensor([0, 1]),
+        DataKeys.MASK: (torch.rand(2, 1, 32, 32, generator=g) > 0.5).float(),
+    }
+    weak = torch.rand(2, 1, 32, 32, generator=g)
+    unlabeled = {DataKeys.IMAGE_WEAK: weak, DataKeys.IMAGE_STRONG: weak.clone(), DataKeys.INDEX: torch.tensor([0, 1])}
+    if affine is not None:
+        unlabeled[DataKeys.STRONG_AFFINE] = affine.expand(2, 2, 3)
+    return labeled, unlabeled
+
+
+def test_pixel_pseudo_labels_follow_a_geometric_strong_view():
+    from monai_ssl_ext.algorithms import FixMatch
+    from monai_ssl_ext.networks import JointClassSegNet
+
+    torch.manual_seed(0)
+    net = JointClassSegNet(2, depth=10)
+    algorithm = FixMatch(2, seg_threshold=0.0)  # every pixel confident: the mask is the geometry alone
+    algorithm.setup(net, total_steps=10)
+    identity = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    out = algorithm.train_step(net, *_joint_batches(identity), step=0)
+    assert out.logs["mask_rate_seg"] == 1.0
+    # a strong view shifted by a whole width has no pixel in common with the weak view: no pixel target
+    shifted = torch.tensor([[1.0, 0.0, 2.0], [0.0, 1.0, 0.0]])
+    out = algorithm.train_step(net, *_joint_batches(shifted), step=1)
+    assert out.logs["mask_rate_seg"] == 0.0 and out.terms["loss_unsup_seg"] == 0.0
+
+
+def test_mean_teacher_refuses_pixel_consistency_across_geometries():
+    from monai_ssl_ext.algorithms import MeanTeacher
+    from monai_ssl_ext.networks import JointClassSegNet
+
+    net = JointClassSegNet(2, depth=10)
+    algorithm = MeanTeacher(2)
+    algorithm.setup(net, total_steps=10)
+    with pytest.raises(ValueError, match="strong_view='photometric'"):
+        algorithm.train_step(net, *_joint_batches(torch.tensor([[1.0, 0.0, 0.5], [0.0, 1.0, 0.0]])), step=0)

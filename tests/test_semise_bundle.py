@@ -11,7 +11,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from monai_ssl_ext.algorithms import SEMISE, FixMatch, FlexMatch, MeanTeacher, Supervised
+from monai_ssl_ext.algorithms import SEMISE, FixMatch, FlexMatch, FreeMatch, MeanTeacher, SoftMatch, Supervised
 from monai_ssl_ext.bundle import bundle_command, run_workflow, write_trained_config
 from monai_ssl_ext.cli import main
 from monai_ssl_ext.data import HAM10000_SEVERITY
@@ -58,6 +58,8 @@ def test_every_algorithm_key_instantiates_on_the_same_network(small_data):
         "mean_teacher": (MeanTeacher, None),
         "fixmatch": (FixMatch, None),
         "flexmatch": (FlexMatch, None),
+        "freematch": (FreeMatch, None),
+        "softmatch": (SoftMatch, None),
     }
     assert set(parser["algorithms"]) == set(expected)
     for name, (cls, alpha) in expected.items():

@@ -4,13 +4,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from .base import SemiSupervisedAlgorithm, StepOutput
+from .distribution_alignment import DistributionAlignment
 from .ema import EMATeacher
 from .fixmatch import FixMatch
 from .flexmatch import FlexMatch
+from .freematch import FreeMatch, FreeMatchThreshold, freematch_fairness_loss
 from .hermes import Hermes
 from .mean_teacher import MeanTeacher
 from .schedules import RampUp, linear_rampup, sigmoid_rampup
 from .semise import SEMISE, severity_levels
+from .softmatch import SoftMatch, SoftMatchWeighting
 from .supervised import Supervised
 from .thresholds import DualThreshold, FixedThreshold, FlexMatchThreshold, PseudoLabelSelector
 
@@ -31,20 +34,26 @@ def choose(algorithms: Mapping[str, Any], name: str) -> SemiSupervisedAlgorithm:
 
 __all__ = [
     "SEMISE",
+    "DistributionAlignment",
     "DualThreshold",
     "EMATeacher",
     "FixMatch",
     "FixedThreshold",
     "FlexMatch",
     "FlexMatchThreshold",
+    "FreeMatch",
+    "FreeMatchThreshold",
     "Hermes",
     "MeanTeacher",
     "PseudoLabelSelector",
     "RampUp",
     "SemiSupervisedAlgorithm",
+    "SoftMatch",
+    "SoftMatchWeighting",
     "StepOutput",
     "Supervised",
     "choose",
+    "freematch_fairness_loss",
     "linear_rampup",
     "severity_levels",
     "sigmoid_rampup",

@@ -123,6 +123,24 @@ class SemiSupervisedAlgorithm(nn.Module):
         return per_view
 
     @staticmethod
+    def to_strong_frame(pixels: torch.Tensor, unlabeled: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Weak-view pixel maps ``(B, C, H, W)`` (probabilities) moved into the strong view's geometry.
+
+        A strong view with geometric operations (``strong_view="randaugment"`` in the modality profile)
+        carries ``strong_affine`` ``(B, 2, 3)``: pixel pseudo labels made on the weak view are warped with
+        it (:func:`monai_ssl_ext.transforms.warp_to_strong`, nearest neighbour) so that each target sits
+        on the strong-view pixel it describes. Returns the maps and a ``(B, H, W)`` mask of the pixels
+        that have a source in the weak view (``None``, maps unchanged, when the views share their geometry).
+        """
+        affine = unlabeled.get(DataKeys.STRONG_AFFINE)
+        if affine is None:
+            return pixels, None
+        from monai_ssl_ext.transforms.randaugment import warp_to_strong
+
+        warped, valid = warp_to_strong(pixels, torch.as_tensor(affine).to(pixels.device))
+        return warped, valid
+
+    @staticmethod
     def unlabeled_indices(unlabeled: dict[str, Any]) -> torch.Tensor | None:
         index = unlabeled.get(DataKeys.INDEX)
         return None if index is None else torch.as_tensor(index).long()

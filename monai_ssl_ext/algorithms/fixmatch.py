@@ -75,7 +75,12 @@ class FixMatch(SemiSupervisedAlgorithm):
         tasks = self.tasks(out_w)
         for task in tasks:
             probs = torch.softmax(out_w[task].detach().float() / self.temperature, dim=1)
+            valid = None
+            if task == OutputKeys.SEG:
+                probs, valid = self.to_strong_frame(probs, unlabeled)
             pseudo, mask = self.select(task, probs, indices)
+            if valid is not None:
+                mask = mask * valid.to(mask.dtype).reshape(mask.shape)
             term = masked_cross_entropy(out_s[task], pseudo, mask)
             if len(tasks) > 1:
                 terms[f"loss_unsup_{task}"] = term.detach()

@@ -152,8 +152,10 @@ class Hermes(SemiSupervisedAlgorithm):
 
         # pixel level: the same filter per pixel, Dice on the strong view, pixel contrast
         self.seg_selector.set_step(step)
-        seg_probs = torch.softmax(out_w[OutputKeys.SEG].detach().float(), dim=1)
+        seg_probs, valid = self.to_strong_frame(torch.softmax(out_w[OutputKeys.SEG].detach().float(), dim=1), unlabeled)
         pseudo_seg, accept_seg = self.seg_selector(seg_probs, None)
+        if valid is not None:
+            accept_seg = accept_seg * valid.to(accept_seg.dtype).reshape(accept_seg.shape)
         unsup_seg = masked_dice_loss(out_s[OutputKeys.SEG], pseudo_seg, accept_seg) if self.use_pseudo_labels else zero
         pixel = zero
         if self.use_pixel_contrast and contrast_on:

@@ -65,6 +65,11 @@ class MeanTeacher(SemiSupervisedAlgorithm):
         with torch.no_grad():
             out_t = as_output_dict(self.teacher(unlabeled[DataKeys.IMAGE_WEAK]))
         sup, terms = self.supervised_loss(out_l, labeled)
+        if OutputKeys.SEG in out_s and unlabeled.get(DataKeys.STRONG_AFFINE) is not None:
+            raise ValueError(
+                "MeanTeacher's pixel consistency needs the weak and strong views in one geometry: use the "
+                "profile's photometric strong view (strong_view='photometric') with a segmentation output."
+            )
         consistency = sum(softmax_mse(out_s[task], out_t[task]) for task in self.tasks(out_s))
         weight = self.consistency(step)
         loss = sup + weight * consistency

@@ -1,8 +1,10 @@
 """The benchmark harness: every requested algorithm x seed, trained and tested under one profile.
 
 For each run the harness trains the bundle (model selection on the validation split), evaluates
-the selected checkpoint once on the test split, and appends a record to ``results.json``; after each
-run ``results.md`` (mean +- std over seeds) is rewritten, so a long benchmark shows its table as it
+the selected checkpoint once on the test split, and appends a record to ``results.json`` (its
+``eval_dir`` holds ``metrics.json`` and the per-image ``predictions.npz``); after each run
+``results.md`` (mean +- std over seeds, and the paired difference of each algorithm to
+supervised-only with a bootstrap interval) is rewritten, so a long benchmark shows its table as it
 goes and can be resumed (finished runs are skipped).
 """
 
@@ -157,6 +159,8 @@ def run_benchmark(spec: BenchmarkSpec) -> list[dict]:
             "best_val_epoch": summary.get("best_metric_epoch"),
             "device": summary.get("device"),
             "run_dir": str(run_dir),
+            # metrics.json and predictions.npz (per-image predictions for the paired differences of results.md)
+            "eval_dir": str(run_dir / "eval_test"),
         }
         results.append(record)
         finished_here += 1

@@ -1,12 +1,26 @@
-"""Summaries of benchmark results: mean +- standard deviation over seeds, as Markdown."""
+"""Summaries of benchmark results: mean +- standard deviation over seeds, and paired differences to
+supervised-only with bootstrap intervals, as Markdown."""
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
-__all__ = ["mean_std", "results_markdown"]
+from monai_ssl_ext.metrics.paired import (
+    DEFAULT_RESAMPLES,
+    DEFAULT_SEED,
+    PairedDifference,
+    paired_difference,
+    paired_difference_over_seeds,
+)
+from monai_ssl_ext.metrics.predictions import PREDICTIONS_FILE, load_predictions
+
+__all__ = ["BASELINE_ALGORITHM", "difference_lines", "mean_std", "predictions_path", "results_markdown"]
+
+BASELINE_ALGORITHM = "supervised"
+DIFFERENCE_TITLE = "Difference to supervised-only (paired, 95 % bootstrap interval)"
 
 # (metric key, column title, shown in %): severity MAE is a distance in levels, not a rate
 _COLUMNS = [
@@ -57,10 +71,122 @@ def _per_class_recall_lines(by_algorithm: dict[str, list[dict]]) -> list[str]:
     return [*lines, ""]
 
 
-def results_markdown(results: Sequence[dict], command: str = "") -> str:
+def predictions_path(record: Mapping) -> Path | None:
+    """The ``predictions.npz`` of a run record's test evaluation, ``None`` when it has none (older records).
+
+    Read from the record's ``eval_dir``, else ``<run_dir>/eval_test`` (where the harness evaluates).
+    """
+    eval_dir = record.get("eval_dir")
+    if not eval_dir and record.get("run_dir"):
+        eval_dir = Path(record["run_dir"]) / "eval_test"
+    path = Path(eval_dir) / PREDICTIONS_FILE if eval_dir else None
+    return path if path is not None and path.is_file() else None
+
+
+def _points(value: float) -> str:
+    """A rate difference in percentage points with its sign: ``+1.23``, or a minus sign (U+2212) for a negative one."""
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    text = f"{value * 100:+.2f}"
+    return "+0.00" if text == "-0.00" else text.replace("-", "\u2212")
+
+
+def _difference_cell(diff: PairedDifference | None) -> str:
+    if diff is None or not math.isfinite(diff.estimate):
+        return "-"
+    return f"{_points(diff.estimate)} [{_points(diff.low)}, {_points(diff.high)}]"
+
+
+def difference_lines(
+    by_algorithm: Mapping[str, Sequence[dict]],
+    baseline: str = BASELINE_ALGORITHM,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+) -> list[str]:
+    """The table "Difference to supervised-only": per algorithm, ``algorithm - baseline`` per metric.
+
+    Per algorithm other than ``baseline``, over the seeds that have a run of both (and, with several
+    seeds, a row per seed): the paired difference in percentage points and its 95 % percentile
+    bootstrap interval over the test images (:func:`~monai_ssl_ext.metrics.paired.paired_difference_over_seeds`,
+    seeds held fixed). The runs' ``predictions.npz`` are read through :func:`predictions_path`; runs
+    without one (evaluated before it was written) are named in a note and left out. Nothing when
+    there is no ``baseline`` run or no other algorithm.
+    """
+    baseline_runs = {r["seed"]: r for r in by_algorithm.get(baseline, [])}
+    others = [a for a in by_algorithm if a != baseline]
+    if not baseline_runs or not others:
+        return []
+    rows: list[tuple[str, list[int], dict[str, PairedDifference]]] = []
+    missing: list[str] = []
+    notes: list[str] = []
+    for algorithm in others:
+        runs = {r["seed"]: r for r in by_algorithm[algorithm]}
+        seeds = sorted(s for s in runs if s in baseline_runs)
+        if not seeds:
+            notes.append(f"{algorithm}: no seed with a {baseline} run.")
+            continue
+        paired = []
+        for s in seeds:
+            run_file, base_file = predictions_path(runs[s]), predictions_path(baseline_runs[s])
+            missing += [f"{name} seed {s}" for name, f in ((algorithm, run_file), (baseline, base_file)) if f is None]
+            if run_file is not None and base_file is not None:
+                paired.append((s, run_file, base_file))
+        if not paired:
+            continue
+        try:
+            loaded = [(s, load_predictions(r), load_predictions(b)) for s, r, b in paired]
+            pooled = paired_difference_over_seeds(
+                [r for _, r, _ in loaded], [b for _, _, b in loaded], n_resamples=n_resamples, seed=seed
+            )
+            rows.append((algorithm, [s for s, _, _ in loaded], pooled))
+            if len(loaded) > 1:
+                for s, r, b in loaded:
+                    rows.append((f"{algorithm} (seed {s})", [s], paired_difference(r, b, None, n_resamples, seed)))
+        except (OSError, KeyError, ValueError) as err:  # PairingError is a ValueError
+            notes.append(f"{algorithm}: not compared, {err}")
+    lines = [f"{DIFFERENCE_TITLE}, in points:", ""]
+    if rows:
+        present = [c for c in _COLUMNS if any(c[0] in diffs for _, _, diffs in rows)]
+        header = ["Algorithm", "Seeds", *[name for _, name, _ in present]]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "|".join(["---"] * len(header)) + "|")
+        for label, seeds, diffs in rows:
+            cells = [label, ",".join(str(s) for s in seeds), *[_difference_cell(diffs.get(k)) for k, _, _ in present]]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+        lines.append(
+            f"Algorithm minus {baseline} of the same seed (same labeled subset), on the same test images, in "
+            f"percentage points; [low, high]: 95 % percentile bootstrap over the test images ({n_resamples} "
+            f"resamples, RNG seed {seed}), the same resampled images for both runs and every seed. Over several "
+            "seeds: the mean of the per-seed differences with the seeds held fixed, so the interval covers the "
+            "test-set sampling, not the variation between labeled subsets (see the per-seed rows)."
+        )
+        for label, _, diffs in rows:
+            notes += [
+                f"{label}, {d.metric}: undefined in {d.n_undefined} of {d.n_resamples} resamples "
+                "(a class absent from the resample), left out of the interval."
+                for d in diffs.values()
+                if d.n_undefined
+            ]
+    if missing:
+        notes.append(
+            "Left out, no per-image predictions (`predictions.npz`, evaluated by an older version?): "
+            + ", ".join(dict.fromkeys(missing))
+            + "."
+        )
+    if notes:
+        lines += ["", *notes] if rows else notes
+    return [*lines, ""]
+
+
+def results_markdown(
+    results: Sequence[dict], command: str = "", n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED
+) -> str:
     """One table per (dataset, labels, profile): a row per algorithm, mean ± std over its seeds.
 
-    Rates are in %, severity MAE in levels; runs that record ``per_class_recall`` add a second table.
+    Rates are in %, severity MAE in levels; runs that record ``per_class_recall`` add a table of
+    recall per class, and a ``supervised`` run with others the table of :func:`difference_lines`
+    (paired differences with bootstrap intervals, ``n_resamples`` resamples from RNG seed ``seed``).
     """
     groups: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in results:
@@ -87,6 +213,7 @@ def results_markdown(results: Sequence[dict], command: str = "") -> str:
             cells += [f"{speed:.1f}", f"{memory:.0f}", f"{wall / 60:.1f} min"]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        lines += difference_lines(by_algorithm, n_resamples=n_resamples, seed=seed)
         lines += _per_class_recall_lines(by_algorithm)
     lines.append("Metrics on the test split, in % (severity MAE in levels), mean ± sample standard deviation over")
     lines.append("seeds; the checkpoint evaluated is the one with the best validation key metric.")

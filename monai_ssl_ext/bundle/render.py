@@ -53,6 +53,7 @@ COMMON_SETTINGS = (
     "modality",
     "frame",
     "crop_to_region",
+    "strong_view",
     "image_size",
     "in_channels",
     "pretrained_weights",
@@ -61,9 +62,12 @@ COMMON_SETTINGS = (
     "labeled_batch_size",
     "unlabeled_batch_size",
     "unlabeled_includes_labeled",
+    "labeled_sampling",
     "learning_rate",
     "weight_decay",
     "decay_norm_and_bias",
+    "ema_eval",
+    "ema_decay",
     "key_metric",
 )
 # settings inference needs besides the network's own (modality profile and class list)
@@ -80,14 +84,18 @@ INFERENCE_SETTINGS = (
 # settings that shape the optimisation only: evaluation does not need them back
 TRAINING_ONLY_SETTINGS = (
     "benchmark_mode",
+    "strong_view",
     "num_iterations",
     "val_interval",
     "labeled_batch_size",
     "unlabeled_batch_size",
     "unlabeled_includes_labeled",
+    "labeled_sampling",
     "learning_rate",
     "weight_decay",
     "decay_norm_and_bias",
+    "ema_eval",
+    "ema_decay",
     "key_metric",
 )
 

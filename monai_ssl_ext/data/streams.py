@@ -8,6 +8,8 @@ once. The pieces here make the content of every batch a pure function of ``(seed
   permutation per pass over the data) together with one augmentation seed per sample, and shards
   each global batch across distributed ranks.
 - :class:`SeededTransformDataset` applies a random transform after seeding it with the sample's seed.
+- :class:`ClassBalancedBatchSampler` is the same with class-balanced draws (an option of the
+  labeled stream for imbalanced label sets).
 - :class:`SemiSupervisedLoader` zips a labeled and an unlabeled stream into
   ``{"labeled": batch, "unlabeled": batch}`` and can start at any step.
 
@@ -33,13 +35,23 @@ from monai_ssl_ext.keys import DataKeys
 from monai_ssl_ext.utils.distributed import get_rank, get_world_size
 from monai_ssl_ext.utils.seeding import derive_seed
 
-__all__ = ["IterationBatchSampler", "SeededTransformDataset", "SemiSupervisedLoader"]
+__all__ = [
+    "LABELED_SAMPLING",
+    "ClassBalancedBatchSampler",
+    "IterationBatchSampler",
+    "SeededTransformDataset",
+    "SemiSupervisedLoader",
+    "dataset_labels",
+]
 
 LABELED_STREAM = 1
 UNLABELED_STREAM = 2
 # what a derived seed is for, so that the order of pass c and the augmentation of sample c never share one
 _ORDER = 0
 _AUGMENT = 1
+_BALANCED = 2  # the class-balanced draw of a step
+# how the labeled stream picks its samples (see SemiSupervisedLoader)
+LABELED_SAMPLING = ("uniform", "class_balanced")
 
 
 class IterationBatchSampler(torch.utils.data.Sampler):
@@ -113,6 +125,84 @@ class IterationBatchSampler(torch.utils.data.Sampler):
             yield self.batch_at(step)
 
 
+class ClassBalancedBatchSampler(IterationBatchSampler):
+    """An endless batch sampler drawing every class equally often; batch ``t`` depends only on ``(seed, stream, t)``.
+
+    Sample ``i`` of class ``y_i`` is drawn, with replacement, with probability proportional to
+    ``1 / n_{y_i}`` (``n_c``: samples of class ``c``), so each class present has probability
+    ``1 / C_present`` per draw and samples are uniform within their class. The global batch of step
+    ``t`` (``batch_size * world_size`` draws) comes from a generator seeded with ``(seed, stream, t)``
+    and rank ``r`` takes its ``r``-th slice, so, as with :class:`IterationBatchSampler`, a resumed run
+    sees the same batches, and the union of the per-rank batches is the single-process global batch.
+    Augmentation seeds are those of the same batch positions in :class:`IterationBatchSampler`.
+
+    Args:
+        labels: class index (``>= 0``) of every sample, in dataset order.
+        batch_size, seed, stream, rank, world_size, start_step: as in :class:`IterationBatchSampler`.
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[int],
+        batch_size: int,
+        seed: int = 0,
+        stream: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        start_step: int = 0,
+    ) -> None:
+        labels_arr = np.asarray([int(y) for y in labels], dtype=np.int64)
+        if labels_arr.size and labels_arr.min() < 0:
+            raise ValueError("ClassBalancedBatchSampler needs a class index >= 0 for every sample.")
+        super().__init__(
+            int(labels_arr.size),
+            batch_size,
+            seed=seed,
+            stream=stream,
+            shuffle=True,
+            rank=rank,
+            world_size=world_size,
+            start_step=start_step,
+        )
+        self.labels = labels_arr
+        self.class_counts = np.bincount(labels_arr)
+        weights = 1.0 / self.class_counts[labels_arr]
+        self.probabilities = weights / weights.sum()
+
+    def batch_at(self, step: int) -> list[tuple[int, int]]:
+        """Indices and augmentation seeds of this rank's share of the global batch at ``step``."""
+        global_batch = self.batch_size * self.world_size
+        rng = np.random.default_rng(derive_seed(self.seed, self.stream, _BALANCED, step))
+        drawn = rng.choice(self.num_samples, size=global_batch, replace=True, p=self.probabilities)
+        first = self.rank * self.batch_size
+        return [
+            (int(drawn[j]), derive_seed(self.seed, self.stream, _AUGMENT, step * global_batch + j))
+            for j in range(first, first + self.batch_size)
+        ]
+
+
+def dataset_labels(dataset: Any, key: str = DataKeys.LABEL) -> list[int]:
+    """The class index under ``key`` of every item of ``dataset``, read from its list of dicts without transforms.
+
+    Follows ``.data`` through wrappers (:class:`SeededTransformDataset` around a MONAI ``CacheDataset``
+    around the labeled entries) down to a list of dicts; raises ``ValueError`` when there is none or
+    an entry lacks ``key``.
+    """
+    obj = dataset
+    for _ in range(8):
+        if isinstance(obj, (list, tuple)):
+            if not all(isinstance(e, dict) and key in e for e in obj):
+                break
+            return [int(e[key]) for e in obj]
+        if not hasattr(obj, "data"):
+            break
+        obj = obj.data
+    raise ValueError(
+        f"cannot read the '{key}' of every labeled item from {type(dataset).__name__}; "
+        "pass the class indices as labeled_labels."
+    )
+
+
 class SeededTransformDataset(torch.utils.data.Dataset):
     """``dataset[(i, seed)]``: item ``i`` of ``data`` passed through ``transform`` seeded with ``seed``.
 
@@ -164,6 +254,12 @@ class SemiSupervisedLoader:
         num_workers: data-loading worker processes per stream.
         pin_memory: pin host memory for faster GPU copies.
         collate_fn: batch collation (MONAI's ``list_data_collate`` by default).
+        labeled_sampling: ``"uniform"`` (default): every labeled sample once per pass, in a fresh random
+            order per pass (:class:`IterationBatchSampler`); ``"class_balanced"``: draws with probability
+            inversely proportional to the sample's class frequency, so every class is equally frequent
+            in the labeled batches (:class:`ClassBalancedBatchSampler`; with replacement).
+        labeled_labels: class index of every labeled item, in dataset order, for ``"class_balanced"``;
+            ``None`` reads them from the dataset's entries (:func:`dataset_labels`).
 
     ``start_step`` is the first step the next iterator yields; the trainer sets it from its
     iteration counter when a run resumes. ``use_unlabeled`` is switched off by the trainer for
@@ -186,9 +282,20 @@ class SemiSupervisedLoader:
         num_workers: int = 0,
         pin_memory: bool = False,
         collate_fn: Callable = list_data_collate,
+        labeled_sampling: str = "uniform",
+        labeled_labels: Sequence[int] | None = None,
     ) -> None:
         if len(labeled_dataset) == 0:
             raise ValueError("The labeled dataset is empty.")
+        if labeled_sampling not in LABELED_SAMPLING:
+            raise ValueError(f"labeled_sampling must be one of {LABELED_SAMPLING}, got {labeled_sampling!r}.")
+        self.labeled_sampling = labeled_sampling
+        self.labeled_labels: list[int] | None = None
+        if labeled_sampling == "class_balanced":
+            labels = dataset_labels(labeled_dataset) if labeled_labels is None else [int(y) for y in labeled_labels]
+            if len(labels) != len(labeled_dataset):
+                raise ValueError(f"{len(labels)} labeled_labels for {len(labeled_dataset)} labeled items.")
+            self.labeled_labels = labels
         self.labeled_dataset = labeled_dataset
         self.unlabeled_dataset = unlabeled_dataset if unlabeled_dataset is not None and len(unlabeled_dataset) else None
         self.labeled_batch_size = int(labeled_batch_size)
@@ -203,9 +310,15 @@ class SemiSupervisedLoader:
     def _loader(self, dataset: torch.utils.data.Dataset, batch_size: int, stream: int) -> DataLoader:
         # torch's DataLoader, not MONAI's: every sample is seeded explicitly, and MONAI's loader resets
         # the global torch generator when it has no workers
-        sampler = IterationBatchSampler(
-            len(dataset), batch_size, seed=self.seed, stream=stream, start_step=self.start_step
-        )
+        sampler: IterationBatchSampler
+        if stream == LABELED_STREAM and self.labeled_labels is not None:
+            sampler = ClassBalancedBatchSampler(
+                self.labeled_labels, batch_size, seed=self.seed, stream=stream, start_step=self.start_step
+            )
+        else:
+            sampler = IterationBatchSampler(
+                len(dataset), batch_size, seed=self.seed, stream=stream, start_step=self.start_step
+            )
         return DataLoader(
             dataset,
             batch_sampler=sampler,

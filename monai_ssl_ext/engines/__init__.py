@@ -9,11 +9,13 @@ from .optimisation import parameter_groups
 from .prediction_writer import PredictionWriter
 from .pseudo_label_accuracy import PseudoLabelAccuracy, pseudo_label_accuracy
 from .trainer import SemiSupervisedStream, SemiSupervisedTrainer, move_to_device
+from .weight_average import EvaluationEMA, ema_decay_for
 
 __all__ = [
     "AtomicCheckpointSaver",
     "CheckpointMismatchError",
     "ClassificationMetric",
+    "EvaluationEMA",
     "EvaluationReport",
     "ModelLoader",
     "PredictionWriter",
@@ -25,6 +27,7 @@ __all__ = [
     "SemiSupervisedTrainer",
     "TrainingHistory",
     "class_logits",
+    "ema_decay_for",
     "find_latest_checkpoint",
     "format_duration",
     "load_model_weights",

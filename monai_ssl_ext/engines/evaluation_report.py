@@ -74,6 +74,34 @@ def _unit_range(image: Any) -> np.ndarray:
     return (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
 
 
+def _source_of(image: Any, meta: Any) -> str | None:
+    """The source file of one image: its MetaTensor's or its meta dict's ``filename_or_obj``."""
+    meta = getattr(image, "meta", None) or meta
+    src = meta.get("filename_or_obj") if isinstance(meta, Mapping) else None
+    if isinstance(src, (list, tuple)) and len(src) == 1:
+        src = src[0]
+    return str(src) if isinstance(src, (str, os.PathLike)) and str(src) else None
+
+
+def _image_ids(output: Any, batch: Any, size: int) -> list[str | None]:
+    """The source path of each sample (``None`` where unknown), from the output's or the batch's images."""
+    meta_key = f"{DataKeys.IMAGE}_meta_dict"
+    for source in (output, batch):
+        ids: list[str | None] = []
+        if isinstance(source, list) and len(source) == size and all(isinstance(d, Mapping) for d in source):
+            ids = [_source_of(d.get(DataKeys.IMAGE), d.get(meta_key)) for d in source]
+        elif isinstance(source, Mapping):  # batched: the meta holds one path per sample
+            image = source.get(DataKeys.IMAGE)
+            meta = getattr(image, "meta", None) or source.get(meta_key)
+            src = meta.get("filename_or_obj") if isinstance(meta, Mapping) else None
+            src = [src] if isinstance(src, (str, os.PathLike)) else src
+            if isinstance(src, (list, tuple)) and len(src) == size:
+                ids = [str(s) if str(s) else None for s in src]
+        if ids and all(i is not None for i in ids):
+            return ids
+    return [None] * size
+
+
 def _per_sample(container: Any, key: str) -> list[Any] | None:
     """The per-sample values of ``key`` in a decollated list of dicts or a batched dict (None if absent)."""
     if isinstance(container, list):
@@ -97,7 +125,9 @@ class EvaluationReport:
     the predicted foreground (arg-max over the seg channels, any non-background class) and the true
     mask, plus the first ``max_overlay_images`` images. At ``COMPLETED`` it gathers them from all
     ranks, computes the metrics with :func:`~monai_ssl_ext.metrics.evaluate_predictions`, stores the report dict on
-    ``engine.state.metrics_report`` (every rank) and writes the files (rank 0).
+    ``engine.state.metrics_report`` (every rank) and writes the files (rank 0), ``predictions.npz`` among
+    them: per image its source path (the image's ``filename_or_obj`` metadata), label, probabilities and
+    Dice counts, which :mod:`monai_ssl_ext.metrics.paired` reads to compare two runs image by image.
 
     ``engine.state.output`` may be decollated (MONAI's default: a list of per-sample dicts) or a
     dict of batched tensors. Its ``pred`` is class logits ``(B, C)``, or a dict with ``class``
@@ -166,6 +196,7 @@ class EvaluationReport:
         self._pred_masks: list[np.ndarray] = []
         self._true_masks: list[np.ndarray] = []
         self._images: list[np.ndarray] = []
+        self._ids: list[str | None] = []
 
     def update(self, engine: Engine) -> None:
         """Collect the predictions of one iteration from ``engine.state.output`` and ``engine.state.batch``."""
@@ -206,6 +237,7 @@ class EvaluationReport:
                     self._images.append(_unit_range(images[i]))
         self._probs.append(probs.numpy())
         self._labels.extend(labels)
+        self._ids.extend(_image_ids(output, batch, len(preds)))
 
     def _labels_of(self, output: Any, batch: Any, size: int, num_classes: int) -> list[int]:
         for source in (output, batch):
@@ -223,6 +255,7 @@ class EvaluationReport:
             "labels": np.asarray(self._labels, dtype=np.int64),
             "pred_masks": self._pred_masks,
             "true_masks": self._true_masks,
+            "ids": list(self._ids),
         }
         if not is_dist() or get_world_size() == 1:
             return local
@@ -234,6 +267,7 @@ class EvaluationReport:
             "labels": np.concatenate([p["labels"] for p in parts]),
             "pred_masks": [m for p in parts for m in p["pred_masks"]],
             "true_masks": [m for p in parts for m in p["true_masks"]],
+            "ids": [i for p in parts for i in p["ids"]],
         }
 
     def complete(self, engine: Engine | None = None) -> dict[str, Any]:
@@ -265,6 +299,8 @@ class EvaluationReport:
             plots=self.plots,
             logger_name=self.logger_name if main else None,
             class_levels=self.class_levels,
+            # the source paths pair the images of two runs; positions when some image has none
+            image_ids=data["ids"] if all(i is not None for i in data["ids"]) else None,
         )
         if engine is not None:
             engine.state.metrics_report = report

@@ -8,7 +8,7 @@ from .pixel_contrast import PixelContrastLoss
 from .preference_ranking import PreferenceRankingLoss, healthy_reference
 from .severity_representation import severity_representation_loss
 from .supcon import SupConLoss
-from .supervised import TaskLoss, mask_to_index
+from .supervised import TaskLoss, class_prior, inverse_frequency_weights, mask_to_index
 
 __all__ = [
     "HealthyAnomalyMarginLoss",
@@ -17,8 +17,10 @@ __all__ = [
     "PreferenceRankingLoss",
     "SupConLoss",
     "TaskLoss",
+    "class_prior",
     "healthy_reference",
     "inter_task_consistency",
+    "inverse_frequency_weights",
     "mask_to_index",
     "masked_cross_entropy",
     "masked_dice_loss",

@@ -6,13 +6,18 @@
 - :func:`expected_calibration_error`, :func:`reliability_data`: calibration (Guo et al. 2017).
 - ``plot_*``: figures written atomically as PNG.
 - :func:`evaluate_predictions`: ``metrics.json`` and figures of one split (the ``SupervisedEvaluator``
-  handler that feeds it is :class:`monai_ssl_ext.engines.EvaluationReport`).
+  handler that feeds it is :class:`monai_ssl_ext.engines.EvaluationReport`), and the per-image
+  ``predictions.npz`` (:func:`load_predictions`).
+- :func:`paired_difference`, :func:`paired_difference_over_seeds`: difference of two runs on the same
+  test images with a paired bootstrap interval.
 """
 
 from .calibration import calibration_bins, ece_from_bins, expected_calibration_error, reliability_data
 from .classification import binary_auc, classification_metrics, confusion_matrix, one_vs_rest_auc, ordinal_mae
 from .ordinal import severity_metrics
+from .paired import PairedDifference, PairingError, paired_difference, paired_difference_over_seeds
 from .plots import plot_confusion_matrix, plot_mask_overlays, plot_reliability_diagram, plot_training_curves
+from .predictions import SplitPredictions, load_predictions, save_predictions
 from .report import (
     HEADLINE_METRICS,
     evaluate_predictions,
@@ -20,10 +25,19 @@ from .report import (
     headline_metrics,
     per_class_recall,
 )
-from .segmentation import dice_per_image, iou_per_image, segmentation_metrics
+from .segmentation import (
+    dice_per_image,
+    iou_per_image,
+    segmentation_counts,
+    segmentation_metrics,
+    segmentation_metrics_from_counts,
+)
 
 __all__ = [
     "HEADLINE_METRICS",
+    "PairedDifference",
+    "PairingError",
+    "SplitPredictions",
     "binary_auc",
     "calibration_bins",
     "classification_metrics",
@@ -35,14 +49,20 @@ __all__ = [
     "format_report",
     "headline_metrics",
     "iou_per_image",
+    "load_predictions",
     "one_vs_rest_auc",
     "ordinal_mae",
+    "paired_difference",
+    "paired_difference_over_seeds",
     "per_class_recall",
     "plot_confusion_matrix",
     "plot_mask_overlays",
     "plot_reliability_diagram",
     "plot_training_curves",
     "reliability_data",
+    "save_predictions",
+    "segmentation_counts",
     "segmentation_metrics",
+    "segmentation_metrics_from_counts",
     "severity_metrics",
 ]

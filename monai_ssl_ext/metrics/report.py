@@ -19,7 +19,8 @@ from typing import Any
 from monai_ssl_ext.metrics.classification import classification_metrics
 from monai_ssl_ext.metrics.ordinal import severity_metrics
 from monai_ssl_ext.metrics.plots import plot_confusion_matrix, plot_mask_overlays, plot_reliability_diagram
-from monai_ssl_ext.metrics.segmentation import segmentation_metrics
+from monai_ssl_ext.metrics.predictions import PREDICTIONS_FILE, save_predictions
+from monai_ssl_ext.metrics.segmentation import segmentation_counts, segmentation_metrics_from_counts
 from monai_ssl_ext.utils.atomic import write_json
 
 __all__ = [
@@ -63,6 +64,7 @@ def evaluate_predictions(
     plots: bool = True,
     logger_name: str | None = "monai_ssl_ext.evaluation",
     class_levels: Sequence[int] | None = None,
+    image_ids: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Compute the metrics of one split, write the report files and log a summary table.
 
@@ -71,7 +73,9 @@ def evaluate_predictions(
         labels: ``(N,)`` class indices.
         class_names: ``C`` class names (``None``: ``"0"``, ``"1"``...).
         output_dir: folder for ``<prefix>metrics.json``, ``<prefix>confusion_matrix.png``,
-            ``<prefix>reliability_diagram.png`` and, with masks and images, ``<prefix>mask_overlays.png``.
+            ``<prefix>reliability_diagram.png``, ``<prefix>predictions.npz`` (per-image labels,
+            probabilities and Dice counts, see :mod:`monai_ssl_ext.metrics.predictions`) and, with
+            masks and images, ``<prefix>mask_overlays.png``.
             ``None`` writes nothing (non-zero ranks, or metrics only).
         pred_masks, true_masks: ``(N, H, W)`` binary masks (or sequences of per-image masks) for
             Dice/IoU; both or neither.
@@ -86,6 +90,8 @@ def evaluate_predictions(
         logger_name: logger of the summary table (``None``: no logging).
         class_levels: ``C`` ordinal severity levels of the classes; adds a ``"severity"`` section
             (:func:`~monai_ssl_ext.metrics.severity_metrics`: MAE in levels...).
+        image_ids: ``N`` image identifiers (source paths) stored in ``predictions.npz``, so that
+            two runs can be checked to be paired (``None``: the positions ``"#0"``, ``"#1"``...).
 
     Returns:
         ``{"split", "class_names", "num_samples", "classification": classification_metrics(...),
@@ -102,8 +108,10 @@ def evaluate_predictions(
     }
     if (pred_masks is None) != (true_masks is None):
         raise ValueError("evaluate_predictions needs both pred_masks and true_masks, or neither")
+    seg_counts = None
     if pred_masks is not None:
-        report["segmentation"] = segmentation_metrics(pred_masks, true_masks)
+        seg_counts = segmentation_counts(pred_masks, true_masks)
+        report["segmentation"] = segmentation_metrics_from_counts(*seg_counts)
     if class_levels is not None:
         report["severity"] = {"class_levels": [int(v) for v in class_levels]}
         report["severity"].update(severity_metrics(probs, labels, class_levels))
@@ -112,6 +120,16 @@ def evaluate_predictions(
     if output_dir is not None:
         out = Path(output_dir)
         write_json(out / f"{prefix}metrics.json", report)
+        save_predictions(
+            out / f"{prefix}{PREDICTIONS_FILE}",
+            probs,
+            labels,
+            report["class_names"],
+            image_ids,
+            seg_counts,
+            positive_class=positive_class,
+            split=split,
+        )
         if plots:
             title = f"{split}: " if split else ""
             plot_confusion_matrix(

@@ -20,7 +20,13 @@ import numpy as np
 
 from monai_ssl_ext.metrics.inputs import to_numpy
 
-__all__ = ["dice_per_image", "iou_per_image", "segmentation_metrics"]
+__all__ = [
+    "dice_per_image",
+    "iou_per_image",
+    "segmentation_counts",
+    "segmentation_metrics",
+    "segmentation_metrics_from_counts",
+]
 
 
 def _binary(mask: Any, what: str) -> np.ndarray:
@@ -95,7 +101,23 @@ def segmentation_metrics(pred_masks: Any, true_masks: Any) -> dict[str, Any]:
         ``empty_false_positive_rate`` (fraction of empty-truth images with a non-empty prediction;
         NaN when no truth is empty).
     """
-    inter, p_sum, t_sum = _per_image_counts(pred_masks, true_masks)
+    return segmentation_metrics_from_counts(*_per_image_counts(pred_masks, true_masks))
+
+
+def segmentation_counts(pred_masks: Any, true_masks: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-image ``(|P n T|, |P|, |T|)``, three ``(N,)`` int64 arrays; inputs as in :func:`dice_per_image`.
+
+    They are all :func:`segmentation_metrics_from_counts` needs: a per-image record of a split
+    (``predictions.npz``) stores them instead of the masks.
+    """
+    return _per_image_counts(pred_masks, true_masks)
+
+
+def segmentation_metrics_from_counts(intersection: Any, pred_sum: Any, true_sum: Any) -> dict[str, Any]:
+    """:func:`segmentation_metrics` from the per-image counts of :func:`segmentation_counts`."""
+    inter, p_sum, t_sum = (np.asarray(a, dtype=np.int64).reshape(-1) for a in (intersection, pred_sum, true_sum))
+    if not inter.shape == p_sum.shape == t_sum.shape:
+        raise ValueError(f"per-image counts differ in length: {inter.size}, {p_sum.size}, {t_sum.size}")
     n = inter.size
     if n == 0:
         raise ValueError("segmentation_metrics needs at least one image")

@@ -1,4 +1,5 @@
-"""Transforms: loading, colour and stain transforms, modality profiles and the weak/strong views of training."""
+"""Transforms: loading, colour and stain transforms, modality profiles and the weak/strong views of training
+(with the RandAugment-style geometric strong view and :func:`warp_to_strong` for its pixel targets)."""
 
 from .colour import (
     RandColorJitter,
@@ -13,6 +14,7 @@ from .intensity import RandSpeckleNoise, RandSpeckleNoised
 from .loading import MaskMismatchError, ReadImage, ReadImaged, ReadMask, ReadMaskd, to_channels
 from .profiles import (
     PROFILES,
+    STRONG_VIEWS,
     DermoscopyProfile,
     HistologyProfile,
     ModalityProfile,
@@ -20,6 +22,7 @@ from .profiles import (
     get_profile,
     register_profile,
 )
+from .randaugment import ALL_OPS, COLOUR_OPS, GEOMETRIC_OPS, GREY_OPS, OP_MAX, RandAugmentd, warp_to_strong
 from .stain import (
     MACENKO_REFERENCE_MAX_CONCENTRATIONS,
     MACENKO_REFERENCE_STAIN_MATRIX,
@@ -35,16 +38,23 @@ from .stain import (
 )
 
 __all__ = [
+    "ALL_OPS",
+    "COLOUR_OPS",
+    "GEOMETRIC_OPS",
+    "GREY_OPS",
     "MACENKO_REFERENCE_MAX_CONCENTRATIONS",
     "MACENKO_REFERENCE_STAIN_MATRIX",
+    "OP_MAX",
     "PROFILES",
     "RUIFROK_HED_MATRIX",
+    "STRONG_VIEWS",
     "DermoscopyProfile",
     "HistologyProfile",
     "MacenkoNormalize",
     "MacenkoNormalized",
     "MaskMismatchError",
     "ModalityProfile",
+    "RandAugmentd",
     "RandColorJitter",
     "RandColorJitterd",
     "RandHEDJitter",
@@ -68,4 +78,5 @@ __all__ = [
     "rgb_to_hsv",
     "shades_of_grey",
     "to_channels",
+    "warp_to_strong",
 ]

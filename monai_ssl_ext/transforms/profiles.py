@@ -7,8 +7,14 @@ with one config key (``"modality": "ultrasound"``) and the training loop stays t
   (cacheable: computed once per image).
 - :meth:`ModalityProfile.labeled_transforms`: the **weak** augmentation of a labeled image and its mask.
 - :meth:`ModalityProfile.unlabeled_transforms`: a **weak** and a **strong** view of an unlabeled image.
-  The strong view is the weak view passed through photometric (and occlusion) augmentations only,
-  so both views stay pixel-aligned and a pseudo mask from the weak view supervises the strong one.
+  With ``strong_view="photometric"`` (the default) the strong view is the weak view passed through
+  photometric (and occlusion) augmentations only, so both views stay pixel-aligned and a pseudo mask from
+  the weak view supervises the strong one. With ``strong_view="randaugment"`` it is a RandAugment-style
+  view with geometry (:class:`~monai_ssl_ext.transforms.randaugment.RandAugmentd`: ``strong_ops`` operations
+  from the profile's :attr:`~ModalityProfile.randaugment_ops`, magnitude ``strong_magnitude``, then Cutout),
+  and the batch also carries ``strong_affine``, the map with which
+  :func:`~monai_ssl_ext.transforms.randaugment.warp_to_strong` moves weak-view pixel pseudo labels into
+  the strong view's frame.
 
 Images are channel-first ``(C, H, W)`` float tensors in [0, 1]; masks ``(1, H, W)`` in {0, 1}.
 """
@@ -40,6 +46,7 @@ from monai_ssl_ext.keys import DataKeys
 from monai_ssl_ext.transforms.colour import RandColorJitterd, ShadesOfGreyd
 from monai_ssl_ext.transforms.intensity import RandSpeckleNoised
 from monai_ssl_ext.transforms.loading import ReadImaged, ReadMaskd
+from monai_ssl_ext.transforms.randaugment import GEOMETRIC_OPS, RandAugmentd
 from monai_ssl_ext.transforms.stain import (
     MACENKO_REFERENCE_MAX_CONCENTRATIONS,
     MACENKO_REFERENCE_STAIN_MATRIX,
@@ -49,6 +56,7 @@ from monai_ssl_ext.transforms.stain import (
 
 __all__ = [
     "PROFILES",
+    "STRONG_VIEWS",
     "DermoscopyProfile",
     "HistologyProfile",
     "ModalityProfile",
@@ -58,6 +66,8 @@ __all__ = [
 ]
 
 PROFILES: dict[str, type[ModalityProfile]] = {}
+#: the strong views a profile can make (``strong_view``)
+STRONG_VIEWS = ("photometric", "randaugment")
 
 
 def register_profile(cls: type[ModalityProfile]) -> type[ModalityProfile]:
@@ -97,10 +107,37 @@ class ModalityProfile:
         crop_to_region: crop ultrasound DICOM to the imaging region of its Sequence of Ultrasound
             Regions (``True``: the main tissue region; an int: that region), dropping the surrounding
             user interface, calipers and burned-in text.
+        strong_view: ``"photometric"`` (default; the strong view of :meth:`strong`, pixel-aligned with the
+            weak view) or ``"randaugment"`` (:meth:`randaugment`: geometric and photometric operations, then
+            Cutout; the unlabeled items gain ``strong_affine``, see :mod:`monai_ssl_ext.transforms.randaugment`).
+        strong_ops: RandAugment's N, operations per strong view (``"randaugment"`` only).
+        strong_magnitude: RandAugment's M in [0, 10] (10: the maxima of
+            :data:`~monai_ssl_ext.transforms.randaugment.OP_MAX`); ``"randaugment"`` only.
+        strong_random_magnitude: draw each operation's magnitude from ``U(0, strong_magnitude)`` (FixMatch's
+            variant, default) instead of using ``strong_magnitude`` itself.
+        strong_op_pool: operation names replacing the profile's :attr:`randaugment_ops`.
     """
 
     name = "base"
     default_channels = 1
+    #: the pool of RandAugment operations: what is physically sensible for the modality. The base pool is
+    #: for grey modalities such as X-ray: geometry and grey-level operations, additive (quantum) noise, no colour.
+    randaugment_ops: tuple[str, ...] = (
+        *GEOMETRIC_OPS,
+        "brightness",
+        "contrast",
+        "gamma",
+        "sharpness",
+        "blur",
+        "noise",
+        "posterize",
+        "equalize",
+        "autocontrast",
+    )
+    #: grey modality (one channel, or grey replicated to three): colour operations refused, noise shared
+    grey = True
+    #: value of the Cutout patch of the strong views
+    cutout_fill = 0.0
 
     def __init__(
         self,
@@ -108,11 +145,27 @@ class ModalityProfile:
         channels: int | None = None,
         frame: FrameSpec = None,
         crop_to_region: bool | int = False,
+        strong_view: str = "photometric",
+        strong_ops: int = 2,
+        strong_magnitude: float = 10.0,
+        strong_random_magnitude: bool = True,
+        strong_op_pool: Sequence[str] | None = None,
     ) -> None:
         self.image_size = _size(image_size)
         self.channels = self.default_channels if channels is None else int(channels)
         self.frame = parse_frame_policy(frame)
         self.crop_to_region = crop_to_region
+        if strong_view not in STRONG_VIEWS:
+            raise ValueError(f"strong_view must be one of {STRONG_VIEWS}, got {strong_view!r}.")
+        self.strong_view = strong_view
+        self.strong_ops = int(strong_ops)
+        self.strong_magnitude = float(strong_magnitude)
+        self.strong_random_magnitude = bool(strong_random_magnitude)
+        self.strong_op_pool = tuple(strong_op_pool) if strong_op_pool is not None else tuple(self.randaugment_ops)
+        if strong_view == "randaugment":  # validate the options here rather than in a data-loading worker
+            RandAugmentd(
+                DataKeys.IMAGE_STRONG, self.strong_op_pool, self.strong_ops, self.strong_magnitude, grey=self.grey
+            )
 
     # ---------------------------------------------------------------- building blocks
     def read(self, with_mask: bool) -> list[Transform]:
@@ -142,6 +195,33 @@ class ModalityProfile:
         """Strong photometric augmentation of the images under ``keys`` (no geometric change)."""
         return []
 
+    def randaugment_options(self) -> dict[str, Any]:
+        """Extra keyword arguments of :class:`RandAugmentd` for this modality (the histology stain ranges)."""
+        return {}
+
+    def randaugment(self, keys: Sequence[str]) -> list[Transform]:
+        """RandAugment-style strong view with geometry of the images under ``keys`` (``strong_view="randaugment"``).
+
+        ``strong_ops`` operations from ``strong_op_pool`` with magnitude ``strong_magnitude``, then a Cutout
+        patch (always, as FixMatch's strong view; 1/4-1/2 of each side, filled with :attr:`cutout_fill`);
+        the ``(2, 3)`` affine of the geometry is stored under ``strong_affine``.
+        """
+        return [
+            RandAugmentd(
+                list(keys),
+                ops=self.strong_op_pool,
+                num_ops=self.strong_ops,
+                magnitude=self.strong_magnitude,
+                random_magnitude=self.strong_random_magnitude,
+                grey=self.grey,
+                cutout_prob=1.0,
+                cutout_size=(0.25, 0.5),
+                fill=self.cutout_fill,
+                affine_key=DataKeys.STRONG_AFFINE,
+                **self.randaugment_options(),
+            )
+        ]
+
     # ---------------------------------------------------------------- pipelines
     def preprocess(self, with_mask: bool = False, keep_meta: bool = False) -> Compose:
         """Deterministic loading + normalisation + resizing (what a cache can hold).
@@ -170,18 +250,32 @@ class ModalityProfile:
         return Compose(self.weak([DataKeys.IMAGE], masks))
 
     def unlabeled_transforms(self) -> Compose:
-        """``image`` -> ``image_weak`` (weak view) and ``image_strong`` (strong photometric view of it)."""
+        """``image`` -> ``image_weak`` (weak view) and ``image_strong`` (strong view of it).
+
+        ``strong_view="photometric"``: :meth:`strong` (pixel-aligned). ``"randaugment"``: :meth:`randaugment`,
+        which adds ``strong_affine`` (see :func:`~monai_ssl_ext.transforms.randaugment.warp_to_strong`); the
+        weak view is the same as with ``"photometric"`` for the same seed.
+        """
+        strong = self.strong if self.strong_view == "photometric" else self.randaugment
         return Compose(
             [
                 *self.weak([DataKeys.IMAGE]),
                 CopyItemsd(DataKeys.IMAGE, times=2, names=[DataKeys.IMAGE_WEAK, DataKeys.IMAGE_STRONG]),
                 DeleteItemsd(DataKeys.IMAGE),
-                *self.strong([DataKeys.IMAGE_STRONG]),
+                *strong([DataKeys.IMAGE_STRONG]),
             ]
         )
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(image_size={self.image_size}, channels={self.channels})"
+        return f"{type(self).__name__}(image_size={self.image_size}, channels={self.channels}{self._strong_repr()})"
+
+    def _strong_repr(self) -> str:
+        if self.strong_view == "photometric":
+            return ""
+        return (
+            f", strong_view={self.strong_view!r}, strong_ops={self.strong_ops}, "
+            f"strong_magnitude={self.strong_magnitude}"
+        )
 
 
 @register_profile
@@ -196,16 +290,34 @@ class UltrasoundProfile(ModalityProfile):
       machines, Gaussian blur (sigma 0.25-1.0 px), multiplicative speckle noise (sigma 0.05-0.2),
       brightness scaling (+-20 %) and one cut-out patch (as FixMatch's strong view). No hue changes:
       B-mode has none.
+    - Strong, ``strong_view="randaugment"``: geometry (rotation, shear, translation, scale) and grey-level
+      operations (brightness, contrast, gamma, sharpness, blur, multiplicative speckle, posterize, equalize,
+      autocontrast), then Cutout filled with 0 (black, as the background of the sector). No colour
+      operations, and noise is the same in every channel, so replicated-grey inputs stay grey.
 
     Args:
         image_size: network input size.
         channels: 1 (default) or 3 to feed greyscale replicated into RGB-pretrained backbones.
         rotate_degrees: maximum absolute rotation of the weak view.
-        reader_options: ``frame`` and ``crop_to_region``, see :class:`ModalityProfile`.
+        reader_options: ``frame``, ``crop_to_region`` and the ``strong_*`` options, see :class:`ModalityProfile`.
     """
 
     name = "ultrasound"
     default_channels = 1
+    randaugment_ops = (
+        *GEOMETRIC_OPS,
+        "brightness",
+        "contrast",
+        "gamma",
+        "sharpness",
+        "blur",
+        "speckle",
+        "posterize",
+        "equalize",
+        "autocontrast",
+    )
+    grey = True
+    cutout_fill = 0.0
 
     def __init__(
         self,
@@ -315,6 +427,9 @@ class DermoscopyProfile(ModalityProfile):
       Gaussian blur (sigma 0.25-1.0 px, probability 0.5); one cut-out patch of 1/4-1/2 of each side
       (probability 0.5, FixMatch's strong view, Sohn et al. 2020) filled with mid-grey 0.5 (Cutout,
       DeVries & Taylor 2017, zeroes a mean-subtracted input, i.e. fills with the mean); clipped to [0, 1].
+    - Strong, ``strong_view="randaugment"``: geometry (rotation, shear, translation, scale), brightness,
+      contrast, gamma, saturation, hue, sharpness, blur, posterize, equalize, autocontrast (FixMatch's
+      RandAugment pool without solarize and invert, which no dermatoscope produces), then Cutout with 0.5.
 
     Args:
         image_size: network input size.
@@ -322,11 +437,26 @@ class DermoscopyProfile(ModalityProfile):
         colour_constancy: apply shades-of-grey colour constancy in :meth:`preprocess`.
         power: Minkowski norm of shades of grey.
         rotate_degrees: maximum absolute free rotation of the weak view.
-        reader_options: ``frame`` and ``crop_to_region``, see :class:`ModalityProfile`.
+        reader_options: ``frame``, ``crop_to_region`` and the ``strong_*`` options, see :class:`ModalityProfile`.
     """
 
     name = "dermoscopy"
     default_channels = 3
+    randaugment_ops = (
+        *GEOMETRIC_OPS,
+        "brightness",
+        "contrast",
+        "gamma",
+        "saturation",
+        "hue",
+        "sharpness",
+        "blur",
+        "posterize",
+        "equalize",
+        "autocontrast",
+    )
+    grey = False
+    cutout_fill = 0.5
 
     def __init__(
         self,
@@ -370,7 +500,7 @@ class DermoscopyProfile(ModalityProfile):
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(image_size={self.image_size}, channels={self.channels}, "
-            f"colour_constancy={self.colour_constancy})"
+            f"colour_constancy={self.colour_constancy}{self._strong_repr()})"
         )
 
 
@@ -401,6 +531,10 @@ class HistologyProfile(ModalityProfile):
       blur (sigma 0.25-1.0 px, probability 0.5, focus differences between scanners), one cut-out patch
       filled with mid-grey 0.5 (probability 0.5, as the other profiles), clipped to [0, 1]. No hue jitter:
       the HED perturbation already moves the colours along the physically possible stain directions.
+    - Strong, ``strong_view="randaugment"``: geometry (rotation, shear, translation, scale), HED stain jitter
+      (``hed_sigma`` and ``hed_bias`` at magnitude 10), brightness, contrast, saturation, sharpness, blur,
+      posterize, then Cutout with 0.5. No hue rotation, per-channel equalisation or autocontrast: they move
+      colours off the stain directions.
 
     Args:
         image_size: network input size.
@@ -411,11 +545,23 @@ class HistologyProfile(ModalityProfile):
         on_stain_failure: ``"keep"`` (default: keep the image, warn, record) or ``"raise"``.
         hed_sigma: multiplicative half-range of the HED jitter.
         hed_bias: additive half-range of the HED jitter (OD units).
-        reader_options: ``frame`` and ``crop_to_region``, see :class:`ModalityProfile`.
+        reader_options: ``frame``, ``crop_to_region`` and the ``strong_*`` options, see :class:`ModalityProfile`.
     """
 
     name = "histology"
     default_channels = 3
+    randaugment_ops = (
+        *GEOMETRIC_OPS,
+        "hed",
+        "brightness",
+        "contrast",
+        "saturation",
+        "sharpness",
+        "blur",
+        "posterize",
+    )
+    grey = False
+    cutout_fill = 0.5
 
     def __init__(
         self,
@@ -453,6 +599,9 @@ class HistologyProfile(ModalityProfile):
     def weak(self, keys: Sequence[str], mask_keys: Sequence[str] = ()) -> list[Transform]:
         return _dihedral(self, list(keys) + list(mask_keys))
 
+    def randaugment_options(self) -> dict[str, Any]:
+        return {"hed_sigma": self.hed_sigma, "hed_bias": self.hed_bias}
+
     def strong(self, keys: Sequence[str]) -> list[Transform]:
         keys = list(keys)
         return [
@@ -466,5 +615,5 @@ class HistologyProfile(ModalityProfile):
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(image_size={self.image_size}, channels={self.channels}, "
-            f"stain_normalisation={self.stain_normalisation})"
+            f"stain_normalisation={self.stain_normalisation}{self._strong_repr()})"
         )

@@ -11,6 +11,8 @@ Group ids taken from the data are stored as salted hashes (:mod:`monai_ssl_ext.d
 - :func:`build_medmnist`: a MedMNIST ``.npz`` file of any image size (official splits kept), written
   out as PNG files.
 - :func:`build_ham10000`: HAM10000 dermoscopy (metadata table, images, lesion masks), split by lesion.
+- :func:`build_chest_xray`: Kermany paediatric chest X-rays (``labels.csv``), normal vs pneumonia; official
+  test split kept, official train split 90/10 into training/validation by patient, duplicates dropped.
 - :func:`build_nct_crc`: NCT-CRC-HE histology patches (class folders, class-prefixed names or labels.csv).
 - :func:`build_folder`: any folder with one sub-folder per class.
 - :func:`build_csv_list`: any CSV of ``path,label[,mask][,group]``.
@@ -20,6 +22,7 @@ Group ids taken from the data are stored as salted hashes (:mod:`monai_ssl_ext.d
 """
 
 from .busi import BUSI_CLASSES, build_busi
+from .chest_xray import CHEST_XRAY_CLASSES, build_chest_xray
 from .cli_support import BUILDERS, build_manifest, default_report_path
 from .common import DEFAULT_FRACTIONS, IMAGE_SUFFIXES, BuildReport, SkippedFile, split_entries, write_report
 from .csv_list import build_csv_list
@@ -32,6 +35,7 @@ from .nct_crc import NCT_CLASSES, build_nct_crc
 __all__ = [
     "BUILDERS",
     "BUSI_CLASSES",
+    "CHEST_XRAY_CLASSES",
     "DEFAULT_FRACTIONS",
     "DICOM_KEYS",
     "HAM10000_CLASSES",
@@ -41,6 +45,7 @@ __all__ = [
     "BuildReport",
     "SkippedFile",
     "build_busi",
+    "build_chest_xray",
     "build_csv_list",
     "build_dicom_dir",
     "build_folder",

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from monai_ssl_ext.data.builders.busi import build_busi
+from monai_ssl_ext.data.builders.chest_xray import build_chest_xray
 from monai_ssl_ext.data.builders.common import BuildReport, check_on_error
 from monai_ssl_ext.data.builders.csv_list import build_csv_list
 from monai_ssl_ext.data.builders.dicom_dir import build_dicom_dir
@@ -29,6 +30,7 @@ BUILDERS: dict[str, Callable[..., Manifest]] = {
     "busi": build_busi,
     "medmnist": build_medmnist,
     "ham10000": build_ham10000,
+    "chest_xray": build_chest_xray,
     "nct_crc": build_nct_crc,
     "folder": build_folder,
     "csv": build_csv_list,
@@ -80,8 +82,8 @@ def build_manifest(
     """Build a manifest from a data set as distributed and write it to ``output`` (atomically).
 
     Args:
-        source: the builder, one of :data:`BUILDERS`: ``busi``, ``medmnist``, ``ham10000``, ``nct_crc``,
-            ``folder``, ``csv``, ``dicom``.
+        source: the builder, one of :data:`BUILDERS`: ``busi``, ``medmnist``, ``ham10000``, ``chest_xray``,
+            ``nct_crc``, ``folder``, ``csv``, ``dicom``.
         path: what the builder reads: the data set folder (the data root of the manifest), or the
             ``.npz`` file for ``medmnist`` (its images are written as PNG files beside ``output``) or
             the CSV file for ``csv``.
