@@ -18,18 +18,33 @@ from .supervised import Supervised
 from .thresholds import DualThreshold, FixedThreshold, FlexMatchThreshold, PseudoLabelSelector
 
 
-def choose(algorithms: Mapping[str, Any], name: str) -> SemiSupervisedAlgorithm:
+def choose(algorithms: Mapping[str, Any], name: str, **common: Any) -> SemiSupervisedAlgorithm:
     """The algorithm ``algorithms[name]``, constructed if the entry is a constructor.
 
     Bundle configs define each algorithm in ``callable`` mode (a class with its arguments, not yet
     called) so that only the chosen one is built, and an ablation is the same entry with other
     arguments (``functools.partial(@algorithms#semise, alpha=1.0)``). An entry may also be a built
     algorithm. An unknown name is an error that lists the choices.
+
+    ``common`` holds the recipe switches every algorithm accepts (``class_balance``,
+    ``distribution_alignment``), so a bundle sets them once for whichever method it runs. Only those
+    that are on reach the constructor: a value that is ``None`` or inactive (``active`` false, as a
+    :class:`~monai_ssl_ext.losses.ClassBalance` without options) is left out, so with every switch
+    off the entry is called exactly as without them. A built algorithm cannot take a switch that is
+    on (``ValueError``).
     """
     if name not in algorithms:
         raise KeyError(f"algorithm '{name}' is not defined in this bundle; choose one of {sorted(algorithms)}.")
     entry = algorithms[name]
-    return entry if isinstance(entry, SemiSupervisedAlgorithm) else entry()
+    given = {k: v for k, v in common.items() if v is not None and bool(getattr(v, "active", True))}
+    if isinstance(entry, SemiSupervisedAlgorithm):
+        if given:
+            raise ValueError(
+                f"algorithm '{name}' is already built, so it cannot take {sorted(given)}: define it in "
+                'callable mode ("_mode_": "callable") or give these to its constructor.'
+            )
+        return entry
+    return entry(**given)
 
 
 __all__ = [

@@ -14,9 +14,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from monai_ssl_ext.algorithms.distribution_alignment import DistributionAlignment
 from monai_ssl_ext.algorithms.schedules import RampUp
 from monai_ssl_ext.keys import DataKeys, OutputKeys
-from monai_ssl_ext.losses.supervised import TaskLoss
+from monai_ssl_ext.losses.supervised import ClassBalance, TaskLoss
 from monai_ssl_ext.networks.heads import as_output_dict
 
 __all__ = ["SemiSupervisedAlgorithm", "StepOutput"]
@@ -71,16 +72,57 @@ class SemiSupervisedAlgorithm(nn.Module):
     Args:
         num_classes: number of image classes.
         supervised_loss: loss on the labeled batch (default :class:`~monai_ssl_ext.losses.TaskLoss`).
+        class_balance: class-imbalance options of the default supervised loss (class weights, logit
+            adjustment; :class:`~monai_ssl_ext.losses.ClassBalance`). An active one and an explicit
+            ``supervised_loss`` exclude each other.
+        distribution_alignment: applied once to the detached weak-view class probabilities before
+            pseudo labels are chosen (:meth:`align_probabilities`); a submodule, so its running mean is
+            checkpointed. ``None`` (default): off, and the state dict has no entry for it.
     """
 
     uses_unlabeled: ClassVar[bool] = True
     find_unused_parameters: ClassVar[bool] = True
 
-    def __init__(self, num_classes: int, supervised_loss: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        supervised_loss: nn.Module | None = None,
+        *,
+        class_balance: ClassBalance | None = None,
+        distribution_alignment: DistributionAlignment | None = None,
+    ) -> None:
         super().__init__()
         self.num_classes = int(num_classes)
-        self.supervised_loss = supervised_loss if supervised_loss is not None else TaskLoss()
+        self.supervised_loss = self.build_supervised_loss(supervised_loss, class_balance)
+        self.class_balance = class_balance
+        if distribution_alignment is not None and distribution_alignment.num_classes != self.num_classes:
+            raise ValueError(
+                f"distribution_alignment has {distribution_alignment.num_classes} classes, "
+                f"the algorithm {self.num_classes}."
+            )
+        # None stays a plain attribute: the state dict gains entries only when alignment is on
+        self.distribution_alignment = distribution_alignment
         self.total_steps: int | None = None
+
+    @staticmethod
+    def build_supervised_loss(
+        supervised_loss: nn.Module | None, class_balance: ClassBalance | None, **task_loss: Any
+    ) -> nn.Module:
+        """``supervised_loss``, or a :class:`~monai_ssl_ext.losses.TaskLoss` of ``task_loss`` plus the class balance.
+
+        An active ``class_balance`` configures the default loss only: given with an explicit
+        ``supervised_loss`` it raises ``ValueError`` rather than being silently ignored.
+        """
+        active = class_balance is not None and class_balance.active
+        if supervised_loss is not None:
+            if active:
+                raise ValueError(
+                    "class_balance and supervised_loss exclude each other: class_balance configures the "
+                    "default TaskLoss; give the class weights / logit adjustment to your loss instead."
+                )
+            return supervised_loss
+        options = class_balance.loss_options() if active else {}
+        return TaskLoss(**task_loss, **options)
 
     # ------------------------------------------------------------------ lifecycle
     def setup(self, network: nn.Module, total_steps: int, num_unlabeled: int | None = None) -> None:
@@ -139,6 +181,19 @@ class SemiSupervisedAlgorithm(nn.Module):
 
         warped, valid = warp_to_strong(pixels, torch.as_tensor(affine).to(pixels.device))
         return warped, valid
+
+    def align_probabilities(self, task: str, probs: torch.Tensor) -> torch.Tensor:
+        """Weak-view ``probs`` after distribution alignment, for image classes (``task == "class"``) only.
+
+        Returns ``probs`` unchanged for other tasks or when no alignment is set. Call it once per
+        step, before ``max``/``argmax`` and the pseudo-label selector (in training it updates the
+        running mean of the predictions).
+        """
+        if self.distribution_alignment is None or task != OutputKeys.CLASS:
+            return probs
+        # a plain tensor: the network's outputs may be MONAI MetaTensors, whose batch metadata the
+        # reductions would try to carry along
+        return self.distribution_alignment(probs.as_subclass(torch.Tensor))
 
     @staticmethod
     def unlabeled_indices(unlabeled: dict[str, Any]) -> torch.Tensor | None:

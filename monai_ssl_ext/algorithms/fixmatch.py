@@ -8,9 +8,11 @@ import torch
 from torch import nn
 
 from monai_ssl_ext.algorithms.base import SemiSupervisedAlgorithm, StepOutput
+from monai_ssl_ext.algorithms.distribution_alignment import DistributionAlignment
 from monai_ssl_ext.algorithms.thresholds import FixedThreshold, PseudoLabelSelector
 from monai_ssl_ext.keys import DataKeys, OutputKeys
 from monai_ssl_ext.losses.consistency import masked_cross_entropy
+from monai_ssl_ext.losses.supervised import ClassBalance
 
 __all__ = ["FixMatch"]
 
@@ -32,6 +34,9 @@ class FixMatch(SemiSupervisedAlgorithm):
         seg_threshold: per-pixel confidence threshold for segmentation pseudo labels.
         selector: a custom pseudo-label selector (overrides ``threshold``).
         supervised_loss: loss on the labeled batch.
+        class_balance, distribution_alignment: recipe switches shared by every method (see
+            :class:`~monai_ssl_ext.algorithms.SemiSupervisedAlgorithm`); the alignment applies to the
+            weak-view class probabilities before the selector.
     """
 
     # reads only the class/seg outputs: the training-only projection heads of HermesNet or
@@ -47,8 +52,13 @@ class FixMatch(SemiSupervisedAlgorithm):
         seg_threshold: float = 0.95,
         selector: PseudoLabelSelector | None = None,
         supervised_loss: nn.Module | None = None,
+        *,
+        class_balance: ClassBalance | None = None,
+        distribution_alignment: DistributionAlignment | None = None,
     ) -> None:
-        super().__init__(num_classes, supervised_loss)
+        super().__init__(
+            num_classes, supervised_loss, class_balance=class_balance, distribution_alignment=distribution_alignment
+        )
         self.threshold = float(threshold)
         self.lambda_u = float(lambda_u)
         self.temperature = float(temperature)
@@ -75,6 +85,7 @@ class FixMatch(SemiSupervisedAlgorithm):
         tasks = self.tasks(out_w)
         for task in tasks:
             probs = torch.softmax(out_w[task].detach().float() / self.temperature, dim=1)
+            probs = self.align_probabilities(task, probs)
             valid = None
             if task == OutputKeys.SEG:
                 probs, valid = self.to_strong_frame(probs, unlabeled)

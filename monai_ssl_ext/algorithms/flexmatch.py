@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from torch import nn
 
+from monai_ssl_ext.algorithms.distribution_alignment import DistributionAlignment
 from monai_ssl_ext.algorithms.fixmatch import FixMatch
 from monai_ssl_ext.algorithms.thresholds import FlexMatchThreshold
+from monai_ssl_ext.losses.supervised import ClassBalance
 
 __all__ = ["FlexMatch"]
 
@@ -22,7 +24,8 @@ class FlexMatch(FixMatch):
         num_classes: number of image classes.
         threshold: upper threshold ``tau``.
         warmup: threshold warm-up (count unused samples in the normaliser).
-        lambda_u, temperature, seg_threshold, supervised_loss: as in :class:`FixMatch`.
+        lambda_u, temperature, seg_threshold, supervised_loss, class_balance, distribution_alignment: as
+            in :class:`FixMatch`.
     """
 
     def __init__(
@@ -34,6 +37,9 @@ class FlexMatch(FixMatch):
         temperature: float = 1.0,
         seg_threshold: float = 0.95,
         supervised_loss: nn.Module | None = None,
+        *,
+        class_balance: ClassBalance | None = None,
+        distribution_alignment: DistributionAlignment | None = None,
     ) -> None:
         super().__init__(
             num_classes,
@@ -42,6 +48,8 @@ class FlexMatch(FixMatch):
             temperature=temperature,
             seg_threshold=seg_threshold,
             supervised_loss=supervised_loss,
+            class_balance=class_balance,
+            distribution_alignment=distribution_alignment,
         )
         self.warmup = warmup
 

@@ -8,10 +8,12 @@ import torch
 from torch import nn
 
 from monai_ssl_ext.algorithms.base import StepOutput
+from monai_ssl_ext.algorithms.distribution_alignment import DistributionAlignment
 from monai_ssl_ext.algorithms.fixmatch import FixMatch
 from monai_ssl_ext.algorithms.thresholds import PseudoLabelSelector
 from monai_ssl_ext.keys import DataKeys, OutputKeys
 from monai_ssl_ext.losses.consistency import masked_cross_entropy
+from monai_ssl_ext.losses.supervised import ClassBalance
 from monai_ssl_ext.utils.distributed import all_reduce_sum
 
 __all__ = ["FreeMatch", "FreeMatchThreshold", "freematch_fairness_loss"]
@@ -167,6 +169,7 @@ class FreeMatch(FixMatch):
             ``w_f`` 0.01 in most settings and 0.05 in some).
         seg_threshold: per-pixel confidence threshold of segmentation pseudo labels (0.95, as FixMatch).
         supervised_loss: loss on the labeled batch.
+        class_balance, distribution_alignment: as in :class:`FixMatch`.
     """
 
     # reads only the class/seg outputs: the training-only projection heads of HermesNet or
@@ -181,6 +184,9 @@ class FreeMatch(FixMatch):
         lambda_f: float = 0.01,
         seg_threshold: float = 0.95,
         supervised_loss: nn.Module | None = None,
+        *,
+        class_balance: ClassBalance | None = None,
+        distribution_alignment: DistributionAlignment | None = None,
     ) -> None:
         super().__init__(
             num_classes,
@@ -188,6 +194,8 @@ class FreeMatch(FixMatch):
             seg_threshold=seg_threshold,
             selector=FreeMatchThreshold(num_classes, momentum),
             supervised_loss=supervised_loss,
+            class_balance=class_balance,
+            distribution_alignment=distribution_alignment,
         )
         self.momentum = float(momentum)
         self.lambda_f = float(lambda_f)
@@ -215,6 +223,7 @@ class FreeMatch(FixMatch):
         tasks = self.tasks(out_w)
         for task in tasks:
             probs = torch.softmax(out_w[task].detach().float(), dim=1)
+            probs = self.align_probabilities(task, probs)
             pseudo, mask = self.select(task, probs, indices)
             term = masked_cross_entropy(out_s[task], pseudo, mask)
             if len(tasks) > 1:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from monai_ssl_ext.algorithms.base import SemiSupervisedAlgorithm, StepOutput
+from monai_ssl_ext.algorithms.distribution_alignment import DistributionAlignment
 from monai_ssl_ext.algorithms.schedules import RampUp
 from monai_ssl_ext.algorithms.thresholds import DualThreshold
 from monai_ssl_ext.keys import DataKeys, OutputKeys
@@ -15,7 +16,7 @@ from monai_ssl_ext.losses.consistency import masked_cross_entropy, masked_dice_l
 from monai_ssl_ext.losses.inter_task import inter_task_consistency
 from monai_ssl_ext.losses.pixel_contrast import PixelContrastLoss
 from monai_ssl_ext.losses.supcon import SupConLoss
-from monai_ssl_ext.losses.supervised import TaskLoss, mask_to_index
+from monai_ssl_ext.losses.supervised import ClassBalance, mask_to_index
 
 __all__ = ["Hermes"]
 
@@ -58,6 +59,8 @@ class Hermes(SemiSupervisedAlgorithm):
         seg_selector: pixel-level filter (default :class:`DualThreshold`).
         use_pseudo_labels, use_supcon, use_pixel_contrast, use_consistency: ablation switches.
         supervised_loss: labeled-batch loss (default ``TaskLoss(cls_weight, seg_weight)``).
+        class_balance: class-imbalance options added to the default ``TaskLoss(cls_weight, seg_weight)``.
+        distribution_alignment: applied to the weak-view image-class probabilities before ``selector``.
     """
 
     # the embedding heads get no gradient before the contrastive warm-up ends, nor when an ablation
@@ -83,10 +86,17 @@ class Hermes(SemiSupervisedAlgorithm):
         use_pixel_contrast: bool = True,
         use_consistency: bool = True,
         supervised_loss: nn.Module | None = None,
+        *,
+        class_balance: ClassBalance | None = None,
+        distribution_alignment: DistributionAlignment | None = None,
     ) -> None:
         if not 0.0 <= contrast_warmup <= 1.0:
             raise ValueError(f"contrast_warmup is a share of the run in [0, 1], got {contrast_warmup}.")
-        super().__init__(num_classes, supervised_loss or TaskLoss(class_weight=cls_weight, seg_weight=seg_weight))
+        loss = self.build_supervised_loss(
+            supervised_loss, class_balance, class_weight=cls_weight, seg_weight=seg_weight
+        )
+        super().__init__(num_classes, loss, distribution_alignment=distribution_alignment)
+        self.class_balance = class_balance  # already in ``loss``
         self.cls_weight = float(cls_weight)
         self.seg_weight = float(seg_weight)
         self.unlabeled_weight = float(unlabeled_weight)
@@ -134,6 +144,7 @@ class Hermes(SemiSupervisedAlgorithm):
         # image level: dual-threshold pseudo labels, cross-entropy on the strong view, SupCon
         self.selector.set_step(step)
         probs = torch.softmax(out_w[OutputKeys.CLASS].detach().float(), dim=1)
+        probs = self.align_probabilities(OutputKeys.CLASS, probs)
         pseudo, accept = self.selector(probs, self.unlabeled_indices(unlabeled))
         unsup_cls = masked_cross_entropy(out_s[OutputKeys.CLASS], pseudo, accept) if self.use_pseudo_labels else zero
         supcon = zero

@@ -8,10 +8,12 @@ import torch
 from torch import nn
 
 from monai_ssl_ext.algorithms.base import SemiSupervisedAlgorithm, StepOutput
+from monai_ssl_ext.algorithms.distribution_alignment import DistributionAlignment
 from monai_ssl_ext.algorithms.ema import EMATeacher
 from monai_ssl_ext.algorithms.schedules import RampUp
 from monai_ssl_ext.keys import DataKeys, OutputKeys
 from monai_ssl_ext.losses.consistency import softmax_mse
+from monai_ssl_ext.losses.supervised import ClassBalance
 from monai_ssl_ext.networks.heads import as_output_dict
 
 __all__ = ["MeanTeacher"]
@@ -32,6 +34,9 @@ class MeanTeacher(SemiSupervisedAlgorithm):
         ema_decay: teacher EMA decay (0.99 in the paper's small-data runs, 0.999 late in training).
         consistency: ramp-up of the consistency weight (default: sigmoid to 10 over 40 % of the run).
         supervised_loss: loss on the labeled batch.
+        class_balance: class-imbalance options of the default supervised loss.
+        distribution_alignment: accepted for a uniform interface; Mean Teacher makes no pseudo labels
+            (its consistency target is the teacher's full prediction), so it is not applied.
     """
 
     # reads only the class/seg outputs: the training-only projection heads of HermesNet or
@@ -44,8 +49,13 @@ class MeanTeacher(SemiSupervisedAlgorithm):
         ema_decay: float = 0.99,
         consistency: RampUp | None = None,
         supervised_loss: nn.Module | None = None,
+        *,
+        class_balance: ClassBalance | None = None,
+        distribution_alignment: DistributionAlignment | None = None,
     ) -> None:
-        super().__init__(num_classes, supervised_loss)
+        super().__init__(
+            num_classes, supervised_loss, class_balance=class_balance, distribution_alignment=distribution_alignment
+        )
         self.ema_decay = float(ema_decay)
         self.consistency = consistency if consistency is not None else RampUp(max_value=10.0, fraction=0.4)
         self.teacher: EMATeacher | None = None

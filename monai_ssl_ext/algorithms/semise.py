@@ -17,12 +17,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from monai_ssl_ext.algorithms.base import SemiSupervisedAlgorithm, StepOutput
+from monai_ssl_ext.algorithms.distribution_alignment import DistributionAlignment
 from monai_ssl_ext.data.severity import SeverityOrder, get_severity_order
 from monai_ssl_ext.keys import DataKeys, OutputKeys
 from monai_ssl_ext.losses.healthy_anomaly_margin import HealthyAnomalyMarginLoss
 from monai_ssl_ext.losses.ntxent import NTXentLoss
 from monai_ssl_ext.losses.preference_ranking import PreferenceRankingLoss, healthy_reference
 from monai_ssl_ext.losses.severity_representation import severity_representation_loss
+from monai_ssl_ext.losses.supervised import ClassBalance
 from monai_ssl_ext.utils.distributed import all_reduce_sum, is_dist
 
 __all__ = ["SEMISE", "severity_levels"]
@@ -124,6 +126,8 @@ class SEMISE(SemiSupervisedAlgorithm):
         finetune_representation_weight: ``w_f``.
         representation_supervised_weight: ``w_s``.
         supervised_loss: labeled-batch loss (default :class:`~monai_ssl_ext.losses.TaskLoss`).
+        class_balance: class-imbalance options of the default supervised loss.
+        distribution_alignment: must be ``None``: SEMISE makes no pseudo labels (``ValueError`` otherwise).
     """
 
     # every phase keeps all outputs (class, seg, embedding) in the loss, weighted 0 when off
@@ -143,8 +147,16 @@ class SEMISE(SemiSupervisedAlgorithm):
         finetune_representation_weight: float = 0.0,
         representation_supervised_weight: float = 0.0,
         supervised_loss: nn.Module | None = None,
+        *,
+        class_balance: ClassBalance | None = None,
+        distribution_alignment: DistributionAlignment | None = None,
     ) -> None:
-        super().__init__(num_classes, supervised_loss)
+        if distribution_alignment is not None:
+            raise ValueError(
+                "SEMISE makes no pseudo labels: distribution alignment does not apply to it "
+                "(leave distribution_alignment / distribution_alignment_target unset)."
+            )
+        super().__init__(num_classes, supervised_loss, class_balance=class_balance)
         levels = torch.as_tensor(class_levels).reshape(-1)
         if levels.is_floating_point() or levels.is_complex() or levels.dtype == torch.bool:
             raise ValueError(f"class_levels must be integer levels, got dtype {levels.dtype}.")

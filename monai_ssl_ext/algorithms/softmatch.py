@@ -8,8 +8,10 @@ import torch
 from torch import nn
 
 from monai_ssl_ext.algorithms.base import StepOutput
+from monai_ssl_ext.algorithms.distribution_alignment import DistributionAlignment
 from monai_ssl_ext.algorithms.fixmatch import FixMatch
 from monai_ssl_ext.algorithms.thresholds import PseudoLabelSelector
+from monai_ssl_ext.losses.supervised import ClassBalance
 from monai_ssl_ext.utils.distributed import all_reduce_sum
 
 __all__ = ["SoftMatch", "SoftMatchWeighting"]
@@ -165,6 +167,7 @@ class SoftMatch(FixMatch):
         lambda_u: weight of the unlabeled loss (1.0, paper and USB).
         seg_threshold: per-pixel confidence threshold of segmentation pseudo labels (0.95, as FixMatch).
         supervised_loss: loss on the labeled batch.
+        class_balance, distribution_alignment: as in :class:`FixMatch`.
     """
 
     # reads only the class/seg outputs: the training-only projection heads of HermesNet or
@@ -180,6 +183,9 @@ class SoftMatch(FixMatch):
         lambda_u: float = 1.0,
         seg_threshold: float = 0.95,
         supervised_loss: nn.Module | None = None,
+        *,
+        class_balance: ClassBalance | None = None,
+        distribution_alignment: DistributionAlignment | None = None,
     ) -> None:
         super().__init__(
             num_classes,
@@ -187,6 +193,8 @@ class SoftMatch(FixMatch):
             seg_threshold=seg_threshold,
             selector=SoftMatchWeighting(num_classes, momentum, n_sigma, dist_align),
             supervised_loss=supervised_loss,
+            class_balance=class_balance,
+            distribution_alignment=distribution_alignment,
         )
         self.momentum = float(momentum)
         self.n_sigma = float(n_sigma)

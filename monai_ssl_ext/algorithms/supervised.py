@@ -21,6 +21,9 @@ class Supervised(SemiSupervisedAlgorithm):
     Args:
         num_classes: number of image classes.
         supervised_loss: loss on the labeled batch (default cross-entropy, plus Dice + CE for masks).
+        class_balance: class-imbalance options of the default supervised loss.
+        distribution_alignment: accepted for a uniform interface; without unlabeled data there are no
+            pseudo labels to align, so it is not applied.
     """
 
     uses_unlabeled: ClassVar[bool] = False

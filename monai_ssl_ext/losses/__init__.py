@@ -8,9 +8,10 @@ from .pixel_contrast import PixelContrastLoss
 from .preference_ranking import PreferenceRankingLoss, healthy_reference
 from .severity_representation import severity_representation_loss
 from .supcon import SupConLoss
-from .supervised import TaskLoss, class_prior, inverse_frequency_weights, mask_to_index
+from .supervised import ClassBalance, TaskLoss, class_prior, inverse_frequency_weights, mask_to_index
 
 __all__ = [
+    "ClassBalance",
     "HealthyAnomalyMarginLoss",
     "NTXentLoss",
     "PixelContrastLoss",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +13,7 @@ from torch import nn
 
 from monai_ssl_ext.keys import DataKeys, OutputKeys
 
-__all__ = ["TaskLoss", "class_prior", "inverse_frequency_weights", "mask_to_index"]
+__all__ = ["ClassBalance", "TaskLoss", "class_prior", "inverse_frequency_weights", "mask_to_index"]
 
 
 def mask_to_index(mask: torch.Tensor) -> torch.Tensor:
@@ -40,6 +42,50 @@ def inverse_frequency_weights(class_counts: Sequence[float] | torch.Tensor) -> t
     """
     prior = class_prior(class_counts)
     return 1.0 / (prior * prior.numel())
+
+
+@dataclass(frozen=True)
+class ClassBalance:
+    """The class-imbalance options of the supervised classification loss, one switch for every algorithm.
+
+    Bundle configs build one from their settings and :func:`monai_ssl_ext.algorithms.choose` hands it
+    to the chosen algorithm, whose default supervised loss (:class:`TaskLoss`) then takes these options;
+    the algorithm's own loss settings (Hermes' task weights...) are kept.
+
+    Attributes:
+        class_weights: per-class weights of the cross-entropy: a list ``(C,)``, ``"inverse_frequency"``
+            or ``None`` (off); see :class:`TaskLoss`.
+        logit_adjustment_tau: ``tau`` of the logit-adjusted loss (``0``: off); see :class:`TaskLoss`.
+        class_counts: labeled images per class ``(C,)``, index order (``"inverse_frequency"`` and the
+            logit adjustment read it). Alone it changes nothing.
+    """
+
+    class_weights: str | Sequence[float] | None = None
+    logit_adjustment_tau: float = 0.0
+    class_counts: Sequence[int] | None = None
+
+    def __post_init__(self) -> None:
+        # tuples: the options cannot change after construction (lists from a config are copied)
+        if self.class_weights is not None and not isinstance(self.class_weights, str):
+            object.__setattr__(self, "class_weights", tuple(float(w) for w in self.class_weights))
+        if self.class_counts is not None:
+            object.__setattr__(self, "class_counts", tuple(int(n) for n in self.class_counts))
+        object.__setattr__(self, "logit_adjustment_tau", float(self.logit_adjustment_tau))
+
+    @property
+    def active(self) -> bool:
+        """Whether an option changes the loss (class weights or a non-zero ``tau``)."""
+        return self.class_weights is not None or self.logit_adjustment_tau != 0.0
+
+    def loss_options(self) -> dict[str, Any]:
+        """The keyword arguments of :class:`TaskLoss` for these options (none when inactive)."""
+        if not self.active:
+            return {}
+        return {
+            "class_weights": self.class_weights,
+            "class_counts": self.class_counts,
+            "logit_adjustment_tau": self.logit_adjustment_tau,
+        }
 
 
 class TaskLoss(nn.Module):
