@@ -371,3 +371,24 @@ def test_trainer_state_events_order_for_resume_alignment():
     trainer.add_event_handler(Events.STARTED, jump)
     trainer.run()
     assert trainer.data_loader.start_step == 0
+
+
+def test_summary_reports_the_share_of_time_spent_waiting_for_data(tmp_path, monkeypatch):
+    import time as time_module
+
+    from monai_ssl_ext.data import SemiSupervisedLoader
+
+    original = SemiSupervisedLoader.__iter__
+
+    def slow_iter(self):
+        for batch in original(self):
+            time_module.sleep(0.2)  # a data pipeline slower than the tiny model's step
+            yield batch
+
+    monkeypatch.setattr(SemiSupervisedLoader, "__iter__", slow_iter)
+    trainer, _, opt, _ = make_trainer("supervised", epochs=1, epoch_length=3)
+    TrainingHistory(tmp_path, optimizer=opt).attach(trainer)
+    trainer.run()
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert summary["data_wait_s"] >= 0.6 - 1e-3
+    assert 0.5 < summary["data_wait_share"] <= 1.0

@@ -152,6 +152,7 @@ def run_benchmark(spec: BenchmarkSpec) -> list[dict]:
             "per_class_recall": per_class_recall(report),
             "train_images_per_s": summary.get("train_images_per_s"),
             "peak_memory_mb": summary.get("peak_memory_mb"),
+            "data_wait_share": summary.get("data_wait_share"),
             "wall_s": train_s,
             "eval_wall_s": eval_s,
             "iterations": summary.get("iterations"),

@@ -126,7 +126,14 @@ class ProgressLogger:
         # the last iteration always gets a line, so a run's log ends at 100 %
         return iteration % self.interval == 0 or iteration == engine.state.max_epochs * engine.state.epoch_length
 
+    def _batch_requested(self, engine: Engine) -> None:
+        self._batch_t0 = time.perf_counter()
+
+    def _batch_received(self, engine: Engine) -> None:
+        self._data_wait += time.perf_counter() - self._batch_t0
+
     def _started(self, engine: Engine) -> None:
+        self._data_wait = 0.0
         self._t0 = time.perf_counter()
         self._it0 = engine.state.iteration
         self._samples0 = getattr(engine.state, "samples_seen", 0)
@@ -178,7 +185,10 @@ class TrainingHistory:
       the ``ValidationHandler`` so that validation has run) and the files are rewritten, so a run that
       stops early still leaves its curves.
     - At the end: ``train_summary.json`` with iterations, wall time, training images per second,
-      peak memory and the best validation metric.
+      peak memory, the best validation metric, and ``data_wait_s`` / ``data_wait_share``: the time the
+      trainer waited for its next batch (ignite's ``GET_BATCH_STARTED`` to ``GET_BATCH_COMPLETED``, as
+      its ``BasicTimeProfiler`` measures data flow) and its share of the wall time. A share near 0 means
+      the model's forward and backward passes set the pace; a large one, the data pipeline.
 
     Args:
         output_dir: folder for the files.
@@ -208,14 +218,25 @@ class TrainingHistory:
         self._t0 = 0.0
         self._it0 = 0
         self._samples0 = 0
+        self._batch_t0 = 0.0
+        self._data_wait = 0.0
 
     def attach(self, engine: Engine) -> None:
         on_run_start(engine, self._started)
+        engine.add_event_handler(Events.GET_BATCH_STARTED, self._batch_requested)
+        engine.add_event_handler(Events.GET_BATCH_COMPLETED, self._batch_received)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch)
         engine.add_event_handler(Events.COMPLETED, self._completed)
 
+    def _batch_requested(self, engine: Engine) -> None:
+        self._batch_t0 = time.perf_counter()
+
+    def _batch_received(self, engine: Engine) -> None:
+        self._data_wait += time.perf_counter() - self._batch_t0
+
     def _started(self, engine: Engine) -> None:
+        self._data_wait = 0.0
         self._t0 = time.perf_counter()
         self._it0 = engine.state.iteration
         self._samples0 = getattr(engine.state, "samples_seen", 0)
@@ -286,6 +307,8 @@ class TrainingHistory:
             "wall_s": elapsed,
             "train_images_per_s": samples / elapsed if elapsed > 0 else float("nan"),
             "peak_memory_mb": peak_memory_mb(engine.state.device),
+            "data_wait_s": self._data_wait,
+            "data_wait_share": self._data_wait / elapsed if elapsed > 0 else float("nan"),
             "device": str(engine.state.device),
         }
         summary.update(self.best_validation())
