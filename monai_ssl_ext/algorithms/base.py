@@ -19,6 +19,7 @@ from monai_ssl_ext.algorithms.schedules import RampUp
 from monai_ssl_ext.keys import DataKeys, OutputKeys
 from monai_ssl_ext.losses.supervised import ClassBalance, TaskLoss
 from monai_ssl_ext.networks.heads import as_output_dict
+from monai_ssl_ext.transforms.randaugment import warp_to_strong
 
 __all__ = ["SemiSupervisedAlgorithm", "StepOutput"]
 
@@ -160,6 +161,9 @@ class SemiSupervisedAlgorithm(nn.Module):
         outputs = as_output_dict(network(torch.cat(images, dim=0)))
         per_view: list[dict[str, torch.Tensor]] = [{} for _ in images]
         for key, value in outputs.items():
+            # plain tensors (still in the graph): MONAI's MetaTensor would carry the batch's image metadata
+            # into every reduction of the losses and selectors
+            value = value.as_subclass(torch.Tensor)
             for view, part in zip(per_view, torch.split(value, sizes, dim=0), strict=True):
                 view[key] = part
         return per_view
@@ -177,8 +181,6 @@ class SemiSupervisedAlgorithm(nn.Module):
         affine = unlabeled.get(DataKeys.STRONG_AFFINE)
         if affine is None:
             return pixels, None
-        from monai_ssl_ext.transforms.randaugment import warp_to_strong
-
         warped, valid = warp_to_strong(pixels, torch.as_tensor(affine).to(pixels.device))
         return warped, valid
 

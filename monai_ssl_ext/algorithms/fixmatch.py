@@ -69,6 +69,20 @@ class FixMatch(SemiSupervisedAlgorithm):
         selector = self.selector if task == OutputKeys.CLASS else self.seg_selector
         return selector(probs, indices)
 
+    def extra_unlabeled_loss(
+        self, logits_strong: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
+        """A further image-level unlabeled term of a method built on FixMatch's step (none here).
+
+        Args:
+            logits_strong: class logits of the strong views ``(B_u, C)``.
+            mask: the pseudo-label mask or weights ``(B_u,)`` of this step.
+
+        Returns:
+            ``None``, or the weighted term added to the loss and its unweighted parts, by name, for logging.
+        """
+        return None
+
     def train_step(
         self, network: nn.Module, labeled: dict[str, Any], unlabeled: dict[str, Any] | None, step: int
     ) -> StepOutput:
@@ -104,9 +118,15 @@ class FixMatch(SemiSupervisedAlgorithm):
             logs["threshold_mean"] = float(thresholds.mean())
             logs["threshold_min"] = float(thresholds.min())
         loss = sup + self.lambda_u * unsup
+        extra_terms: dict[str, torch.Tensor] = {}
+        if pseudo_cls is not None:
+            extra = self.extra_unlabeled_loss(out_s[OutputKeys.CLASS], mask_cls)
+            if extra is not None:
+                weighted, extra_terms = extra
+                loss = loss + weighted
         return StepOutput(
             loss=loss,
-            terms={"loss_sup": sup.detach(), "loss_unsup": unsup.detach(), **terms},
+            terms={"loss_sup": sup.detach(), "loss_unsup": unsup.detach(), **extra_terms, **terms},
             logs=logs,
             labeled_outputs=out_l,
             pseudo_label=pseudo_cls,

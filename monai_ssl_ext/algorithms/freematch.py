@@ -11,8 +11,6 @@ from monai_ssl_ext.algorithms.base import StepOutput
 from monai_ssl_ext.algorithms.distribution_alignment import DistributionAlignment
 from monai_ssl_ext.algorithms.fixmatch import FixMatch
 from monai_ssl_ext.algorithms.thresholds import PseudoLabelSelector
-from monai_ssl_ext.keys import DataKeys, OutputKeys
-from monai_ssl_ext.losses.consistency import masked_cross_entropy
 from monai_ssl_ext.losses.supervised import ClassBalance
 from monai_ssl_ext.utils.distributed import all_reduce_sum
 
@@ -93,9 +91,6 @@ class FreeMatchThreshold(PseudoLabelSelector):
                 f"FreeMatchThreshold works on image-level probabilities (B, {self.num_classes}), "
                 f"got shape {tuple(probs.shape)}."
             )
-        # a plain tensor: the network's outputs may be MONAI MetaTensors, whose batch metadata the
-        # reductions below would try to carry along
-        probs = probs.as_subclass(torch.Tensor)
         self.update(probs)
         with torch.no_grad():
             confidence, pseudo = probs.detach().float().max(dim=1)
@@ -206,51 +201,19 @@ class FreeMatch(FixMatch):
         assert isinstance(self.selector, FreeMatchThreshold)
         return self.selector
 
+    def extra_unlabeled_loss(
+        self, logits_strong: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The self-adaptive fairness term ``lambda_f L_f`` on the masked strong views."""
+        fairness = freematch_fairness_loss(logits_strong, mask, self.sat.p_model, self.sat.label_hist)
+        return self.lambda_f * fairness, {"loss_fairness": fairness.detach()}
+
     def train_step(
         self, network: nn.Module, labeled: dict[str, Any], unlabeled: dict[str, Any] | None, step: int
     ) -> StepOutput:
-        if unlabeled is None:
-            raise ValueError(f"{type(self).__name__} needs an unlabeled batch.")
-        out_l, out_w, out_s = self.forward_views(
-            network, [labeled[DataKeys.IMAGE], unlabeled[DataKeys.IMAGE_WEAK], unlabeled[DataKeys.IMAGE_STRONG]]
-        )
-        sup, terms = self.supervised_loss(out_l, labeled)
-        indices = self.unlabeled_indices(unlabeled)
-        unsup = torch.zeros((), device=sup.device)
-        fairness = torch.zeros((), device=sup.device)
-        logs: dict[str, float] = {}
-        pseudo_cls = mask_cls = None
-        tasks = self.tasks(out_w)
-        for task in tasks:
-            probs = torch.softmax(out_w[task].detach().float(), dim=1)
-            probs = self.align_probabilities(task, probs)
-            pseudo, mask = self.select(task, probs, indices)
-            term = masked_cross_entropy(out_s[task], pseudo, mask)
-            if len(tasks) > 1:
-                terms[f"loss_unsup_{task}"] = term.detach()
-            logs[f"mask_rate_{task}" if task != OutputKeys.CLASS else "mask_rate"] = float(mask.mean())
-            unsup = unsup + term
-            if task == OutputKeys.CLASS:
-                pseudo_cls, mask_cls = pseudo, mask
-                fairness = freematch_fairness_loss(out_s[task], mask, self.sat.p_model, self.sat.label_hist)
-        thresholds = self.sat.thresholds()
-        logs["global_threshold"] = float(self.sat.global_threshold)
-        logs["threshold_mean"] = float(thresholds.mean())
-        logs["threshold_min"] = float(thresholds.min())
-        loss = sup + self.lambda_u * unsup + self.lambda_f * fairness
-        return StepOutput(
-            loss=loss,
-            terms={
-                "loss_sup": sup.detach(),
-                "loss_unsup": unsup.detach(),
-                "loss_fairness": fairness.detach(),
-                **terms,
-            },
-            logs=logs,
-            labeled_outputs=out_l,
-            pseudo_label=pseudo_cls,
-            pseudo_mask=mask_cls,
-        )
+        out = super().train_step(network, labeled, unlabeled, step)
+        out.logs["global_threshold"] = float(self.sat.global_threshold)
+        return out
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, momentum={self.momentum}, lambda_f={self.lambda_f}"

@@ -132,9 +132,6 @@ class SoftMatchWeighting(PseudoLabelSelector):
                 f"SoftMatchWeighting works on image-level probabilities (B, {self.num_classes}), "
                 f"got shape {tuple(probs.shape)}."
             )
-        # a plain tensor: the network's outputs may be MONAI MetaTensors, whose batch metadata the
-        # reductions below would try to carry along
-        probs = probs.as_subclass(torch.Tensor)
         self.update(probs)
         with torch.no_grad():
             p = probs.detach().float()

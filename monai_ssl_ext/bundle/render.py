@@ -12,6 +12,7 @@ multi-GPU configs, profiles, metadata, logging), and each method states only wha
   entries set on the template, with MONAI's override rules: a ``#`` path sets one nested entry, a
   top-level key replaces the template's in place or is appended; ``"remove"`` lists keys to drop.
 - ``overlays``: further config files of the bundle (``configs/<name>``), written as given.
+- ``uses``: fragments of ``definition/common/fragments/`` shared by a family of bundles (see :func:`load_spec`).
 - ``data_license``: the data sets whose licences ``docs/data_license.txt`` states.
 
 :func:`render_bundle` turns that into the files of ``bundles/<bundle>/``; ``monai-ssl render_bundles``
@@ -40,8 +41,8 @@ __all__ = ["bundle_names", "check_rendered", "load_spec", "render_bundle", "writ
 DEFINITION = resources.files("monai_ssl_ext.bundle") / "definition"
 COMMON = DEFINITION / "common"
 
-# the training settings every bundle has, which the trained configuration records (with the method's own)
-COMMON_SETTINGS = (
+# the data and input settings every bundle has, which evaluation reads back from the trained configuration
+DATA_SETTINGS = (
     "seed",
     "algorithm_name",
     "datalist",
@@ -49,34 +50,6 @@ COMMON_SETTINGS = (
     "classes",
     "label_budget",
     "split_seed",
-    "benchmark_mode",
-    "modality",
-    "frame",
-    "crop_to_region",
-    "strong_view",
-    "image_size",
-    "in_channels",
-    "pretrained_weights",
-    "num_iterations",
-    "val_interval",
-    "labeled_batch_size",
-    "unlabeled_batch_size",
-    "unlabeled_includes_labeled",
-    "labeled_sampling",
-    "class_weights",
-    "logit_adjustment_tau",
-    "distribution_alignment_target",
-    "learning_rate",
-    "weight_decay",
-    "decay_norm_and_bias",
-    "ema_eval",
-    "ema_decay",
-    "key_metric",
-)
-# settings inference needs besides the network's own (modality profile and class list)
-# (``pretrained_weights``: whether the network normalises its input as those weights expect; no file is read)
-INFERENCE_SETTINGS = (
-    "class_names",
     "modality",
     "frame",
     "crop_to_region",
@@ -104,6 +77,19 @@ TRAINING_ONLY_SETTINGS = (
     "ema_decay",
     "key_metric",
 )
+# every setting every bundle has: the trained configuration records them (with the method's own)
+COMMON_SETTINGS = (*DATA_SETTINGS, *TRAINING_ONLY_SETTINGS)
+# settings inference needs besides the network's own (modality profile and class list)
+# (``pretrained_weights``: whether the network normalises its input as those weights expect; no file is read)
+INFERENCE_SETTINGS = (
+    "class_names",
+    "modality",
+    "frame",
+    "crop_to_region",
+    "image_size",
+    "in_channels",
+    "pretrained_weights",
+)
 
 
 def _read_json(path: Any) -> Any:
@@ -120,11 +106,28 @@ def bundle_names() -> list[str]:
 
 
 def load_spec(name: str) -> dict[str, Any]:
-    """The specification of bundle ``name`` (``definition/<name>.json``)."""
+    """The specification of bundle ``name`` (``definition/<name>.json``) with the fragments it ``uses``.
+
+    A fragment (``definition/common/fragments/<fragment>.json``) holds what a family of bundles shares,
+    in the sections of a specification (the classification + segmentation bundles: selection on AUC and
+    Dice, masks in the pipeline, mask outputs at inference...). The bundle's own entries come first and
+    win; a fragment's entries the bundle does not set follow them.
+    """
     path = DEFINITION / f"{name}.json"
     if not path.is_file():
         raise FileNotFoundError(f"no bundle definition '{name}'; defined: {bundle_names()}")
-    return _read_json(path)
+    spec = _read_json(path)
+    for fragment in spec.get("uses", []):
+        fragment_path = COMMON / "fragments" / f"{fragment}.json"
+        if not fragment_path.is_file():
+            raise FileNotFoundError(f"{name}: no fragment '{fragment}' ({fragment_path})")
+        for section, entries in _read_json(fragment_path).items():
+            own = spec.get(section, {})
+            if section == "profiles":
+                spec[section] = {p: {**entries.get(p, {}), **own.get(p, {})} for p in {**entries, **own}}
+            else:
+                spec[section] = {**own, **{k: v for k, v in entries.items() if k not in own}}
+    return spec
 
 
 def _insert_after(config: dict[str, Any], anchor: str, entries: Mapping[str, Any]) -> dict[str, Any]:
