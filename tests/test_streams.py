@@ -48,6 +48,22 @@ def test_seeded_dataset_is_deterministic_per_seed():
     assert torch.equal(data[1][DataKeys.IMAGE], data[1][DataKeys.IMAGE].clone())  # source untouched
 
 
+@pytest.mark.parametrize("strong_view", ["photometric", "randaugment"])
+def test_views_without_metadata_tracking_have_the_same_values(strong_view):
+    from monai.data import MetaTensor, get_track_meta
+
+    profile = get_profile("dermoscopy", image_size=24, strong_view=strong_view)
+    data = [{DataKeys.IMAGE: torch.rand(3, 24, 24)} for _ in range(4)]
+    plain = SeededTransformDataset(data, profile.unlabeled_transforms())
+    tracked = SeededTransformDataset(data, profile.unlabeled_transforms(), track_meta=True)
+    for i in range(4):
+        a, b = plain[(i, 7 + i)], tracked[(i, 7 + i)]
+        for key in (DataKeys.IMAGE_WEAK, DataKeys.IMAGE_STRONG):
+            assert not isinstance(a[key], MetaTensor) and isinstance(b[key], MetaTensor)
+            assert torch.equal(a[key], b[key].as_tensor())
+    assert get_track_meta()  # the process-wide switch is restored
+
+
 def _loader(seed=0, workers=0):
     profile = get_profile("ultrasound", image_size=16)
     g = torch.Generator().manual_seed(0)

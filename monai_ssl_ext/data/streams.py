@@ -27,11 +27,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.data import list_data_collate
+from monai.data import get_track_meta, list_data_collate, set_track_meta
 from monai.transforms import Randomizable, apply_transform
 from torch.utils.data import DataLoader
 
 from monai_ssl_ext.keys import DataKeys
+from monai_ssl_ext.transforms.reseed import InPlaceReseed
 from monai_ssl_ext.utils.distributed import get_rank, get_world_size
 from monai_ssl_ext.utils.seeding import derive_seed
 
@@ -214,6 +215,10 @@ class SeededTransformDataset(torch.utils.data.Dataset):
         data: a sequence of items or a ``Dataset``.
         transform: a MONAI transform (usually a ``Compose``); random transforms in it are seeded per sample.
         index_key: key under which the item's index is stored (``None`` to skip).
+        track_meta: let MONAI transforms make and update ``MetaTensor`` metadata while ``transform`` runs.
+            Off by default: training items need no metadata, and tracking it (a ``MetaTensor`` per
+            output, the applied-operation stack) costs about 40 % of the random views' time at 64 px.
+            The values are the same either way.
     """
 
     def __init__(
@@ -221,10 +226,13 @@ class SeededTransformDataset(torch.utils.data.Dataset):
         data: Sequence | torch.utils.data.Dataset,
         transform: Callable | None = None,
         index_key: str | None = DataKeys.INDEX,
+        track_meta: bool = False,
     ) -> None:
         self.data = data
         self.transform = transform
         self.index_key = index_key
+        self.track_meta = track_meta
+        self._reseed = InPlaceReseed(transform) if isinstance(transform, Randomizable) else None
 
     def __len__(self) -> int:
         return len(self.data)
@@ -235,9 +243,16 @@ class SeededTransformDataset(torch.utils.data.Dataset):
         if isinstance(self.data, (list, tuple)):
             item = copy.deepcopy(item)  # transforms may edit the dict in place
         if self.transform is not None:
-            if seed is not None and isinstance(self.transform, Randomizable):
-                self.transform.set_random_state(seed=seed)
-            item = apply_transform(self.transform, item)
+            if seed is not None and self._reseed is not None:
+                self._reseed(seed)  # = self.transform.set_random_state(seed=seed), without new generators
+            # MONAI's switch is process-global: set it around this call only (a loader worker or the
+            # training process between steps, so nothing else runs meanwhile)
+            tracking = get_track_meta()
+            set_track_meta(self.track_meta)
+            try:
+                item = apply_transform(self.transform, item)
+            finally:
+                set_track_meta(tracking)
         if self.index_key is not None and isinstance(item, dict):
             item[self.index_key] = index
         return item

@@ -23,6 +23,7 @@ from .profiles import (
     register_profile,
 )
 from .randaugment import ALL_OPS, COLOUR_OPS, GEOMETRIC_OPS, GREY_OPS, OP_MAX, RandAugmentd, warp_to_strong
+from .reseed import InPlaceReseed
 from .stain import (
     MACENKO_REFERENCE_MAX_CONCENTRATIONS,
     MACENKO_REFERENCE_STAIN_MATRIX,
@@ -50,6 +51,7 @@ __all__ = [
     "STRONG_VIEWS",
     "DermoscopyProfile",
     "HistologyProfile",
+    "InPlaceReseed",
     "MacenkoNormalize",
     "MacenkoNormalized",
     "MaskMismatchError",
