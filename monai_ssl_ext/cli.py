@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
-import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -101,18 +100,6 @@ def _data_overrides(datalist: str | None, data_root: str | None, classes: Any) -
     return out
 
 
-def _print_metrics(metrics_file: Path) -> dict:
-    from monai_ssl_ext.metrics import format_report, headline_metrics
-
-    report = json.loads(metrics_file.read_text())
-    print(f"\nTest-split metrics - {metrics_file}")
-    print(format_report(report))
-    matrix = report["classification"].get("confusion_matrix")
-    if matrix is not None:
-        print(f"confusion matrix (rows: true, columns: predicted; {', '.join(report['class_names'])}): {matrix}")
-    return headline_metrics(report)
-
-
 class Commands:
     """Semi-supervised medical image models for MONAI."""
 
@@ -120,55 +107,65 @@ class Commands:
     @_friendly
     def demo(
         algorithm: str = "fixmatch",
+        baseline: str = "supervised",
         output: str = "runs/demo",
         profile: str = "smoke",
+        seed: int = 0,
+        labels: float | None = None,
         bundle: str = _DEFAULT_BUNDLE,
         **overrides: Any,
-    ) -> None:
-        """Generate the synthetic ultrasound data set, train a baseline on it, test it and print the metrics.
+    ) -> str:
+        """Train supervised-only and a semi-supervised method on the same generated data and labeled subset.
+
+        Generates the synthetic ultrasound data set, trains and tests both runs (checkpoints chosen on the
+        validation split), prints their test figures side by side with the paired difference and its 95 %
+        bootstrap interval, and draws the validation curves of both in ``comparison_curves.png``.
 
         Args:
-            algorithm: supervised, mean_teacher, fixmatch or flexmatch.
-            output: folder for the data, checkpoints, curves and metrics.
-            profile: bundle profile (``smoke`` runs in a few minutes on 2 CPU cores).
+            algorithm: the semi-supervised method (``fixmatch``, ``flexmatch``, ``mean_teacher``...).
+            baseline: what it is compared with (supervised-only: the labeled images alone).
+            output: folder for the runs, curves and ``results.md``.
+            profile: bundle profile (``smoke``: a few minutes on 2 CPU cores).
+            seed: run seed; it also draws the labeled subset, the same for both runs.
+            labels: label budget (a count or a fraction; default: the bundle's ``label_budget``).
             bundle: bundle folder or name.
-            overrides: further bundle config overrides (``--num_iterations 100``).
+            overrides: further bundle config overrides for both runs (``--num_iterations 100``).
         """
-        from monai_ssl_ext.bundle import find_bundle, run_workflow, workflow_command
-        from monai_ssl_ext.data.synthetic import ensure_synthetic_dataset
+        from monai.bundle import ConfigParser
 
-        out = Path(output).resolve()
+        from monai_ssl_ext.benchmark import BenchmarkSpec, run_benchmark
+        from monai_ssl_ext.benchmark.comparison import comparison_table, plot_run_comparison
+        from monai_ssl_ext.bundle import find_bundle
+
         bundle_dir = find_bundle(bundle)
-        data_root = out / "data" / "synthetic_ultrasound"
-        logger.info(f"[demo] generating the synthetic ultrasound data set in {data_root}")
-        ensure_synthetic_dataset(data_root)
-        settings = {
-            "algorithm_name": algorithm,
-            "datalist": "synthetic",
-            "data_root": str(data_root),
-            "ckpt_dir": str(out / "models"),
-            "output_dir": str(out),
-            **overrides,
-        }
-        cmd = workflow_command(bundle_dir, "training", profile, overrides=settings)
-        logger.info(f"[demo] training {algorithm} ({profile} profile):\n  {' '.join(cmd)}")
-        run_workflow(cmd, out / "train.log", echo=_echo_progress)
-        # evaluation reads the settings the model was trained with from beside its checkpoint
-        eval_cmd = workflow_command(
-            bundle_dir,
-            "evaluating",
-            overrides={
-                "ckpt_dir": settings["ckpt_dir"],
-                "output_dir": str(out),
-                "eval_output_dir": str(out / "eval_test"),
-            },
+        if labels is None:
+            labels = ConfigParser.load_config_file(bundle_dir / "configs" / "train.json")["label_budget"]
+        budget: int | float = int(labels) if float(labels) >= 1 and float(labels).is_integer() else float(labels)
+        spec = BenchmarkSpec(
+            bundle=str(bundle_dir),
+            algorithms=[baseline, algorithm],
+            seeds=[int(seed)],
+            labels=budget,
+            profile=profile,
+            datalist="synthetic",
+            data_root=str(Path(output) / "data" / "synthetic_ultrasound"),
+            output_dir=output,
+            overrides=overrides,
+            command="monai-ssl demo " + " ".join(sys.argv[2:]),
         )
-        logger.info("[demo] testing the checkpoint chosen on the validation split")
-        run_workflow(eval_cmd, out / "evaluate.log")
-        _print_metrics(out / "eval_test" / "metrics.json")
-        print(
-            f"\nCurves: {out / 'training_curves.png'}  Confusion matrix: {out / 'eval_test' / 'confusion_matrix.png'}"
+        logger.info(f"[demo] {baseline} and {algorithm} on the synthetic ultrasound set, {budget} labels, seed {seed}")
+        records = run_benchmark(spec)
+        run_dirs = {r["algorithm"]: r["run_dir"] for r in records if r["seed"] == int(seed)}
+        figure = plot_run_comparison(
+            {name: run_dirs[name] for name in (baseline, algorithm)},
+            Path(output) / "comparison_curves.png",
+            title=f"validation: {baseline} vs {algorithm} (same labeled subset)",
         )
+        print(f"\nTest split, {baseline} vs {algorithm} (same data, same labeled subset, seed {seed}):")
+        print(comparison_table(records, algorithm, baseline, int(seed)))
+        print(f"\nCurves of both: {figure}")
+        print(f"Each run's own curves, confusion matrix and metrics: {run_dirs[baseline]}, {run_dirs[algorithm]}")
+        return str(figure)
 
     @staticmethod
     @_friendly
@@ -440,7 +437,7 @@ class Commands:
             configs: comma-separated config files under the bundle's ``configs/`` (or paths).
             metadata: comma-separated metadata files, merged in order and embedded in the model.
             overrides: config values for a checkpoint without a trained configuration
-                (``--image_size 64 --backbone_depth 10``).
+                (``--image_size 64 --backbone resnet10``).
         """
         from monai_ssl_ext.bundle import find_bundle
         from monai_ssl_ext.deploy import export_bundle
@@ -489,11 +486,6 @@ class Commands:
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``monai-ssl`` console script."""
     fire.Fire(Commands, command=list(argv) if argv is not None else None, name="monai-ssl")
-
-
-def _echo_progress(line: str) -> None:
-    if "[train]" in line or "Error" in line or "Traceback" in line:
-        print(line.split(" - ")[-1] if " - " in line else line, flush=True)
 
 
 if __name__ == "__main__":

@@ -275,8 +275,8 @@ def test_export_names_an_override_that_is_no_setting(tmp_path):
 
     ckpt = tmp_path / "model.pt"
     torch.save(Classifier(2, depth=10).state_dict(), ckpt)
-    with pytest.raises(ValueError, match="no setting 'backbone'"):
-        export_bundle(BUNDLES / "baselines_ultrasound", ckpt, tmp_path / "model.ts", backbone="resnet10")
+    with pytest.raises(ValueError, match="no setting 'backbone_depth'"):
+        export_bundle(BUNDLES / "baselines_ultrasound", ckpt, tmp_path / "model.ts", backbone_depth=10)
 
 
 def test_a_training_checkpoint_gives_its_network_weights(tmp_path):

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 BUNDLES = sorted(p for p in (REPO / "bundles").iterdir() if (p / "configs").is_dir())
 SCHEMA = REPO.parent / "shared" / "schemas" / "meta_schema_20240725.json"
 BASELINES = REPO / "bundles" / "baselines_ultrasound"
-TINY = {"image_size": 32, "backbone_depth": 10, "num_workers": 0, "labeled_batch_size": 4, "unlabeled_batch_size": 8}
+TINY = {"image_size": 32, "backbone": "resnet10", "num_workers": 0, "labeled_batch_size": 4, "unlabeled_batch_size": 8}
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=[b.name for b in BUNDLES])
@@ -122,7 +122,7 @@ def test_train_resume_evaluate_infer_export_end_to_end(tmp_path, small_data):
     for name in ("history.json", "training_curves.png", "train_summary.json"):
         assert (tmp_path / "run" / name).is_file(), name
     trained = json.loads((tmp_path / "models" / "train_config.json").read_text())
-    assert (trained["image_size"], trained["backbone_depth"], trained["in_channels"]) == (64, 10, 1)
+    assert (trained["image_size"], trained["backbone"], trained["in_channels"]) == (64, "resnet10", 1)
     assert trained["class_names"] == ["benign", "malignant"] and trained["algorithm_name"] == "mean_teacher"
     # TensorBoard: training scalars and learning rate per iteration, validation metrics at each validation
     assert {"loss", "loss_sup", "lr", "val_auc", "val_accuracy"} <= _tensorboard_tags(tmp_path / "run")
@@ -153,7 +153,7 @@ def test_train_resume_evaluate_infer_export_end_to_end(tmp_path, small_data):
     assert len(rows) == len(list(images.glob("*.png")))
     assert abs(float(rows[0]["prob_benign"]) + float(rows[0]["prob_malignant"]) - 1) < 1e-5
     # a network that does not fit the weights: one line naming the checkpoint and the first differing key
-    error = _run(tmp_path, "run", ["inference.json"], {**infer, "backbone_depth": 18}, expect_fail=True)
+    error = _run(tmp_path, "run", ["inference.json"], {**infer, "backbone": "resnet18"}, expect_fail=True)
     first = error.splitlines()[0]
     assert checkpoint in first and "do not fit the network" in first
     assert "CheckpointMismatchError" in first and "encoder." in first
@@ -167,7 +167,7 @@ def test_train_resume_evaluate_infer_export_end_to_end(tmp_path, small_data):
     assert image_in["spatial_shape"] == [64, 64] and image_in["num_channels"] == 1
     assert pred_out["channel_def"] == {"0": "benign", "1": "malignant"}
     embedded = json.loads(extra["inference.json"])
-    assert (embedded["image_size"], embedded["backbone_depth"], embedded["in_channels"]) == (64, 10, 1)
+    assert (embedded["image_size"], embedded["backbone"], embedded["in_channels"]) == (64, "resnet10", 1)
     probs = torch.softmax(model(torch.rand(2, 1, 64, 64)), dim=1)
     assert probs.shape == (2, 2) and torch.allclose(probs.sum(1), torch.ones(2))
 

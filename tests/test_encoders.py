@@ -381,3 +381,19 @@ def test_stage_by_stage_forward_equals_the_whole_forward(backbone):
         for index, expected in enumerate(whole):
             h = encoder.forward_stage(h, index)
             assert torch.equal(h, expected)
+
+
+def test_classifier_takes_any_listed_backbone_and_exports():
+    from monai_ssl_ext.networks import Classifier
+
+    net = Classifier(3, in_channels=1, backbone="efficientnet-lite0", return_dict=True).eval()
+    assert isinstance(net.encoder, EfficientNetLite0Encoder) and net.feature_dim == 1280
+    out = net(torch.rand(2, 1, 64, 64))
+    assert out["class"].shape == (2, 3) and out["features"].shape == (2, 1280)
+    plain = Classifier(3, in_channels=1, backbone="efficientnet-lite0").eval()
+    plain.load_state_dict(net.state_dict())
+    scripted = torch.jit.script(plain)
+    x = torch.rand(1, 1, 64, 64)
+    assert torch.allclose(scripted(x), net(x)["class"], atol=1e-5)
+    # no backbone name: the ResNet of ``depth``, as before
+    assert Classifier(2, depth=10).encoder.out_channels == build_encoder("resnet10").out_channels

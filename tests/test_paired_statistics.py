@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -367,3 +368,42 @@ def test_difference_table_absent_without_supervised_and_notes_old_records(tmp_pa
         [_record("supervised", 0, tmp_path / "sup_other"), _record("fixmatch", 0, tmp_path / "fix0")], n_resamples=B
     )
     assert "fixmatch: not compared, not evaluated on the same test images" in mismatched
+
+
+# ---------------------------------------------------------------- the demo's comparison
+
+
+def test_comparison_table_gives_both_runs_and_their_paired_difference(tmp_path):
+    from monai_ssl_ext.benchmark.comparison import comparison_table
+
+    _save(tmp_path / "sup", skill=0.2, seed=40)
+    _save(tmp_path / "fix", skill=0.6, seed=50)
+    sup, fix = _record("supervised", 0, tmp_path / "sup"), _record("fixmatch", 0, tmp_path / "fix")
+    fix["metrics"] = {**fix["metrics"], "accuracy": 0.75}
+    text = comparison_table([sup, fix, _record("fixmatch", 1)], "fixmatch", "supervised", seed=0)
+    lines = text.splitlines()
+    assert lines[0].split()[:2] == ["supervised", "fixmatch"]
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert list(rows) == ["accuracy", "balanced_accuracy", "macro_f1", "auc"]
+    expected = paired_difference(tmp_path / "fix", tmp_path / "sup")["auc"]
+    assert rows["auc"].endswith(f"{_points(expected.estimate)} [{_points(expected.low)}, {_points(expected.high)}]")
+    assert rows["accuracy"].split()[1:3] == ["50.00", "75.00"]  # the recorded figures, side by side
+    with pytest.raises(KeyError, match="no fixmatch run with seed 3"):
+        comparison_table([sup, fix], "fixmatch", "supervised", seed=3)
+
+
+def test_run_comparison_draws_every_runs_validation_curves(tmp_path):
+    from monai_ssl_ext.benchmark.comparison import plot_run_comparison
+
+    for name, auc in (("supervised", [0.6, 0.7]), ("fixmatch", [0.65, 0.8])):
+        (tmp_path / name).mkdir()
+        history = {"validation": {"iteration": [50, 100], "metrics": {"val_auc": auc, "val_accuracy": [0.5, 0.6]}}}
+        (tmp_path / name / "history.json").write_text(json.dumps(history))
+    path = plot_run_comparison({n: tmp_path / n for n in ("supervised", "fixmatch")}, tmp_path / "both.png")
+    from PIL import Image
+
+    image = Image.open(path)
+    assert image.format == "PNG" and image.size[0] > image.size[1]  # two panels side by side
+    pixels = np.asarray(image.convert("RGB")).reshape(-1, 3).astype(int)
+    for colour in ((0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)):  # matplotlib's first two line colours: one per run
+        assert (np.abs(pixels - colour).sum(axis=1) < 30).sum() > 50, colour

@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import shared_data
 from monai.data import MetaTensor
+from monai.transforms import RandFlipd
 from PIL import Image
 
 from monai_ssl_ext.keys import DataKeys
@@ -38,8 +39,8 @@ from monai_ssl_ext.transforms import (
     rgb_to_hsv,
 )
 
-CHANNELS = {"ultrasound": 1, "dermoscopy": 3, "histology": 3}
-CUTOUT_FILL = {"ultrasound": 0.0, "dermoscopy": 0.5, "histology": 0.5}
+CHANNELS = {"ultrasound": 1, "dermoscopy": 3, "histology": 3, "xray": 1}
+CUTOUT_FILL = {"ultrasound": 0.0, "dermoscopy": 0.5, "histology": 0.5, "xray": 0.0}
 SIZE = 32
 
 
@@ -493,3 +494,18 @@ def test_nct_crc_he_through_the_histology_preprocess_with_macenko():
         if path.name.startswith("TUM"):
             assert img.meta["stain_normalised"] is True
     assert normalised >= len(files) // 2
+
+
+def test_xray_weak_view_never_mirrors_the_chest():
+    # a left-right asymmetric image (heart on one side) stays on its side under every weak view: no flips,
+    # only rotations of up to 10 degrees and shifts of up to 6 %
+    profile = get_profile("xray", image_size=SIZE)
+    assert not any(isinstance(t, RandFlipd) for t in profile.labeled_transforms().transforms)
+    image = torch.zeros(1, SIZE, SIZE)
+    image[:, 8:24, 2:12] = 1.0  # left third only
+    transform = profile.labeled_transforms()
+    for seed in range(12):
+        transform.set_random_state(seed)
+        out = torch.as_tensor(transform({DataKeys.IMAGE: image.clone()})[DataKeys.IMAGE])
+        left, right = out[..., : SIZE // 2].sum(), out[..., SIZE // 2 :].sum()
+        assert left > 4 * right, seed

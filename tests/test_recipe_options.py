@@ -330,7 +330,7 @@ def test_bundle_settings_build_the_switches(tmp_path):
             "data_root": str(data.parent),
             "device": "$torch.device('cpu')",
             "image_size": 32,
-            "backbone_depth": 10,
+            "backbone": "resnet10",
             "num_workers": 0,
         }
     )

@@ -14,7 +14,7 @@ def _views(transform, reseed, seed, image):
     return {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
 
 
-@pytest.mark.parametrize("modality", ["ultrasound", "dermoscopy", "histology"])
+@pytest.mark.parametrize("modality", ["ultrasound", "dermoscopy", "histology", "xray"])
 @pytest.mark.parametrize("strong_view", ["photometric", "randaugment"])
 def test_reseeding_in_place_equals_monai_set_random_state(modality, strong_view):
     profile = get_profile(modality, image_size=24, strong_view=strong_view)

@@ -17,7 +17,14 @@ from monai_ssl_ext.metrics.paired import (
 )
 from monai_ssl_ext.metrics.predictions import PREDICTIONS_FILE, load_predictions
 
-__all__ = ["BASELINE_ALGORITHM", "difference_lines", "mean_std", "predictions_path", "results_markdown"]
+__all__ = [
+    "BASELINE_ALGORITHM",
+    "difference_cell",
+    "difference_lines",
+    "mean_std",
+    "predictions_path",
+    "results_markdown",
+]
 
 BASELINE_ALGORITHM = "supervised"
 DIFFERENCE_TITLE = "Difference to supervised-only (paired, 95 % bootstrap interval)"
@@ -91,7 +98,8 @@ def _points(value: float) -> str:
     return "+0.00" if text == "-0.00" else text.replace("-", "\u2212")
 
 
-def _difference_cell(diff: PairedDifference | None) -> str:
+def difference_cell(diff: PairedDifference | None) -> str:
+    """``+1.23 [-0.40, +2.90]``: a difference and its interval in percentage points (``-`` when undefined)."""
     if diff is None or not math.isfinite(diff.estimate):
         return "-"
     return f"{_points(diff.estimate)} [{_points(diff.low)}, {_points(diff.high)}]"
@@ -151,7 +159,7 @@ def difference_lines(
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "|".join(["---"] * len(header)) + "|")
         for label, seeds, diffs in rows:
-            cells = [label, ",".join(str(s) for s in seeds), *[_difference_cell(diffs.get(k)) for k, _, _ in present]]
+            cells = [label, ",".join(str(s) for s in seeds), *[difference_cell(diffs.get(k)) for k, _, _ in present]]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         lines.append(

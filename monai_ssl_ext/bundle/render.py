@@ -311,8 +311,9 @@ def render_bundle(name: str, readme: str | None = None) -> dict[str, str]:
         "LICENSE": (COMMON / "LICENSE").read_text(encoding="utf-8"),
         "docs/data_license.txt": _data_license(spec),
     }
-    for profile in ("smoke", "full"):
-        template = _read_json(COMMON / "profiles" / f"{profile}.json")
+    for template_path in sorted((COMMON / "profiles").glob("*.json")):
+        profile = template_path.stem
+        template = _read_json(template_path)
         files[f"configs/profiles/{profile}.json"] = _dumps(
             apply_overrides(template, spec.get("profiles", {}).get(profile))
         )

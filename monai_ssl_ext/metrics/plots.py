@@ -23,7 +23,13 @@ from monai_ssl_ext.metrics.calibration import DEFAULT_BINS, ece_from_bins, relia
 from monai_ssl_ext.metrics.inputs import to_numpy
 from monai_ssl_ext.utils.atomic import save_figure
 
-__all__ = ["plot_confusion_matrix", "plot_mask_overlays", "plot_reliability_diagram", "plot_training_curves"]
+__all__ = [
+    "plot_confusion_matrix",
+    "plot_mask_overlays",
+    "plot_reliability_diagram",
+    "plot_training_curves",
+    "plot_validation_comparison",
+]
 
 # ground truth and prediction contours: green and magenta stay distinct with red-green colour blindness
 TRUE_COLOUR = "#00e676"
@@ -273,6 +279,48 @@ def plot_training_curves(history: Mapping[str, Any], path: str | os.PathLike, ti
                 ax.set_yscale("log")
         if name == "pseudo-labels":
             ax.set_ylim(-0.02, 1.02)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, path, close=False)
+
+
+def plot_validation_comparison(
+    histories: Mapping[str, Mapping[str, Any]], path: str | os.PathLike, title: str | None = None
+) -> Path:
+    """The validation metrics of several runs against the training iteration: a panel per metric, a line per run.
+
+    Args:
+        histories: run name -> history (the format of :func:`plot_training_curves`).
+        path: output PNG.
+        title: figure title.
+    """
+    metrics: list[str] = []
+    for history in histories.values():
+        for name in (history.get("validation", {}) or {}).get("metrics", {}) or {}:
+            if name not in metrics:
+                metrics.append(name)
+    cols = min(2, max(1, len(metrics)))
+    rows = max(1, math.ceil(len(metrics) / cols))
+    fig, axes = _figure(rows, cols, figsize=(6 * cols, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[len(metrics) :]:
+        ax.axis("off")
+    if not metrics:
+        axes[0, 0].text(0.5, 0.5, "no validation metrics recorded", ha="center", va="center")
+    for ax, metric in zip(axes.flat, metrics, strict=False):
+        drawn = False
+        for run, history in histories.items():
+            validation = history.get("validation", {}) or {}
+            values = (validation.get("metrics", {}) or {}).get(metric)
+            xs, ys = _finite_xy(validation.get("iteration", []), values or [])
+            if xs.size:
+                ax.plot(xs, ys, marker="o", markersize=3, label=run)
+                drawn = True
+        if drawn:
+            ax.legend(fontsize=8)
+            ax.grid(alpha=0.3)
+        ax.set_title(metric)
+        ax.set_xlabel("iteration")
     if title:
         fig.suptitle(title)
     fig.tight_layout()

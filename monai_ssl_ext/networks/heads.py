@@ -29,6 +29,20 @@ def as_output_dict(output: torch.Tensor | dict[str, torch.Tensor]) -> dict[str, 
     raise ValueError(f"cannot tell what a network output of shape {tuple(output.shape)} is")
 
 
+def _encoder(
+    backbone: str | None,
+    depth: int,
+    in_channels: int,
+    pretrained: str | os.PathLike | None,
+    normalize_input: bool | None,
+) -> nn.Module:
+    if backbone is None:
+        return ResNetEncoder(
+            depth=depth, in_channels=in_channels, pretrained=pretrained, normalize_input=normalize_input
+        )
+    return build_encoder(backbone, in_channels=in_channels, pretrained=pretrained, normalize_input=normalize_input)
+
+
 class Classifier(nn.Module):
     """Image classifier: encoder -> global average pooling -> dropout -> linear.
 
@@ -40,13 +54,16 @@ class Classifier(nn.Module):
     Args:
         num_classes: number of classes.
         in_channels: input channels.
-        depth: ResNet depth of the encoder (10, 18, 34, 50).
-        pretrained: local ``torchvision``-format ResNet weights (``None``: random initialisation).
+        depth: ResNet depth of the encoder (10, 18, 34, 50) when ``backbone`` is ``None``.
+        pretrained: local weights file of the encoder (``torchvision`` format for ResNets; see
+            :func:`~monai_ssl_ext.networks.build_encoder`); ``None``: random initialisation.
         dropout: dropout before the linear layer.
         normalize_input: scale ``[0, 1]`` inputs as ImageNet weights expect (``None``: when ``pretrained``).
             A network rebuilt for inference from a model trained on pretrained weights, without loading
             them again, sets it to ``True``: the normalisation has no weights to load.
         return_dict: return the dict above instead of the logits.
+        backbone: encoder name for :func:`~monai_ssl_ext.networks.build_encoder` (``"resnet10"``,
+            ``"efficientnet-lite0"``...); ``None`` builds a ResNet of ``depth``.
     """
 
     __constants__ = ["return_dict"]
@@ -60,11 +77,10 @@ class Classifier(nn.Module):
         dropout: float = 0.0,
         return_dict: bool = False,
         normalize_input: bool | None = None,
+        backbone: str | None = None,
     ) -> None:
         super().__init__()
-        self.encoder = ResNetEncoder(
-            depth=depth, in_channels=in_channels, pretrained=pretrained, normalize_input=normalize_input
-        )
+        self.encoder = _encoder(backbone, depth, in_channels, pretrained, normalize_input)
         self.feature_dim = self.encoder.out_channels[-1]
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.feature_dim, num_classes)
@@ -168,14 +184,7 @@ class JointClassSegNet(nn.Module):
         normalize_input: bool | None = None,
     ) -> None:
         super().__init__()
-        if backbone is None:
-            self.encoder = ResNetEncoder(
-                depth=depth, in_channels=in_channels, pretrained=pretrained, normalize_input=normalize_input
-            )
-        else:
-            self.encoder = build_encoder(
-                backbone, in_channels=in_channels, pretrained=pretrained, normalize_input=normalize_input
-            )
+        self.encoder = _encoder(backbone, depth, in_channels, pretrained, normalize_input)
         encoder_channels = list(self.encoder.out_channels)
         self.decoder = UNetDecoder(encoder_channels, tuple(decoder_channels))
         self.seg_head = nn.Conv2d(self.decoder.out_channels, seg_classes, kernel_size=1)

@@ -19,6 +19,7 @@ from .profiles import (
     HistologyProfile,
     ModalityProfile,
     UltrasoundProfile,
+    XRayProfile,
     get_profile,
     register_profile,
 )
@@ -71,6 +72,7 @@ __all__ = [
     "ShadesOfGreyd",
     "StainEstimationError",
     "UltrasoundProfile",
+    "XRayProfile",
     "get_profile",
     "hed_to_rgb",
     "hsv_to_rgb",

@@ -33,6 +33,7 @@ from monai.transforms import (
     RandAffined,
     RandCoarseDropoutd,
     RandFlipd,
+    RandGaussianNoised,
     RandGaussianSmoothd,
     RandRotate90d,
     RandScaleIntensityd,
@@ -61,6 +62,7 @@ __all__ = [
     "HistologyProfile",
     "ModalityProfile",
     "UltrasoundProfile",
+    "XRayProfile",
     "get_profile",
     "register_profile",
 ]
@@ -331,21 +333,9 @@ class UltrasoundProfile(ModalityProfile):
 
     def weak(self, keys: Sequence[str], mask_keys: Sequence[str] = ()) -> list[Transform]:
         keys, mask_keys = list(keys), list(mask_keys)
-        all_keys = keys + mask_keys
-        modes = ["bilinear"] * len(keys) + ["nearest"] * len(mask_keys)
-        rad = self.rotate_degrees * 3.141592653589793 / 180.0
-        shift = [0.06 * s for s in self.image_size]
         return [
-            RandFlipd(all_keys, prob=0.5, spatial_axis=1),
-            RandAffined(
-                all_keys,
-                prob=0.5,
-                rotate_range=(rad,),
-                scale_range=(0.1, 0.1),
-                translate_range=shift,
-                mode=modes,
-                padding_mode="zeros",
-            ),
+            RandFlipd(keys + mask_keys, prob=0.5, spatial_axis=1),
+            _positioning(self, keys, mask_keys, self.rotate_degrees),
         ]
 
     def strong(self, keys: Sequence[str]) -> list[Transform]:
@@ -366,6 +356,72 @@ class UltrasoundProfile(ModalityProfile):
             ),
             ScaleIntensityRanged(keys, a_min=0.0, a_max=1.0, b_min=0.0, b_max=1.0, clip=True),
         ]
+
+
+@register_profile
+class XRayProfile(ModalityProfile):
+    """Projection radiography (chest X-ray): one grey channel, anatomy with a fixed left and right.
+
+    - Loading: one channel, [0, 1] (colour files reduced to luma).
+    - Weak: small rotation (+-10 degrees), scale (0.9-1.1) and shift (+-6 %): patient positioning. No
+      flips: a mirrored chest (heart on the right) is not a plausible radiograph, and the side of a finding
+      can matter to its label.
+    - Strong (photometric only): gamma (0.7-1.5) for exposure and processing differences, Gaussian blur
+      (sigma 0.25-1.0 px), additive Gaussian noise (quantum noise, std up to 0.05), brightness scaling
+      (+-20 %) and one cut-out patch. No colour.
+    - Strong, ``strong_view="randaugment"``: the grey operation pool of :class:`ModalityProfile` (geometry,
+      brightness, contrast, gamma, sharpness, blur, additive noise, posterize, equalize, autocontrast),
+      then Cutout filled with 0.
+
+    Args:
+        image_size: network input size.
+        channels: 1 (default) or 3 to feed grey replicated into RGB-pretrained backbones.
+        rotate_degrees: maximum absolute rotation of the weak view.
+        reader_options: ``frame``, ``crop_to_region`` and the ``strong_*`` options, see :class:`ModalityProfile`.
+    """
+
+    name = "xray"
+    default_channels = 1
+    grey = True
+    cutout_fill = 0.0
+
+    def __init__(
+        self,
+        image_size: int | Sequence[int] = 224,
+        channels: int | None = None,
+        rotate_degrees: float = 10.0,
+        **reader_options: Any,
+    ) -> None:
+        super().__init__(image_size, channels, **reader_options)
+        self.rotate_degrees = float(rotate_degrees)
+
+    def weak(self, keys: Sequence[str], mask_keys: Sequence[str] = ()) -> list[Transform]:
+        return [_positioning(self, list(keys), list(mask_keys), self.rotate_degrees)]
+
+    def strong(self, keys: Sequence[str]) -> list[Transform]:
+        keys = list(keys)
+        return [
+            RandAdjustContrastd(keys, prob=0.8, gamma=(0.7, 1.5)),
+            RandGaussianSmoothd(keys, prob=0.5, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0)),
+            RandGaussianNoised(keys, prob=0.8, std=0.05),
+            RandScaleIntensityd(keys, prob=0.5, factors=0.2),
+            _cutout(keys, self.image_size, self.cutout_fill),
+            _clip(keys),
+        ]
+
+
+def _positioning(profile: ModalityProfile, keys: list[str], mask_keys: list[str], degrees: float) -> Transform:
+    """Small rotation, scale (0.9-1.1) and shift (+-6 %) of images and masks together, with probability 0.5."""
+    modes = ["bilinear"] * len(keys) + ["nearest"] * len(mask_keys)
+    return RandAffined(
+        keys + mask_keys,
+        prob=0.5,
+        rotate_range=(degrees * 3.141592653589793 / 180.0,),
+        scale_range=(0.1, 0.1),
+        translate_range=[0.06 * s for s in profile.image_size],
+        mode=modes,
+        padding_mode="zeros",
+    )
 
 
 def _require_rgb(profile: ModalityProfile) -> None:
