@@ -114,7 +114,7 @@ class Commands:
         labels: float | None = None,
         bundle: str = _DEFAULT_BUNDLE,
         **overrides: Any,
-    ) -> str:
+    ) -> None:
         """Train supervised-only and a semi-supervised method on the same generated data and labeled subset.
 
         Generates the synthetic ultrasound data set, trains and tests both runs (checkpoints chosen on the
@@ -165,7 +165,6 @@ class Commands:
         print(comparison_table(records, algorithm, baseline, int(seed)))
         print(f"\nCurves of both: {figure}")
         print(f"Each run's own curves, confusion matrix and metrics: {run_dirs[baseline]}, {run_dirs[algorithm]}")
-        return str(figure)
 
     @staticmethod
     @_friendly
@@ -483,9 +482,23 @@ class Commands:
         return [str(p) for name in chosen for p in write_bundle(name, bundles_dir)]
 
 
+def _with_help_flag(args: list[str]) -> list[str]:
+    """``--help`` / ``-h`` as Fire's help flag, which goes after ``--``.
+
+    Commands that take ``**overrides`` would otherwise receive ``--help`` as a setting named ``help`` and
+    start running (``monai-ssl benchmark --help`` started a benchmark).
+    """
+    cut = args.index("--") if "--" in args else len(args)
+    head, tail = args[:cut], args[cut + 1 :]
+    if not any(a in ("--help", "-h") for a in head):
+        return args
+    return [a for a in head if a not in ("--help", "-h")] + ["--", "--help", *[a for a in tail if a != "--help"]]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``monai-ssl`` console script."""
-    fire.Fire(Commands, command=list(argv) if argv is not None else None, name="monai-ssl")
+    args = list(argv) if argv is not None else sys.argv[1:]
+    fire.Fire(Commands, command=_with_help_flag(args), name="monai-ssl")
 
 
 if __name__ == "__main__":

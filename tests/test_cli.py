@@ -10,7 +10,7 @@ import pytest
 from conftest import shared_data
 from PIL import Image
 
-from monai_ssl_ext.cli import Commands
+from monai_ssl_ext.cli import Commands, main
 
 
 def _png(path, array) -> None:
@@ -114,3 +114,17 @@ def test_inspect_every_shared_dicom_file_loads(capsys):
     records = json.loads(capsys.readouterr().out)
     assert len(records) == len(list(folder.glob("*.dcm")))
     assert all(r["error"] is None and r["shape"] for r in records)
+
+
+@pytest.mark.parametrize("command", ["benchmark", "demo", "train"])
+def test_help_flag_prints_help_and_runs_nothing(command, tmp_path, monkeypatch, capfd):
+    # commands with **overrides used to take --help as a setting named "help" and start running
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PAGER", "cat")
+    with pytest.raises(SystemExit) as stopped:
+        main([command, "--help"])
+    assert stopped.value.code in (0, None)
+    captured = capfd.readouterr()
+    out = captured.out + captured.err
+    assert f"monai-ssl {command}" in out and "FLAGS" in out
+    assert list(tmp_path.iterdir()) == []  # no run folder, no data
