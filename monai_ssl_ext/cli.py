@@ -47,15 +47,27 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (FileNotFoundError, ManifestError, LabelBudgetError, ImageReadError, BundleRunError, KeyError, ValueError)
 
 
+#: the JSON literals a bundle user writes in configs; Fire would pass them on as the strings "true", "false", "null"
+_JSON_LITERALS = {"true": True, "false": False, "null": None}
+
+
+def _json_literal(value: Any) -> Any:
+    return _JSON_LITERALS[value] if isinstance(value, str) and value in _JSON_LITERALS else value
+
+
 def _friendly(func: Callable) -> Callable:
-    """Turn input errors into one line on stderr and exit status 2 (tracebacks with ``--debug``)."""
+    """Turn input errors into one line on stderr and exit status 2 (tracebacks with ``--debug``).
+
+    Command-line values ``true``, ``false`` and ``null`` (as in the bundle's JSON) become ``True``, ``False``
+    and ``None``, as ``True``/``False``/``None`` already do.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, debug: bool = False, **kwargs: Any) -> Any:
         _setup_logging(debug)
         token = _DEBUG.set(debug)
         try:
-            return func(*args, **kwargs)
+            return func(*args, **{k: _json_literal(v) for k, v in kwargs.items()})
         except _user_errors() as e:
             if debug:
                 raise
@@ -112,6 +124,8 @@ class Commands:
         profile: str = "smoke",
         seed: int = 0,
         labels: float | None = None,
+        num_images: int = 600,
+        render_size: int = 128,
         bundle: str = _DEFAULT_BUNDLE,
         **overrides: Any,
     ) -> None:
@@ -128,6 +142,8 @@ class Commands:
             profile: bundle profile (``smoke``: a few minutes on 2 CPU cores).
             seed: run seed; it also draws the labeled subset, the same for both runs.
             labels: label budget (a count or a fraction; default: the bundle's ``label_budget``).
+            num_images: images of the generated data set (70 % training, 10 % validation, 20 % test).
+            render_size: side of the generated images in pixels.
             bundle: bundle folder or name.
             overrides: further bundle config overrides for both runs (``--num_iterations 100``).
         """
@@ -136,19 +152,23 @@ class Commands:
         from monai_ssl_ext.benchmark import BenchmarkSpec, run_benchmark
         from monai_ssl_ext.benchmark.comparison import comparison_table, plot_run_comparison
         from monai_ssl_ext.bundle import find_bundle
+        from monai_ssl_ext.data.synthetic import ensure_synthetic_dataset
 
         bundle_dir = find_bundle(bundle)
         if labels is None:
             labels = ConfigParser.load_config_file(bundle_dir / "configs" / "train.json")["label_budget"]
         budget: int | float = int(labels) if float(labels) >= 1 and float(labels).is_integer() else float(labels)
+        data_root = Path(output) / "data" / "synthetic_ultrasound"
+        logger.info(f"[demo] generating {num_images} synthetic ultrasound images in {data_root}")
+        manifest = ensure_synthetic_dataset(data_root, num_images=int(num_images), image_size=int(render_size))
         spec = BenchmarkSpec(
             bundle=str(bundle_dir),
             algorithms=[baseline, algorithm],
             seeds=[int(seed)],
             labels=budget,
             profile=profile,
-            datalist="synthetic",
-            data_root=str(Path(output) / "data" / "synthetic_ultrasound"),
+            datalist=str(manifest),
+            data_root=str(data_root),
             output_dir=output,
             overrides=overrides,
             command="monai-ssl demo " + " ".join(sys.argv[2:]),

@@ -154,3 +154,49 @@ def test_benchmark_runs_every_algorithm_and_seed_and_resumes(tmp_path):
     # a repeated command skips the finished runs and leaves the records as they were
     again = run_benchmark(spec)
     assert again == results
+
+
+def test_overrides_reach_the_bundle_with_their_python_types(tmp_path):
+    # monai.bundle reads command-line values with Fire: JSON's true/null would arrive as strings ("false" is
+    # truthy), and a plain None is ignored as "no override"
+    from monai_ssl_ext.bundle.runner import _override_value
+
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps(
+            {
+                "flag": True,
+                "off": True,
+                "weights": "a.pt",
+                "ratio": 0.1,
+                "names": ["x"],
+                "run": "$print('GOT', repr((@flag, @off, @weights, @ratio, @names)))",
+            }
+        )
+    )
+    import numpy as np
+
+    values = {"flag": False, "off": True, "weights": None, "ratio": np.float64(0.25), "names": ["a", None, True]}
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "run", "--config_file", str(config)]
+    for key, value in values.items():
+        cmd += [f"--{key}", _override_value(value)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    line = next(x for x in out.splitlines() if x.startswith("GOT"))
+    assert line == "GOT (False, True, None, 0.25, ['a', None, True])"
+
+
+def test_command_line_json_literals_become_python_values(monkeypatch, tmp_path):
+    import monai_ssl_ext.bundle as bundle_api
+    from monai_ssl_ext import cli
+
+    seen = {}
+
+    def command(bundle, workflow, profile, overlays, settings, nproc=1):
+        seen.update(settings)
+        return ["python"]
+
+    monkeypatch.setattr(bundle_api, "workflow_command", command)
+    monkeypatch.setattr(bundle_api, "run_workflow", lambda *a, **k: 0.0)
+    monkeypatch.chdir(tmp_path)
+    cli.main(["train", "--ema_eval", "false", "--pretrained_weights", "null", "--strong_view", "randaugment"])
+    assert seen["ema_eval"] is False and seen["pretrained_weights"] is None and seen["strong_view"] == "randaugment"

@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 import monai_ssl_ext
 
 __all__ = [
@@ -52,10 +54,22 @@ def find_bundle(name_or_path: str | os.PathLike) -> Path:
 
 
 def _override_value(value: Any) -> str:
-    # monai.bundle parses command-line values with fire: JSON-like literals survive, strings need quoting
+    """A config value as ``monai.bundle run`` reads it back.
+
+    ``monai.bundle`` parses command-line values with Fire, which reads Python literals: ``True``, ``[1, None]``.
+    JSON's ``true``/``null`` would arrive as the strings ``"true"``/``"null"`` (and a string ``"false"`` is true
+    in a condition). A top-level ``None`` is ignored as "no override" by ``monai.bundle``, so it is passed as the
+    expression ``$None``.
+    """
     if isinstance(value, str):
         return value
-    return json.dumps(value)
+    if value is None:
+        return "$None"
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, np.generic):  # repr(np.float64(0.5)) is "np.float64(0.5)", not a literal
+        value = value.item()
+    return repr(value)
 
 
 def bundle_command(
