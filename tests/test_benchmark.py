@@ -200,3 +200,23 @@ def test_command_line_json_literals_become_python_values(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     cli.main(["train", "--ema_eval", "false", "--pretrained_weights", "null", "--strong_view", "randaugment"])
     assert seen["ema_eval"] is False and seen["pretrained_weights"] is None and seen["strong_view"] == "randaugment"
+
+
+def test_misspelled_setting_is_refused_with_the_closest_key(tmp_path, capsys):
+    from monai_ssl_ext.bundle import UnknownSettingError, bundle_command, find_bundle
+    from monai_ssl_ext.cli import main
+
+    bundle = find_bundle("baselines_ultrasound")
+    with pytest.raises(UnknownSettingError, match="unknown setting 'algoritm_name'.*did you mean 'algorithm_name'"):
+        bundle_command(bundle, "training", ["train.json"], {"algoritm_name": "flexmatch"})
+    # deeper components may name a class argument left at its Python default; the first one must exist
+    bundle_command(bundle, "training", ["train.json"], {"algorithms#fixmatch#threshold": 0.9})
+    with pytest.raises(UnknownSettingError, match="'algorithmz'"):
+        bundle_command(bundle, "training", ["train.json"], {"algorithmz#fixmatch#threshold": 0.9})
+    # through the command: one line, exit status 2, nothing trained
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", "--algoritm_name", "flexmatch", "--output_dir", str(tmp_path / "run")])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "did you mean 'algorithm_name'" in err[0]
+    assert not (tmp_path / "run").exists()

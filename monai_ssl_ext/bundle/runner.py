@@ -23,7 +23,9 @@ import monai_ssl_ext
 __all__ = [
     "WORKFLOWS",
     "BundleRunError",
+    "UnknownSettingError",
     "bundle_command",
+    "check_override_keys",
     "config_stack",
     "find_bundle",
     "root_cause",
@@ -72,6 +74,38 @@ def _override_value(value: Any) -> str:
     return repr(value)
 
 
+class UnknownSettingError(KeyError):
+    """An override names a setting that none of the merged configs has (a misspelling would be ignored)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def check_override_keys(config_files: Sequence[str | os.PathLike], overrides: Mapping[str, Any]) -> None:
+    """Refuse an override whose first component is not a key of the merged configs, naming the closest one.
+
+    ``monai.bundle`` adds an unknown key silently, so ``--algoritm_name flexmatch`` would train the default
+    algorithm. Only the first component of ``a#b#c`` is checked: deeper ones may name a class argument the
+    config leaves at its Python default (``algorithms#semise#alpha``).
+    """
+    import difflib
+
+    known: set[str] = set()
+    for f in config_files:
+        content = json.loads(Path(f).read_text(encoding="utf-8"))
+        known.update(content if isinstance(content, dict) else ())
+    for key in overrides:
+        top = str(key).split("#", 1)[0]
+        if top in known:
+            continue
+        close = difflib.get_close_matches(top, sorted(known), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise UnknownSettingError(
+            f"unknown setting '{key}': no config of the run ({', '.join(Path(f).name for f in config_files)}) "
+            f"has '{top}'{hint}"
+        )
+
+
 def bundle_command(
     bundle: str | os.PathLike,
     run_id: str,
@@ -95,6 +129,7 @@ def bundle_command(
     for f in files:
         if not Path(f).is_file():
             raise FileNotFoundError(f"Bundle config not found: {f}")
+    check_override_keys(files, overrides or {})
     launcher = [python, "-m", "monai.bundle"]
     if nproc > 1:
         launcher = [
