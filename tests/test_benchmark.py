@@ -207,7 +207,7 @@ def test_misspelled_setting_is_refused_with_the_closest_key(tmp_path, capsys):
     from monai_ssl_ext.cli import main
 
     bundle = find_bundle("baselines_ultrasound")
-    with pytest.raises(UnknownSettingError, match="unknown setting 'algoritm_name'.*did you mean 'algorithm_name'"):
+    with pytest.raises(UnknownSettingError, match=r"unknown setting 'algoritm_name'.*did you mean 'algorithm_name'"):
         bundle_command(bundle, "training", ["train.json"], {"algoritm_name": "flexmatch"})
     # deeper components may name a class argument left at its Python default; the first one must exist
     bundle_command(bundle, "training", ["train.json"], {"algorithms#fixmatch#threshold": 0.9})
