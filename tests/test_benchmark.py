@@ -211,6 +211,7 @@ def test_misspelled_setting_is_refused_with_the_closest_key(tmp_path, capsys):
         bundle_command(bundle, "training", ["train.json"], {"algoritm_name": "flexmatch"})
     # deeper components may name a class argument left at its Python default; the first one must exist
     bundle_command(bundle, "training", ["train.json"], {"algorithms#fixmatch#threshold": 0.9})
+    bundle_command(bundle, "training", ["train.json"], {"tracking": "mlflow"})  # an argument of monai.bundle run
     with pytest.raises(UnknownSettingError, match="'algorithmz'"):
         bundle_command(bundle, "training", ["train.json"], {"algorithmz#fixmatch#threshold": 0.9})
     # through the command: one line, exit status 2, nothing trained

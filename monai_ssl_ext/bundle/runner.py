@@ -89,8 +89,19 @@ def check_override_keys(config_files: Sequence[str | os.PathLike], overrides: Ma
     config leaves at its Python default (``algorithms#semise#alpha``).
     """
     import difflib
+    import inspect
 
-    known: set[str] = set()
+    from monai.bundle.scripts import run
+    from monai.bundle.utils import DEFAULT_MLFLOW_SETTINGS
+
+    # the arguments of ``monai.bundle run`` itself (``--tracking mlflow``...) are no config keys, and
+    # tracking adds the settings of its handlers (``experiment_name``...)
+    known = {n for n, p in inspect.signature(run).parameters.items() if p.kind is not p.VAR_KEYWORD}
+    tracking = overrides.get("tracking")
+    if tracking == "mlflow":
+        known.update(DEFAULT_MLFLOW_SETTINGS["configs"])
+    elif isinstance(tracking, (str, os.PathLike)) and Path(tracking).is_file():
+        known.update(json.loads(Path(tracking).read_text(encoding="utf-8")).get("configs", {}))
     for f in config_files:
         content = json.loads(Path(f).read_text(encoding="utf-8"))
         known.update(content if isinstance(content, dict) else ())
