@@ -14,6 +14,8 @@ from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointLoader
 from monai.handlers import CheckpointSaver as MonaiCheckpointSaver
 
+from monai_ssl_ext.utils.weights import load_weights_file
+
 __all__ = ["AtomicCheckpointSaver", "ResumeCheckpointLoader", "find_latest_checkpoint"]
 
 logger = logging.getLogger(__name__)
@@ -124,6 +126,7 @@ class ResumeCheckpointLoader:
         path = Path(self.checkpoint)
         if not path.is_file():
             raise FileNotFoundError(f"Checkpoint to resume from not found: {path}")
+        load_weights_file(path, map_location="cpu")  # a foreign or unsafe file: one line naming it, before training
         return path
 
     def attach(self, engine: Engine) -> None:

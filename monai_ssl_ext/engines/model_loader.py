@@ -17,7 +17,7 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
-from monai_ssl_ext.utils import unwrap_model
+from monai_ssl_ext.utils import load_weights_file, unwrap_model
 
 __all__ = ["CheckpointMismatchError", "ModelLoader", "first_state_dict_difference", "load_model_weights"]
 
@@ -71,7 +71,7 @@ def load_model_weights(
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if map_location is not None and not isinstance(map_location, (dict, str)):
         map_location = str(map_location)
-    state = _state_dict_of(torch.load(path, map_location=map_location, weights_only=True), key)
+    state = _state_dict_of(load_weights_file(path, map_location=map_location), key)
     model = unwrap_model(network)
     difference = first_state_dict_difference(model.state_dict(), state)
     if difference is not None:

@@ -11,6 +11,8 @@ import torch
 from monai.networks.nets import ResNet
 from torch import nn
 
+from monai_ssl_ext.utils.weights import load_weights_file
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -157,7 +159,7 @@ class ResNetEncoder(nn.Module):
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a weights file: a plain state dict, or one nested under ``state_dict``/``model``/``network``."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_weights_file(path, map_location="cpu")
     for key in ("state_dict", "model", "network"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]

@@ -9,8 +9,10 @@ from .distributed import (
     unwrap_model,
 )
 from .seeding import derive_seed, seed_everything
+from .weights import UnreadableWeightsError, load_weights_file
 
 __all__ = [
+    "UnreadableWeightsError",
     "all_gather_cat",
     "all_gather_objects",
     "atomic_open",
@@ -20,6 +22,7 @@ __all__ = [
     "get_world_size",
     "is_dist",
     "is_main_process",
+    "load_weights_file",
     "save_figure",
     "save_torch",
     "seed_everything",
