@@ -112,6 +112,24 @@ def _data_overrides(datalist: str | None, data_root: str | None, classes: Any) -
     return out
 
 
+def _label_budget(value: Any) -> int | float:
+    """A label budget from the command line: a whole count (``216``) or a fraction below 1 (``0.2``).
+
+    ``2.5`` used to become 2 images without a word; a count that is not whole is refused.
+    """
+    from monai_ssl_ext.data import LabelBudgetError
+
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise LabelBudgetError(f"label budget {value!r} is not a count or a fraction.") from None
+    if number < 1:
+        return number
+    if not number.is_integer():
+        raise LabelBudgetError(f"label budget {value}: a count must be a whole number (a fraction is below 1).")
+    return int(number)
+
+
 class Commands:
     """Semi-supervised medical image models for MONAI."""
 
@@ -162,7 +180,7 @@ class Commands:
         bundle_dir = find_bundle(bundle)
         if labels is None:
             labels = ConfigParser.load_config_file(bundle_dir / "configs" / "train.json")["label_budget"]
-        budget: int | float = int(labels) if float(labels) >= 1 and float(labels).is_integer() else float(labels)
+        budget = _label_budget(labels)
         data_root = Path(output) / "data" / "synthetic_ultrasound"
         size = {k: int(v) for k, v in (("num_images", num_images), ("image_size", render_size)) if v is not None}
         manifest = ensure_synthetic_dataset(data_root, **size)
@@ -316,7 +334,7 @@ class Commands:
         """
         from monai_ssl_ext.benchmark import BenchmarkSpec, run_benchmark
 
-        labels_value: int | float = int(labels) if float(labels) >= 1 and float(labels).is_integer() else float(labels)
+        labels_value = _label_budget(labels)
         spec = BenchmarkSpec(
             bundle=bundle,
             algorithms=_as_list(algorithms),
@@ -344,7 +362,7 @@ class Commands:
         m = Manifest.load(manifest)
         if classes is not None:
             m = m.with_classes(_as_list(classes))
-        budget_value = int(budget) if float(budget) >= 1 else float(budget)
+        budget_value = _label_budget(budget)
         result = m.label_split(budget_value, seed=seed)
         record = {"manifest": Path(manifest).name, **result.to_dict()}
         if output:

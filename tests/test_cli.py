@@ -128,3 +128,19 @@ def test_help_flag_prints_help_and_runs_nothing(command, tmp_path, monkeypatch, 
     out = captured.out + captured.err
     assert f"monai-ssl {command}" in out and "FLAGS" in out
     assert list(tmp_path.iterdir()) == []  # no run folder, no data
+
+
+@pytest.mark.parametrize("command", [["split", "MANIFEST", "2.5"], ["benchmark", "--labels", "2.5"]])
+def test_a_label_count_that_is_not_whole_is_refused(command, tmp_path, monkeypatch, capsys):
+    # "monai-ssl split MANIFEST 2.5" used to split 2 images without a word
+    from monai_ssl_ext.data.synthetic import ensure_synthetic_dataset
+
+    monkeypatch.chdir(tmp_path)
+    manifest = ensure_synthetic_dataset(tmp_path / "data", num_images=20, image_size=32)
+    args = [str(manifest) if a == "MANIFEST" else a for a in command]
+    with pytest.raises(SystemExit) as stopped:
+        main([*args, "--output", str(tmp_path / "out")])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "label budget 2.5: a count must be a whole number" in err[0]
+    assert not (tmp_path / "out").exists()
