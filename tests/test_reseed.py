@@ -30,6 +30,18 @@ def test_reseeding_in_place_equals_monai_set_random_state(modality, strong_view)
                 assert torch.equal(a[key], b[key]), (modality, strong_view, build.__name__, seed, key)
 
 
+def _assert_same_streams(build, seeds) -> InPlaceReseed:
+    """Two copies of ``build()``: one reseeded in place, one by MONAI; the outputs must be equal for every seed."""
+    ours, reference = build(), build()
+    fast = InPlaceReseed(ours)
+    x = torch.rand(1, 8, 8)
+    for seed in seeds:
+        fast(seed)
+        reference.set_random_state(seed=seed)
+        assert torch.equal(ours({"x": x.clone()})["x"], reference({"x": x.clone()})["x"]), seed
+    return fast
+
+
 def test_nested_compose_and_one_of_follow_monai():
     def build():
         return Compose(
@@ -40,13 +52,7 @@ def test_nested_compose_and_one_of_follow_monai():
             ]
         )
 
-    ours, reference = build(), build()
-    fast = InPlaceReseed(ours)
-    x = torch.rand(1, 8, 8)
-    for seed in range(6):
-        fast(seed)
-        reference.set_random_state(seed=seed)
-        assert torch.equal(ours({"x": x.clone()})["x"], reference({"x": x.clone()})["x"])
+    _assert_same_streams(build, seeds=range(6))
 
 
 class _SharesItsGenerator(RandGaussianNoised):
@@ -62,11 +68,5 @@ def test_shared_generators_fall_back_to_monai():
     def build():
         return Compose([RandGaussianNoised("x", prob=0.5), _SharesItsGenerator("x", prob=0.7)])
 
-    ours, reference = build(), build()
-    fast = InPlaceReseed(ours)
-    x = torch.rand(1, 8, 8)
-    for seed in range(4):
-        fast(seed)
-        reference.set_random_state(seed=seed)
-        assert torch.equal(ours({"x": x.clone()})["x"], reference({"x": x.clone()})["x"])
+    fast = _assert_same_streams(build, seeds=range(4))
     assert fast._fallback

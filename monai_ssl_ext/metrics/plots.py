@@ -230,6 +230,18 @@ def _plot_series(ax: Any, x: Sequence[float], series: Mapping[str, Sequence[Any]
     return drawn
 
 
+def _panel_grid(num_panels: int, empty_text: str) -> tuple[Figure, Any]:
+    """Two panels per row; unused axes hidden; ``empty_text`` shown when there is nothing to draw."""
+    cols = min(2, max(1, num_panels))
+    rows = max(1, math.ceil(num_panels / cols))
+    fig, axes = _figure(rows, cols, figsize=(6 * cols, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[num_panels:]:
+        ax.axis("off")
+    if not num_panels:
+        axes[0, 0].text(0.5, 0.5, empty_text, ha="center", va="center")
+    return fig, axes
+
+
 def plot_training_curves(history: Mapping[str, Any], path: str | os.PathLike, title: str | None = None) -> Path:
     """Training curves from a history (the format :class:`monai_ssl_ext.engines.TrainingHistory` writes).
 
@@ -261,13 +273,7 @@ def plot_training_curves(history: Mapping[str, Any], path: str | os.PathLike, ti
         panels.append(("validation", validation.get("iteration", []), dict(val_metrics), "o"))
     panels = [p for p in panels if any(_finite_xy(p[1], v)[0].size for v in p[2].values())]
 
-    cols = min(2, max(1, len(panels)))
-    rows = max(1, math.ceil(len(panels) / cols))
-    fig, axes = _figure(rows, cols, figsize=(6 * cols, 3.6 * rows), squeeze=False)
-    for ax in axes.flat[len(panels) :]:
-        ax.axis("off")
-    if not panels:
-        axes[0, 0].text(0.5, 0.5, "no finite values to plot yet", ha="center", va="center")
+    fig, axes = _panel_grid(len(panels), "no finite values to plot yet")
     for ax, (name, x, series, marker) in zip(axes.flat, panels, strict=False):
         _plot_series(ax, x, series, marker)
         ax.set_title(name)
@@ -300,13 +306,7 @@ def plot_validation_comparison(
         for name in (history.get("validation", {}) or {}).get("metrics", {}) or {}:
             if name not in metrics:
                 metrics.append(name)
-    cols = min(2, max(1, len(metrics)))
-    rows = max(1, math.ceil(len(metrics) / cols))
-    fig, axes = _figure(rows, cols, figsize=(6 * cols, 3.6 * rows), squeeze=False)
-    for ax in axes.flat[len(metrics) :]:
-        ax.axis("off")
-    if not metrics:
-        axes[0, 0].text(0.5, 0.5, "no validation metrics recorded", ha="center", va="center")
+    fig, axes = _panel_grid(len(metrics), "no validation metrics recorded")
     for ax, metric in zip(axes.flat, metrics, strict=False):
         drawn = False
         for run, history in histories.items():

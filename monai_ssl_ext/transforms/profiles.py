@@ -280,8 +280,66 @@ class ModalityProfile:
         )
 
 
+class _GreyPositionedProfile(ModalityProfile):
+    """Grey modalities with a patient or probe position (ultrasound, X-ray): what their views share.
+
+    - Weak: :meth:`positioning`, a small rotation, scale and shift of images and masks together.
+    - Strong (photometric only): gamma (0.7-1.5), Gaussian blur (sigma 0.25-1.0 px), the modality's
+      :meth:`noise`, brightness scaling (+-20 %), one cut-out patch filled with :attr:`cutout_fill`, clipping
+      to [0, 1].
+
+    Args:
+        image_size: network input size.
+        channels: 1 (default) or 3 to feed grey replicated into RGB-pretrained backbones.
+        rotate_degrees: maximum absolute rotation of the weak view.
+        reader_options: ``frame``, ``crop_to_region`` and the ``strong_*`` options, see :class:`ModalityProfile`.
+    """
+
+    default_channels = 1
+    grey = True
+    cutout_fill = 0.0
+
+    def __init__(
+        self,
+        image_size: int | Sequence[int] = 224,
+        channels: int | None = None,
+        rotate_degrees: float = 10.0,
+        **reader_options: Any,
+    ) -> None:
+        super().__init__(image_size, channels, **reader_options)
+        self.rotate_degrees = float(rotate_degrees)
+
+    def positioning(self, keys: list[str], mask_keys: list[str]) -> Transform:
+        """Rotation up to ``rotate_degrees``, scale 0.9-1.1, shift +-6 % of images and masks together (p 0.5)."""
+        modes = ["bilinear"] * len(keys) + ["nearest"] * len(mask_keys)
+        return RandAffined(
+            keys + mask_keys,
+            prob=0.5,
+            rotate_range=(self.rotate_degrees * 3.141592653589793 / 180.0,),
+            scale_range=(0.1, 0.1),
+            translate_range=[0.06 * s for s in self.image_size],
+            mode=modes,
+            padding_mode="zeros",
+        )
+
+    def noise(self, keys: list[str]) -> Transform:
+        """The modality's noise in the strong view."""
+        raise NotImplementedError
+
+    def strong(self, keys: Sequence[str]) -> list[Transform]:
+        keys = list(keys)
+        return [
+            RandAdjustContrastd(keys, prob=0.8, gamma=(0.7, 1.5)),
+            RandGaussianSmoothd(keys, prob=0.5, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0)),
+            self.noise(keys),
+            RandScaleIntensityd(keys, prob=0.5, factors=0.2),
+            _cutout(keys, self.image_size, self.cutout_fill),
+            _clip(keys),
+        ]
+
+
 @register_profile
-class UltrasoundProfile(ModalityProfile):
+class UltrasoundProfile(_GreyPositionedProfile):
     """B-mode ultrasound: greyscale, speckle, depth-dependent brightness, no meaningful colour.
 
     - Loading: one channel (colour overlays such as calipers are reduced to luma), [0, 1].
@@ -297,15 +355,10 @@ class UltrasoundProfile(ModalityProfile):
       autocontrast), then Cutout filled with 0 (black, as the background of the sector). No colour
       operations, and noise is the same in every channel, so replicated-grey inputs stay grey.
 
-    Args:
-        image_size: network input size.
-        channels: 1 (default) or 3 to feed greyscale replicated into RGB-pretrained backbones.
-        rotate_degrees: maximum absolute rotation of the weak view.
-        reader_options: ``frame``, ``crop_to_region`` and the ``strong_*`` options, see :class:`ModalityProfile`.
+    Args: as :class:`_GreyPositionedProfile`.
     """
 
     name = "ultrasound"
-    default_channels = 1
     randaugment_ops = (
         *GEOMETRIC_OPS,
         "brightness",
@@ -318,48 +371,20 @@ class UltrasoundProfile(ModalityProfile):
         "equalize",
         "autocontrast",
     )
-    grey = True
-    cutout_fill = 0.0
-
-    def __init__(
-        self,
-        image_size: int | Sequence[int] = 224,
-        channels: int | None = None,
-        rotate_degrees: float = 10.0,
-        **reader_options: Any,
-    ) -> None:
-        super().__init__(image_size, channels, **reader_options)
-        self.rotate_degrees = float(rotate_degrees)
 
     def weak(self, keys: Sequence[str], mask_keys: Sequence[str] = ()) -> list[Transform]:
         keys, mask_keys = list(keys), list(mask_keys)
         return [
             RandFlipd(keys + mask_keys, prob=0.5, spatial_axis=1),
-            _positioning(self, keys, mask_keys, self.rotate_degrees),
+            self.positioning(keys, mask_keys),
         ]
 
-    def strong(self, keys: Sequence[str]) -> list[Transform]:
-        keys = list(keys)
-        h, w = self.image_size
-        return [
-            RandAdjustContrastd(keys, prob=0.8, gamma=(0.7, 1.5)),
-            RandGaussianSmoothd(keys, prob=0.5, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0)),
-            RandSpeckleNoised(keys, prob=0.8, sigma=(0.05, 0.2)),
-            RandScaleIntensityd(keys, prob=0.5, factors=0.2),
-            RandCoarseDropoutd(
-                keys,
-                prob=0.5,
-                holes=1,
-                spatial_size=(h // 4, w // 4),
-                max_spatial_size=(h // 2, w // 2),
-                fill_value=0.0,
-            ),
-            ScaleIntensityRanged(keys, a_min=0.0, a_max=1.0, b_min=0.0, b_max=1.0, clip=True),
-        ]
+    def noise(self, keys: list[str]) -> Transform:
+        return RandSpeckleNoised(keys, prob=0.8, sigma=(0.05, 0.2))
 
 
 @register_profile
-class XRayProfile(ModalityProfile):
+class XRayProfile(_GreyPositionedProfile):
     """Projection radiography (chest X-ray): one grey channel, anatomy with a fixed left and right.
 
     - Loading: one channel, [0, 1] (colour files reduced to luma).
@@ -373,55 +398,16 @@ class XRayProfile(ModalityProfile):
       brightness, contrast, gamma, sharpness, blur, additive noise, posterize, equalize, autocontrast),
       then Cutout filled with 0.
 
-    Args:
-        image_size: network input size.
-        channels: 1 (default) or 3 to feed grey replicated into RGB-pretrained backbones.
-        rotate_degrees: maximum absolute rotation of the weak view.
-        reader_options: ``frame``, ``crop_to_region`` and the ``strong_*`` options, see :class:`ModalityProfile`.
+    Args: as :class:`_GreyPositionedProfile`.
     """
 
     name = "xray"
-    default_channels = 1
-    grey = True
-    cutout_fill = 0.0
-
-    def __init__(
-        self,
-        image_size: int | Sequence[int] = 224,
-        channels: int | None = None,
-        rotate_degrees: float = 10.0,
-        **reader_options: Any,
-    ) -> None:
-        super().__init__(image_size, channels, **reader_options)
-        self.rotate_degrees = float(rotate_degrees)
 
     def weak(self, keys: Sequence[str], mask_keys: Sequence[str] = ()) -> list[Transform]:
-        return [_positioning(self, list(keys), list(mask_keys), self.rotate_degrees)]
+        return [self.positioning(list(keys), list(mask_keys))]
 
-    def strong(self, keys: Sequence[str]) -> list[Transform]:
-        keys = list(keys)
-        return [
-            RandAdjustContrastd(keys, prob=0.8, gamma=(0.7, 1.5)),
-            RandGaussianSmoothd(keys, prob=0.5, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0)),
-            RandGaussianNoised(keys, prob=0.8, std=0.05),
-            RandScaleIntensityd(keys, prob=0.5, factors=0.2),
-            _cutout(keys, self.image_size, self.cutout_fill),
-            _clip(keys),
-        ]
-
-
-def _positioning(profile: ModalityProfile, keys: list[str], mask_keys: list[str], degrees: float) -> Transform:
-    """Small rotation, scale (0.9-1.1) and shift (+-6 %) of images and masks together, with probability 0.5."""
-    modes = ["bilinear"] * len(keys) + ["nearest"] * len(mask_keys)
-    return RandAffined(
-        keys + mask_keys,
-        prob=0.5,
-        rotate_range=(degrees * 3.141592653589793 / 180.0,),
-        scale_range=(0.1, 0.1),
-        translate_range=[0.06 * s for s in profile.image_size],
-        mode=modes,
-        padding_mode="zeros",
-    )
+    def noise(self, keys: list[str]) -> Transform:
+        return RandGaussianNoised(keys, prob=0.8, std=0.05)
 
 
 def _require_rgb(profile: ModalityProfile) -> None:
