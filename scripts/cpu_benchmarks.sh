@@ -3,12 +3,14 @@
 # side by side with one thread each on a 2-core machine. Resumable: the harness skips finished runs, so the same
 # command continues where a stopped one left off. Seed-major order, so that every algorithm has seed 0 before any
 # has seed 1. Run from the repository root with the package installed:
-#     bash scripts/cpu_benchmarks.sh [output folder] [data folder] [seeds]
+#     bash scripts/cpu_benchmarks.sh [output folder] [data folder] [seeds] [algorithms]
+# The default output folder is committed (benchmarks/cpu: results, metrics and per-image predictions as text; weights,
+# logs and figures are ignored), so a run that did not finish in one sitting continues from a fresh clone.
 set -uo pipefail
-out=${1:-runs/cpu}
+out=${1:-benchmarks/cpu}
 data=${2:-../shared/data}
 seeds=${3:-0 1 2}
-algorithms=supervised,fixmatch,flexmatch,freematch,softmatch,mean_teacher
+algorithms=${4:-supervised,fixmatch,flexmatch,mean_teacher}
 export OMP_NUM_THREADS=1
 mkdir -p "$out"
 bench() {

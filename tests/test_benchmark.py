@@ -6,10 +6,12 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from monai_ssl_ext.benchmark import BenchmarkSpec, run_benchmark
+from monai_ssl_ext.benchmark.harness import load_results
 from monai_ssl_ext.benchmark.tables import mean_std, results_markdown
 from monai_ssl_ext.bundle.runner import BundleRunError, root_cause, run_workflow
 from monai_ssl_ext.data.synthetic import ensure_synthetic_dataset
@@ -147,13 +149,24 @@ def test_benchmark_runs_every_algorithm_and_seed_and_resumes(tmp_path):
         assert 0.0 <= record["metrics"]["accuracy"] <= 1.0
         assert record["train_images_per_s"] > 0 and record["peak_memory_mb"] > 0 and record["wall_s"] > 0
         assert record["labels"] == 16 and record["profile"] == "smoke"
+    assert load_results(tmp_path / "bench" / "results.json") == results
+    # on disk the run folders are relative to results.json, so the folder can move (or be versioned) and resume
     on_disk = json.loads((tmp_path / "bench" / "results.json").read_text())
-    assert on_disk == results
+    assert on_disk[0]["run_dir"] == "synthetic_ultrasound/labels16/supervised/seed0"
+    assert on_disk[0]["eval_dir"] == "synthetic_ultrasound/labels16/supervised/seed0/eval_test"
     table = (tmp_path / "bench" / "results.md").read_text()
     assert "| supervised | 0,1 |" in table and "| fixmatch | 0,1 |" in table
+    assert "| fixmatch | 0,1 |" in table.split("Difference to supervised-only")[1]  # paired, from predictions.json
     # a repeated command skips the finished runs and leaves the records as they were
     again = run_benchmark(spec)
     assert again == results
+    # moved elsewhere, it still resumes (nothing retrained) and finds every run's predictions
+    (tmp_path / "bench").rename(tmp_path / "moved")
+    spec.output_dir = str(tmp_path / "moved")
+    moved = run_benchmark(spec)
+    assert [r["wall_s"] for r in moved] == [r["wall_s"] for r in results]
+    assert all(Path(r["eval_dir"]).parents[4] == tmp_path / "moved" for r in moved)
+    assert (tmp_path / "moved" / "results.md").read_text() == table
 
 
 def test_overrides_reach_the_bundle_with_their_python_types(tmp_path):

@@ -1,4 +1,4 @@
-"""Per-image predictions (predictions.npz), paired bootstrap differences and the results.md difference table."""
+"""Per-image predictions (predictions.json), paired bootstrap differences and the results.md difference table."""
 
 from __future__ import annotations
 
@@ -87,8 +87,8 @@ def _run(probs, labels, ids=None, seg=None, names=("neg", "pos")) -> SplitPredic
 
 def test_evaluation_writes_predictions_that_reproduce_the_report(tmp_path):
     report = _evaluate(tmp_path, skill=0.5, seed=0)
-    run = load_predictions(tmp_path)  # the folder: its predictions.npz
-    assert run.source == str(tmp_path / "predictions.npz")
+    run = load_predictions(tmp_path)  # the folder: its predictions.json
+    assert run.source == str(tmp_path / "predictions.json")
     assert run.image_ids.tolist() == _ids() and run.labels.tolist() == _labels().tolist()
     assert run.class_names == tuple(CLASSES) and run.probs.shape == (N, 3) and run.seg_counts is not None
     assert not list(tmp_path.glob(".*"))  # atomic write: no temporary file left
@@ -101,7 +101,7 @@ def test_evaluation_writes_predictions_that_reproduce_the_report(tmp_path):
 def test_point_estimate_is_the_difference_of_the_reported_metrics(tmp_path):
     better = headline_metrics(_evaluate(tmp_path / "a", skill=0.6, seed=1, shift=1))
     worse = headline_metrics(_evaluate(tmp_path / "b", skill=0.2, seed=2, shift=2))
-    diffs = paired_difference(tmp_path / "a", tmp_path / "b" / "predictions.npz", n_resamples=B)
+    diffs = paired_difference(tmp_path / "a", tmp_path / "b" / "predictions.json", n_resamples=B)
     assert tuple(diffs) == POINT_METRICS
     for m in POINT_METRICS:
         assert diffs[m].estimate == better[m] - worse[m]
@@ -282,7 +282,7 @@ def _record(algorithm: str, seed: int, eval_dir=None, run_dir=None) -> dict:
 
 def _save(folder, skill: float, seed: int) -> None:
     labels = _labels()
-    save_predictions(folder / "predictions.npz", _probs(labels, skill, seed), labels, CLASSES, _ids())
+    save_predictions(folder / "predictions.json", _probs(labels, skill, seed), labels, CLASSES, _ids())
 
 
 _CELL = r"[+\u2212]\d+\.\d\d \[[+\u2212]\d+\.\d\d, [+\u2212]\d+\.\d\d\]"
@@ -345,7 +345,7 @@ def test_difference_table_absent_without_supervised_and_notes_old_records(tmp_pa
     _save(tmp_path / "sup0", skill=0.2, seed=2)
     records = [
         _record("supervised", 0, tmp_path / "sup0"),
-        _record("supervised", 1),  # written before predictions.npz existed
+        _record("supervised", 1),  # written before predictions.json existed
         _record("fixmatch", 0, tmp_path / "fix0"),
         _record("fixmatch", 1, run_dir=tmp_path / "old_run"),
     ]
@@ -363,7 +363,7 @@ def test_difference_table_absent_without_supervised_and_notes_old_records(tmp_pa
 
     # runs on different test sets: a note instead of a crash
     labels = _labels(N - 1)
-    save_predictions(tmp_path / "sup_other" / "predictions.npz", _probs(labels, 0.2, 3), labels, CLASSES, _ids(N - 1))
+    save_predictions(tmp_path / "sup_other" / "predictions.json", _probs(labels, 0.2, 3), labels, CLASSES, _ids(N - 1))
     mismatched = results_markdown(
         [_record("supervised", 0, tmp_path / "sup_other"), _record("fixmatch", 0, tmp_path / "fix0")], n_resamples=B
     )
@@ -407,3 +407,38 @@ def test_run_comparison_draws_every_runs_validation_curves(tmp_path):
     pixels = np.asarray(image.convert("RGB")).reshape(-1, 3).astype(int)
     for colour in ((0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)):  # matplotlib's first two line colours: one per run
         assert (np.abs(pixels - colour).sum(axis=1) < 30).sum() > 50, colour
+
+
+def test_predictions_file_is_text_and_reads_back_the_same_values(tmp_path):
+    labels = _labels()
+    single = _probs(labels, 0.4, 5).astype(np.float32)  # a network's softmax: written as short float32 text
+    save_predictions(tmp_path / "a.json", single, labels, CLASSES, _ids())
+    run = load_predictions(tmp_path / "a.json")
+    assert json.loads((tmp_path / "a.json").read_text())["probs_dtype"] == "float32"
+    assert np.array_equal(run.probs, single.astype(np.float64)) and run.probs.dtype == np.float64
+    double = _probs(labels, 0.4, 5)  # not float32 values: kept at full precision
+    assert not np.array_equal(double.astype(np.float32), double)
+    save_predictions(tmp_path / "b.json", double, labels, CLASSES, _ids())
+    assert np.array_equal(load_predictions(tmp_path / "b.json").probs, double)
+    (tmp_path / "c.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"c\.json: not a predictions file"):
+        load_predictions(tmp_path / "c.json")
+
+
+def test_runs_evaluated_before_the_text_format_are_still_read(tmp_path):
+    labels = _labels()
+    probs = _probs(labels, 0.4, 6)
+    np.savez_compressed(
+        tmp_path / "predictions.npz",
+        format_version=np.asarray(1),
+        image_ids=np.asarray(_ids(), dtype=str),
+        labels=labels,
+        probs=probs,
+        class_names=np.asarray(CLASSES, dtype=str),
+        positive_class=np.asarray(1),
+        split=np.asarray("test"),
+    )
+    run = load_predictions(tmp_path)  # the folder: no predictions.json, its predictions.npz
+    assert run.source == str(tmp_path / "predictions.npz") and run.split == "test"
+    assert np.array_equal(run.probs, probs) and run.labels.tolist() == labels.tolist()
+    assert run.class_names == tuple(CLASSES) and run.image_ids.tolist() == _ids()

@@ -2,7 +2,7 @@
 
 For each run the harness trains the bundle (model selection on the validation split), evaluates
 the selected checkpoint once on the test split, and appends a record to ``results.json`` (its
-``eval_dir`` holds ``metrics.json`` and the per-image ``predictions.npz``); after each run
+``eval_dir`` holds ``metrics.json`` and the per-image ``predictions.json``); after each run
 ``results.md`` (mean +- std over seeds, and the paired difference of each algorithm to
 supervised-only with a bootstrap interval) is rewritten, so a long benchmark shows its table as it
 goes and can be resumed (finished runs are skipped).
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from monai_ssl_ext.engines.handlers import format_duration
 from monai_ssl_ext.metrics.report import headline_metrics, per_class_recall
 from monai_ssl_ext.utils.atomic import write_json, write_text
 
-__all__ = ["BenchmarkSpec", "run_benchmark"]
+__all__ = ["BenchmarkSpec", "load_results", "run_benchmark", "save_results"]
 
 logger = logging.getLogger("monai_ssl_ext.benchmark")
 
@@ -87,10 +88,39 @@ def _overrides(spec: BenchmarkSpec, algorithm: str, seed: int, run_dir: Path) ->
     return out
 
 
-def _load_results(path: Path) -> list[dict]:
+_RECORD_PATHS = ("run_dir", "eval_dir")
+
+
+def load_results(path: str | os.PathLike) -> list[dict]:
+    """The run records of a ``results.json``, their folders resolved against the file's folder.
+
+    The harness writes the folders relative to ``results.json`` (see :func:`save_results`), so a results
+    folder can be moved, or kept under version control and resumed from another clone.
+    """
+    path = Path(path)
     if not path.is_file():
         return []
-    return json.loads(path.read_text())
+    records = json.loads(path.read_text())
+    for record in records:
+        for key in _RECORD_PATHS:
+            if record.get(key) and not Path(record[key]).is_absolute():
+                record[key] = str(path.parent / record[key])
+    return records
+
+
+def save_results(path: str | os.PathLike, records: Sequence[dict]) -> None:
+    """Write the run records to ``results.json`` (atomically), folders inside its folder made relative to it."""
+    path = Path(path)
+    portable = []
+    for record in records:
+        record = dict(record)
+        for key in _RECORD_PATHS:
+            if record.get(key):
+                folder = Path(record[key])
+                if folder.resolve().is_relative_to(path.parent.resolve()):
+                    record[key] = folder.resolve().relative_to(path.parent.resolve()).as_posix()
+        portable.append(record)
+    write_json(path, portable)
 
 
 def run_benchmark(spec: BenchmarkSpec) -> list[dict]:
@@ -106,7 +136,7 @@ def run_benchmark(spec: BenchmarkSpec) -> list[dict]:
         )
     dataset = _dataset_name(spec)
     results_path = out_dir / "results.json"
-    results = _load_results(results_path)
+    results = load_results(results_path)
     done = {(r["algorithm"], r["seed"], str(r["labels"]), r["profile"], r["dataset"]) for r in results}
     runs = [(a, s) for a in spec.algorithms for s in spec.seeds]
     started = time.perf_counter()
@@ -160,12 +190,12 @@ def run_benchmark(spec: BenchmarkSpec) -> list[dict]:
             "best_val_epoch": summary.get("best_metric_epoch"),
             "device": summary.get("device"),
             "run_dir": str(run_dir),
-            # metrics.json and predictions.npz (per-image predictions for the paired differences of results.md)
+            # metrics.json and predictions.json (per-image predictions for the paired differences of results.md)
             "eval_dir": str(run_dir / "eval_test"),
         }
         results.append(record)
         finished_here += 1
-        write_json(results_path, results)
+        save_results(results_path, results)
         write_text(out_dir / "results.md", results_markdown(results, command=spec.command))
         shown = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("accuracy", "auc", "dice") if k in metrics)
         logger.info(f"[{n}/{len(runs)}] {algorithm} seed {seed}: {shown} (train {format_duration(train_s)})")

@@ -15,7 +15,7 @@ from monai_ssl_ext.metrics.paired import (
     paired_difference,
     paired_difference_over_seeds,
 )
-from monai_ssl_ext.metrics.predictions import PREDICTIONS_FILE, load_predictions
+from monai_ssl_ext.metrics.predictions import LEGACY_PREDICTIONS_FILE, PREDICTIONS_FILE, load_predictions
 
 __all__ = [
     "BASELINE_ALGORITHM",
@@ -79,15 +79,20 @@ def _per_class_recall_lines(by_algorithm: dict[str, list[dict]]) -> list[str]:
 
 
 def predictions_path(record: Mapping) -> Path | None:
-    """The ``predictions.npz`` of a run record's test evaluation, ``None`` when it has none (older records).
+    """The ``predictions.json`` of a run record's test evaluation, ``None`` when it has none (older records).
 
-    Read from the record's ``eval_dir``, else ``<run_dir>/eval_test`` (where the harness evaluates).
+    Read from the record's ``eval_dir``, else ``<run_dir>/eval_test`` (where the harness evaluates); a run
+    evaluated before the text format has its ``predictions.npz`` instead.
     """
     eval_dir = record.get("eval_dir")
     if not eval_dir and record.get("run_dir"):
         eval_dir = Path(record["run_dir"]) / "eval_test"
-    path = Path(eval_dir) / PREDICTIONS_FILE if eval_dir else None
-    return path if path is not None and path.is_file() else None
+    if not eval_dir:
+        return None
+    for name in (PREDICTIONS_FILE, LEGACY_PREDICTIONS_FILE):
+        if (Path(eval_dir) / name).is_file():
+            return Path(eval_dir) / name
+    return None
 
 
 def _points(value: float) -> str:
@@ -116,7 +121,7 @@ def difference_lines(
     Per algorithm other than ``baseline``, over the seeds that have a run of both (and, with several
     seeds, a row per seed): the paired difference in percentage points and its 95 % percentile
     bootstrap interval over the test images (:func:`~monai_ssl_ext.metrics.paired.paired_difference_over_seeds`,
-    seeds held fixed). The runs' ``predictions.npz`` are read through :func:`predictions_path`; runs
+    seeds held fixed). The runs' ``predictions.json`` are read through :func:`predictions_path`; runs
     without one (evaluated before it was written) are named in a note and left out. Nothing when
     there is no ``baseline`` run or no other algorithm.
     """
@@ -178,7 +183,7 @@ def difference_lines(
             ]
     if missing:
         notes.append(
-            "Left out, no per-image predictions (`predictions.npz`, evaluated by an older version?): "
+            "Left out, no per-image predictions (`predictions.json`, evaluated by an older version?): "
             + ", ".join(dict.fromkeys(missing))
             + "."
         )

@@ -125,7 +125,7 @@ class EvaluationReport:
     the predicted foreground (arg-max over the seg channels, any non-background class) and the true
     mask, plus the first ``max_overlay_images`` images. At ``COMPLETED`` it gathers them from all
     ranks, computes the metrics with :func:`~monai_ssl_ext.metrics.evaluate_predictions`, stores the report dict on
-    ``engine.state.metrics_report`` (every rank) and writes the files (rank 0), ``predictions.npz`` among
+    ``engine.state.metrics_report`` (every rank) and writes the files (rank 0), ``predictions.json`` among
     them: per image its source path (the image's ``filename_or_obj`` metadata), label, probabilities and
     Dice counts, which :mod:`monai_ssl_ext.metrics.paired` reads to compare two runs image by image.
 

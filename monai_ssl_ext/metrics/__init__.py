@@ -7,7 +7,7 @@
 - ``plot_*``: figures written atomically as PNG.
 - :func:`evaluate_predictions`: ``metrics.json`` and figures of one split (the ``SupervisedEvaluator``
   handler that feeds it is :class:`monai_ssl_ext.engines.EvaluationReport`), and the per-image
-  ``predictions.npz`` (:func:`load_predictions`).
+  ``predictions.json`` (:func:`load_predictions`).
 - :func:`paired_difference`, :func:`paired_difference_over_seeds`: difference of two runs on the same
   test images with a paired bootstrap interval.
 """

@@ -10,7 +10,7 @@ instead of widening the interval, as it would if the two runs' intervals were me
 - :func:`paired_difference_over_seeds`: several seeds, each run against the baseline of its seed;
   the figure is the mean over the seeds of the per-seed differences.
 
-Both read :class:`~monai_ssl_ext.metrics.predictions.SplitPredictions` (or the ``predictions.npz``
+Both read :class:`~monai_ssl_ext.metrics.predictions.SplitPredictions` (or the ``predictions.json``
 path / eval folder written by :func:`~monai_ssl_ext.metrics.evaluate_predictions`) and return a
 :class:`PairedDifference` per metric.
 
@@ -281,7 +281,7 @@ def paired_difference(
     """``run - baseline`` on the same test images, per metric, with a paired bootstrap percentile interval.
 
     Args:
-        run, baseline: :class:`SplitPredictions`, or a ``predictions.npz`` path or the eval folder
+        run, baseline: :class:`SplitPredictions`, or a ``predictions.json`` path or the eval folder
             holding it.
         metrics: metric keys (default: those of :data:`DIFFERENCE_METRICS` both runs define).
         n_resamples: bootstrap replicates.

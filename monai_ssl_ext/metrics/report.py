@@ -73,7 +73,7 @@ def evaluate_predictions(
         labels: ``(N,)`` class indices.
         class_names: ``C`` class names (``None``: ``"0"``, ``"1"``...).
         output_dir: folder for ``<prefix>metrics.json``, ``<prefix>confusion_matrix.png``,
-            ``<prefix>reliability_diagram.png``, ``<prefix>predictions.npz`` (per-image labels,
+            ``<prefix>reliability_diagram.png``, ``<prefix>predictions.json`` (per-image labels,
             probabilities and Dice counts, see :mod:`monai_ssl_ext.metrics.predictions`) and, with
             masks and images, ``<prefix>mask_overlays.png``.
             ``None`` writes nothing (non-zero ranks, or metrics only).
@@ -90,7 +90,7 @@ def evaluate_predictions(
         logger_name: logger of the summary table (``None``: no logging).
         class_levels: ``C`` ordinal severity levels of the classes; adds a ``"severity"`` section
             (:func:`~monai_ssl_ext.metrics.severity_metrics`: MAE in levels...).
-        image_ids: ``N`` image identifiers (source paths) stored in ``predictions.npz``, so that
+        image_ids: ``N`` image identifiers (source paths) stored in ``predictions.json``, so that
             two runs can be checked to be paired (``None``: the positions ``"#0"``, ``"#1"``...).
 
     Returns:

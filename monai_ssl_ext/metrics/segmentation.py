@@ -108,7 +108,7 @@ def segmentation_counts(pred_masks: Any, true_masks: Any) -> tuple[np.ndarray, n
     """Per-image ``(|P n T|, |P|, |T|)``, three ``(N,)`` int64 arrays; inputs as in :func:`dice_per_image`.
 
     They are all :func:`segmentation_metrics_from_counts` needs: a per-image record of a split
-    (``predictions.npz``) stores them instead of the masks.
+    (``predictions.json``) stores them instead of the masks.
     """
     return _per_image_counts(pred_masks, true_masks)
 
