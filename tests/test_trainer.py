@@ -284,7 +284,7 @@ def test_same_seed_same_run_different_seed_different_run():
 
 
 def test_resume_with_missing_checkpoint_fails_before_training(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(FileNotFoundError, match="no readable checkpoint"):
         ResumeCheckpointLoader("latest", {}, ckpt_dir=tmp_path).attach(None)
     with pytest.raises(FileNotFoundError, match="not found"):
         ResumeCheckpointLoader(tmp_path / "nope.pt", {}).attach(None)
@@ -392,3 +392,81 @@ def test_summary_reports_the_share_of_time_spent_waiting_for_data(tmp_path, monk
     summary = json.loads((tmp_path / "train_summary.json").read_text())
     assert summary["data_wait_s"] >= 0.6 - 1e-3
     assert 0.5 < summary["data_wait_share"] <= 1.0
+
+
+def _saver_files(tmp_path) -> list[str]:
+    return sorted(p.name for p in tmp_path.iterdir())
+
+
+def test_previous_checkpoint_stays_until_the_next_is_complete(tmp_path, monkeypatch):
+    # ignite's Checkpoint removes the file it replaces before saving; a kill during the save lost both
+    trainer, net, opt, alg = make_trainer("supervised", epochs=3, epoch_length=1)
+    AtomicCheckpointSaver(
+        str(tmp_path),
+        {"network": net, "optimizer": opt, "algorithm": alg, "trainer": trainer},
+        save_interval=1,
+        n_saved=1,
+    ).attach(trainer)
+    seen_while_writing = []
+    original = torch.save
+
+    def watching_save(obj, f, *args, **kwargs):
+        seen_while_writing.append(_saver_files(tmp_path))
+        return original(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", watching_save)
+    trainer.run()
+    assert seen_while_writing == [
+        [".checkpoint_epoch=1.pt.partial"],
+        [".checkpoint_epoch=2.pt.partial", "checkpoint_epoch=1.pt"],
+        [".checkpoint_epoch=3.pt.partial", "checkpoint_epoch=2.pt"],
+    ]
+    assert _saver_files(tmp_path) == ["checkpoint_epoch=3.pt"]
+
+
+def test_files_a_killed_run_left_are_cleared_after_the_next_complete_save(tmp_path):
+    trainer, net, opt, alg = make_trainer("supervised", epochs=2, epoch_length=1)
+    # a run killed while writing epoch 2 and one killed before it pruned epoch 0: left behind
+    for name in ("checkpoint_epoch=0.pt", "checkpoint_epoch=1.pt", "network_epoch=7.pt"):
+        torch.save({"w": torch.zeros(1)}, tmp_path / name)
+    (tmp_path / ".checkpoint_epoch=2.pt.partial").write_bytes(b"\x80")
+    AtomicCheckpointSaver(
+        str(tmp_path),
+        {"network": net, "optimizer": opt, "algorithm": alg, "trainer": trainer},
+        save_interval=1,
+        n_saved=1,
+    ).attach(trainer)
+    trainer.run()
+    # the newest (n_saved=1) of the series stays; another series is not ours to prune
+    assert _saver_files(tmp_path) == ["checkpoint_epoch=2.pt", "network_epoch=7.pt"]
+
+
+def test_best_model_missing_after_a_kill_does_not_stop_the_resumed_run(tmp_path):
+    # the key-metric saver's state (restored on resume) names model.pt; a kill while writing it used to leave
+    # no model.pt, and ignite's removal of the old file then raised at the next improvement
+    trainer, net, *_ = make_trainer("supervised", epochs=2, epoch_length=1)
+    scores = iter([0.5, 0.7])
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: setattr(e.state, "metrics", {"auc": next(scores)}))
+    saver = AtomicCheckpointSaver(
+        str(tmp_path), {"model": net}, save_key_metric=True, key_metric_name="auc", key_metric_filename="model.pt"
+    )
+    saver.attach(trainer)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED(once=1), lambda e: (tmp_path / "model.pt").unlink())
+    trainer.run()
+    assert _saver_files(tmp_path) == ["model.pt"]
+    assert saver.state_dict()["_saved"][0][0] == 0.7  # the improvement was recorded and written
+
+
+def test_resume_from_latest_passes_over_a_damaged_newest_checkpoint(tmp_path, caplog):
+    trainer, net, *_ = make_trainer("supervised", epochs=2, epoch_length=1)
+    AtomicCheckpointSaver(str(tmp_path), {"network": net, "trainer": trainer}, save_interval=1, n_saved=2).attach(
+        trainer
+    )
+    trainer.run()
+    (tmp_path / "checkpoint_epoch=2.pt").write_bytes((tmp_path / "checkpoint_epoch=2.pt").read_bytes()[:100])
+    second, net2, *_ = make_trainer("supervised", epochs=2, epoch_length=1)
+    loader = ResumeCheckpointLoader("latest", {"network": net2, "trainer": second}, ckpt_dir=tmp_path)
+    with caplog.at_level(logging.WARNING):
+        assert loader.resolve() == tmp_path / "checkpoint_epoch=1.pt"
+    assert "checkpoint_epoch=2.pt: cannot be read" in caplog.text and "older checkpoint" in caplog.text
+    assert find_latest_checkpoint(tmp_path) == tmp_path / "checkpoint_epoch=2.pt"  # by name alone

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 import monai_ssl_ext
+from monai_ssl_ext.bundle.literal import DATA_SETTINGS, inert
 
 __all__ = [
     "WORKFLOWS",
@@ -131,7 +132,8 @@ def bundle_command(
         bundle: bundle folder.
         run_id: workflow id in the configs (``training``, ``evaluating``, ``run``...).
         configs: config files relative to the bundle's ``configs/`` (``["train.json", "profiles/smoke.json"]``).
-        overrides: ``{"key#sub": value}`` pairs passed as ``--key#sub value``.
+        overrides: ``{"key#sub": value}`` pairs passed as ``--key#sub value``; the values of
+            :data:`~monai_ssl_ext.bundle.literal.DATA_SETTINGS` (paths, class names) are always literal.
         python: interpreter.
         nproc: processes; above 1 the command goes through ``torchrun --standalone``.
     """
@@ -157,7 +159,8 @@ def bundle_command(
     if logging_conf.is_file():
         cmd += ["--logging_file", str(logging_conf)]
     for key, value in (overrides or {}).items():
-        cmd += [f"--{key}", _override_value(value)]
+        # a path or class name is data: one beginning with "$" must not reach MONAI as Python to evaluate
+        cmd += [f"--{key}", _override_value(inert(value) if key.split("#")[0] in DATA_SETTINGS else value)]
     return cmd
 
 

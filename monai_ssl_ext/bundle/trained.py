@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from monai_ssl_ext.bundle.literal import inert
 from monai_ssl_ext.utils import is_main_process, write_json
 
 logger = logging.getLogger("monai_ssl_ext.bundle")
@@ -203,20 +204,5 @@ def freeze_settings(config: Mapping[str, Any], settings: Mapping[str, Any]) -> d
     """
     frozen = {k: copy.deepcopy(v) for k, v in config.items() if k not in ("trained", "fallback")}
     for key, value in settings.items():
-        frozen[key] = _inert(_plain(value))
+        frozen[key] = inert(_plain(value))
     return frozen
-
-
-def _inert(value: Any) -> Any:
-    """``value`` with strings that MONAI would read as an expression, reference or macro made literal.
-
-    A string from data that begins with ``$``, ``@`` or ``%`` becomes an expression that rebuilds
-    it from hexadecimal digits, which contain none of MONAI's reference characters.
-    """
-    if isinstance(value, dict):
-        return {k: _inert(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_inert(v) for v in value]
-    if isinstance(value, str) and value.startswith(("$", "@", "%")):
-        return f"$bytes.fromhex('{value.encode('utf-8').hex()}').decode('utf-8')"
-    return value

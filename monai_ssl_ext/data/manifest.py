@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,6 +46,10 @@ __all__ = ["SPLITS", "Manifest", "ManifestError"]
 SPLITS = ("training", "validation", "test")
 _PATH_KEYS = (DataKeys.IMAGE, DataKeys.MASK)
 _MAX_LISTED = 10
+
+
+# a manifest's name becomes a folder of results: no separators, no "..", nothing MONAI would evaluate
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class ManifestError(ValueError):
@@ -92,8 +97,15 @@ class Manifest:
             raise ManifestError(
                 f"{where}: unknown top-level keys {sorted(unknown)}; expected {list(SPLITS)} and metadata."
             )
+        # without a name, the file's (made safe); a name given is checked, not silently changed
+        name = str(data.get("name") or re.sub(r"[^A-Za-z0-9._-]", "_", Path(where).stem).lstrip("._-")[:64] or "data")
+        if not _SAFE_NAME.fullmatch(name):
+            raise ManifestError(
+                f"{where}: name {name[:60]!r} is not a safe identifier (letters, digits, '.', '_', '-'; starting "
+                "with a letter or digit; at most 64): it names result folders and tables"
+            )
         manifest = cls(
-            name=str(data.get("name") or Path(where).stem),
+            name=name,
             classes=list(classes),
             description=str(data.get("description", "")),
             source=dict(data.get("source", {})),
@@ -136,14 +148,23 @@ class Manifest:
         return entry
 
     def label_index(self, label: Any, where: str = "") -> int:
-        """Class index of ``label`` (an index or a class name); raises :class:`ManifestError` if unknown."""
-        if isinstance(label, str) and not label.lstrip("-").isdigit():
+        """Class index of ``label`` (an index or a class name); raises :class:`ManifestError` if unknown.
+
+        A whole number (``1``, ``"1"``, ``1.0``) is an index; a fraction (``1.7``) or a boolean (``true``) is
+        refused rather than truncated to a class.
+        """
+        if isinstance(label, str) and not label.strip().lstrip("-").isdigit():
             if label not in self.classes:
                 raise ManifestError(f"{where}: label '{label}' is not one of the classes {self.classes}.")
             return self.classes.index(label)
+        if isinstance(label, bool) or (isinstance(label, float) and not label.is_integer()):
+            raise ManifestError(
+                f"{where}: label {json.dumps(label)} is neither a class index (a whole number) nor a class name "
+                f"of {self.classes}."
+            )
         try:
             idx = int(label)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ManifestError(f"{where}: label {label!r} is neither a class index nor a class name.") from None
         if not 0 <= idx < len(self.classes):
             raise ManifestError(f"{where}: label {idx} is outside 0..{len(self.classes) - 1} (classes {self.classes}).")

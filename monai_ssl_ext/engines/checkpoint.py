@@ -9,48 +9,115 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
+import torch
 from ignite.engine import Engine
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointLoader
 from monai.handlers import CheckpointSaver as MonaiCheckpointSaver
 
-from monai_ssl_ext.utils.weights import load_weights_file
+from monai_ssl_ext.utils.weights import UnreadableWeightsError, load_weights_file
 
 __all__ = ["AtomicCheckpointSaver", "ResumeCheckpointLoader", "find_latest_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
 _EPOCH_FILE = re.compile(r"checkpoint_(epoch|iteration)=(\d+)\.pt$")
+# any periodic file of ignite's naming: "<prefix>_epoch=N.pt" (the prefix is "checkpoint" for several objects)
+_PERIODIC_FILE = re.compile(r"^(.+)_(epoch|iteration)=(\d+)\.pt$")
+
+
+PARTIAL_SUFFIX = ".partial"
+
+
+def _partial_path(path: Path) -> Path:
+    """Where ``path`` is written before it is complete: a hidden sibling (same folder, so the rename is atomic)."""
+    return path.with_name(f".{path.name}{PARTIAL_SUFFIX}")
 
 
 class _AtomicDiskSaver(DiskSaver):
-    """ignite's ``DiskSaver`` writing to a temporary file that replaces the target (``atomic=True``),
-    with MONAI's fixed-filename option and ordinary read permissions for the group and others."""
+    """ignite's ``DiskSaver``, in an order that never loses the last good checkpoint.
 
-    def __init__(self, dirname: str, filename: str | None = None) -> None:
+    A file is written to ``.<name>.partial`` beside its target, flushed to disk and renamed over the target
+    only when complete, so a kill at any moment leaves the previous file whole. ignite's ``Checkpoint``
+    removes the file it replaces *before* saving the new one; here that removal waits until the next save
+    is complete (and a fixed file name, MONAI's ``model.pt``, is never removed: the rename replaces it).
+    With ``keep_last``, every periodic file of the saved one's series (``checkpoint_epoch=N.pt``...) but the
+    newest ``keep_last`` is deleted after each complete save, including those a killed run left behind.
+    """
+
+    def __init__(self, dirname: str, filename: str | None = None, keep_last: int | None = None) -> None:
         super().__init__(dirname=dirname, require_empty=False, atomic=True)
         self.filename = filename
+        self.keep_last = keep_last
+        self._removals: list[str] = []
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
-        filename = self.filename or filename
-        super().__call__(checkpoint=checkpoint, filename=filename, metadata=metadata)
-        path = os.path.join(self.dirname, filename)
-        if not os.path.isfile(path):  # another rank saves
+        if idist.get_rank() != self.save_on_rank:
             return
+        name = self.filename or filename
+        path = Path(self.dirname) / name
+        partial = _partial_path(path)
+        try:
+            with open(partial, "wb") as f:
+                torch.save(checkpoint, f, **self.kwargs)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(path, 0o666 & ~umask)  # a temporary file is created 0600; give the file the usual mode
+        os.chmod(partial, 0o666 & ~umask)  # the usual mode of a new file
+        os.replace(partial, path)
+        _sync_folder(path.parent)
+        self._remove_superseded(name)
 
     def remove(self, filename: str) -> None:
-        super().remove(self.filename or filename)
+        name = self.filename or filename
+        if name != self.filename and name not in self._removals:
+            self._removals.append(name)  # removed once the next file is complete
+
+    def _remove_superseded(self, saved: str) -> None:
+        folder = Path(self.dirname)
+        stale = [n for n in self._removals if n != saved]
+        self._removals.clear()
+        saved_match = _PERIODIC_FILE.match(saved)
+        if self.keep_last is not None and saved_match:
+            same_series = [
+                (int(m.group(3)), p.name)
+                for p in folder.glob("*.pt")
+                if (m := _PERIODIC_FILE.match(p.name)) and m.group(1, 2) == saved_match.group(1, 2)
+            ]
+            stale += [name for _, name in sorted(same_series, reverse=True)[self.keep_last :] if name != saved]
+        # partial files of a run killed while saving: nothing reads them, and only this process saves here
+        stale += [p.name for p in folder.glob(f".*.pt{PARTIAL_SUFFIX}")]
+        for name in dict.fromkeys(stale):
+            (folder / name).unlink(missing_ok=True)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Flush a folder's entries (the rename) to disk where the platform allows it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 class AtomicCheckpointSaver(MonaiCheckpointSaver):
     """MONAI's ``CheckpointSaver`` (same arguments) whose files are written atomically.
 
-    MONAI's saver writes checkpoints in place, so a run killed while saving leaves a truncated file
-    where the previous good checkpoint was. Here every file goes to a temporary name in the same
-    folder and is moved over the target only when complete.
+    MONAI's saver writes checkpoints in place, and ignite deletes the previous checkpoint before it
+    writes the next, so a run killed while saving is left with nothing to resume from. Here every file
+    goes to ``.<name>.partial`` in the same folder, is flushed and moved over the target only when
+    complete, and the file it supersedes is deleted after that; the periodic checkpoints keep the newest
+    ``n_saved`` (older ones a killed run left behind included).
 
     ``state_dict``/``load_state_dict`` carry the best-score bookkeeping of ``save_key_metric``, so a
     resumed run keeps the best model of the whole run instead of overwriting it at its first validation.
@@ -62,7 +129,10 @@ class AtomicCheckpointSaver(MonaiCheckpointSaver):
             checkpoint = getattr(self, name, None)
             if checkpoint is not None:
                 old = checkpoint.save_handler
-                checkpoint.save_handler = _AtomicDiskSaver(self.save_dir, filename=getattr(old, "filename", None))
+                keep = checkpoint.n_saved if name == "_interval_checkpoint" else None
+                checkpoint.save_handler = _AtomicDiskSaver(
+                    self.save_dir, filename=getattr(old, "filename", None), keep_last=keep
+                )
 
     def state_dict(self) -> dict:
         checkpoint = getattr(self, "_key_metric_checkpoint", None)
@@ -74,21 +144,39 @@ class AtomicCheckpointSaver(MonaiCheckpointSaver):
             checkpoint.load_state_dict(state_dict)
 
 
-def find_latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
-    """The newest ``checkpoint_epoch=N.pt`` / ``checkpoint_iteration=N.pt`` (largest N) in ``ckpt_dir``."""
+def _numbered_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """The ``checkpoint_epoch=N.pt`` / ``checkpoint_iteration=N.pt`` of a folder, newest (largest N) first."""
+    found = [(int(m.group(2)), p) for p in ckpt_dir.glob("*.pt") if (m := _EPOCH_FILE.search(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def find_latest_checkpoint(ckpt_dir: str | os.PathLike, readable: bool = False) -> Path | None:
+    """The newest ``checkpoint_epoch=N.pt`` / ``checkpoint_iteration=N.pt`` (largest N) in ``ckpt_dir``.
+
+    With ``readable``, the newest that also loads as a weights-only checkpoint: a damaged newer file is
+    named in a warning and passed over for the one before it.
+    """
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         return None
-    found = [(int(m.group(2)), p) for p in ckpt_dir.glob("*.pt") if (m := _EPOCH_FILE.search(p.name))]
-    return max(found)[1] if found else None
+    for path in _numbered_checkpoints(ckpt_dir):
+        if not readable:
+            return path
+        try:
+            load_weights_file(path, map_location="cpu")
+        except UnreadableWeightsError as err:
+            logger.warning(f"{err}; resuming from an older checkpoint")
+            continue
+        return path
+    return None
 
 
 class ResumeCheckpointLoader:
     """Resume training from a checkpoint when one is given; do nothing otherwise.
 
     Args:
-        checkpoint: ``None`` (start fresh), a checkpoint path, or ``"latest"`` (the newest
-            ``checkpoint_epoch=N.pt`` in ``ckpt_dir``).
+        checkpoint: ``None`` (start fresh), a checkpoint path, or ``"latest"`` (the newest readable
+            ``checkpoint_epoch=N.pt`` in ``ckpt_dir``; a damaged newer one is named and passed over).
         load_dict: objects to restore (network, optimizer, algorithm, trainer, lr scheduler...).
         ckpt_dir: folder searched for ``"latest"``.
         map_location: ``torch.load`` map location.
@@ -119,9 +207,9 @@ class ResumeCheckpointLoader:
         if str(self.checkpoint) == "latest":
             if self.ckpt_dir is None:
                 raise ValueError("resume_from='latest' needs the checkpoint folder (ckpt_dir).")
-            path = find_latest_checkpoint(self.ckpt_dir)
+            path = find_latest_checkpoint(self.ckpt_dir, readable=True)
             if path is None:
-                raise FileNotFoundError(f"resume_from='latest': no checkpoint_epoch=N.pt in {self.ckpt_dir}")
+                raise FileNotFoundError(f"resume_from='latest': no readable checkpoint_epoch=N.pt in {self.ckpt_dir}")
             return path
         path = Path(self.checkpoint)
         if not path.is_file():
