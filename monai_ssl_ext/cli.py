@@ -72,6 +72,8 @@ def _friendly(func: Callable) -> Callable:
             if debug:
                 raise
             message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+            if hasattr(e, "one_line"):  # a failed workflow: its cause and the log, not the log's tail
+                message = e.one_line()
             print(f"monai-ssl {func.__name__}: error: {message}", file=sys.stderr)
             sys.exit(2)
         finally:
@@ -85,6 +87,23 @@ def _friendly(func: Callable) -> Callable:
     params.insert(position, debug)
     wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
     return wrapper
+
+
+def _workflow_echo() -> Callable[[str], None]:
+    """Print a workflow's output as it comes, up to a traceback; all of it with ``--debug``.
+
+    A failed workflow is reported in one line (its cause and the full log's path) by the command's error
+    handler; the traceback stays in the log.
+    """
+    debug = _DEBUG.get()
+    state = {"in_traceback": False}
+
+    def echo(line: str) -> None:
+        state["in_traceback"] = state["in_traceback"] or line.startswith("Traceback (most recent call last)")
+        if debug or not state["in_traceback"]:
+            print(line, flush=True)
+
+    return echo
 
 
 def _setup_logging(debug: bool) -> None:
@@ -246,7 +265,7 @@ class Commands:
         cmd = workflow_command(bundle_dir, "training", profile, _as_list(overlays), settings, nproc=nproc)
         print("$ " + " ".join(cmd), flush=True)
         log = Path(settings.get("output_dir", bundle_dir / "runs" / (algorithm or "default"))) / "train.log"
-        run_workflow(cmd, log, echo=print)
+        run_workflow(cmd, log, echo=_workflow_echo())
 
     @staticmethod
     @_friendly
@@ -281,7 +300,7 @@ class Commands:
         cmd = workflow_command(bundle_dir, "evaluating", overrides=settings)
         print("$ " + " ".join(cmd), flush=True)
         log_dir = Path(settings.get("eval_output_dir", bundle_dir / "runs"))
-        run_workflow(cmd, log_dir / f"evaluate_{split}.log", echo=print)
+        run_workflow(cmd, log_dir / f"evaluate_{split}.log", echo=_workflow_echo())
 
     @staticmethod
     @_friendly
@@ -300,7 +319,9 @@ class Commands:
         cmd = workflow_command(bundle_dir, "inference", overrides=settings)
         print("$ " + " ".join(cmd), flush=True)
         run_workflow(
-            cmd, Path(settings.get("output_dir", bundle_dir / "eval" / "inference")) / "inference.log", echo=print
+            cmd,
+            Path(settings.get("output_dir", bundle_dir / "eval" / "inference")) / "inference.log",
+            echo=_workflow_echo(),
         )
 
     @staticmethod

@@ -6,8 +6,12 @@
   inference and export.
 - :mod:`.runner`: the config stack of each workflow and the ``python -m monai.bundle run`` command.
 - :mod:`.checks`: the model-zoo checks of a bundle folder (``monai-ssl check_bundle``).
+- :mod:`.literal` and :mod:`.errors`: strings from data kept literal in configs; a failed run's root cause
+  as its last line.
 """
 
+from .errors import innermost_cause, report_root_cause_last
+from .literal import DATA_SETTINGS, inert
 from .render import bundle_names, check_rendered, render_bundle, write_bundle
 from .runner import (
     WORKFLOWS,
@@ -32,6 +36,7 @@ from .trained import (
 )
 
 __all__ = [
+    "DATA_SETTINGS",
     "TRAINED_CONFIG_NAME",
     "WORKFLOWS",
     "BundleRunError",
@@ -45,8 +50,11 @@ __all__ = [
     "describe_network_io",
     "find_bundle",
     "freeze_settings",
+    "inert",
+    "innermost_cause",
     "read_trained_config",
     "render_bundle",
+    "report_root_cause_last",
     "root_cause",
     "run_workflow",
     "trained_config_path",

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 import monai_ssl_ext
+from monai_ssl_ext.bundle.errors import WRAPPER_MESSAGES
 from monai_ssl_ext.bundle.literal import DATA_SETTINGS, inert
 
 __all__ = [
@@ -39,7 +40,25 @@ WORKFLOWS = {"training": "training", "evaluating": "evaluating", "inference": "r
 
 
 class BundleRunError(RuntimeError):
-    """A bundle workflow exited with an error; the message names the log file and its last lines."""
+    """A bundle workflow exited with an error; the message names the log file and its last lines.
+
+    Attributes:
+        cause: the original error's line(s) from the log (see :func:`root_cause`), ``None`` when none was found.
+        log_file: the full log.
+        code: the exit status.
+    """
+
+    def __init__(self, message: str, cause: str | None = None, log_file: str | os.PathLike = "", code: int = 1):
+        super().__init__(message)
+        self.cause = cause
+        self.log_file = str(log_file)
+        self.code = code
+
+    def one_line(self) -> str:
+        """The cause without its exception class, and where the full log is: what a user reads first."""
+        cause = (self.cause or f"the workflow failed with exit code {self.code}").strip().splitlines()[0]
+        cause = _EXCEPTION_LINE.sub(lambda m: m.group(2), cause)
+        return f"{cause} (full log: {self.log_file})"
 
 
 def find_bundle(name_or_path: str | os.PathLike) -> Path:
@@ -233,13 +252,13 @@ def run_workflow(
         cause = root_cause(lines)
         tail = "\n".join(lines[-25:])
         headline = f"{cause}\n" if cause else ""
-        raise BundleRunError(f"{headline}workflow failed with exit code {code}; full log: {log_file}\n{tail}")
+        raise BundleRunError(
+            f"{headline}workflow failed with exit code {code}; full log: {log_file}\n{tail}", cause, log_file, code
+        )
     return elapsed
 
 
-_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt)): (.*)$")
-# what monai.bundle wraps the real error in when a config expression or component fails
-_WRAPPERS = ("Failed to evaluate", "Failed to instantiate", "Component to instantiate must represent")
+_EXCEPTION_LINE = re.compile(r"^(?:error: )?([A-Za-z_][\w.]*(?:Error|Exception|Interrupt)): (.*)$")
 
 
 def root_cause(log_lines: Sequence[str]) -> str | None:
@@ -251,7 +270,7 @@ def root_cause(log_lines: Sequence[str]) -> str | None:
     """
     for i, line in enumerate(log_lines):
         match = _EXCEPTION_LINE.match(line)
-        if match is None or match.group(2).startswith(_WRAPPERS):
+        if match is None or match.group(2).startswith(WRAPPER_MESSAGES):
             continue
         message = [line]
         for following in log_lines[i + 1 :]:
