@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -152,6 +153,18 @@ def test_train_resume_evaluate_infer_export_end_to_end(tmp_path, small_data):
         rows = list(csv.DictReader(f))
     assert len(rows) == len(list(images.glob("*.png")))
     assert abs(float(rows[0]["prob_benign"]) + float(rows[0]["prob_malignant"]) - 1) < 1e-5
+    assert all(r["image"] == Path(r["image"]).name for r in rows)  # named relative to the input folder
+    # a hospital export: a corrupt file is named and fails the run, after the others' predictions are written
+    export = tmp_path / "exports" / "DOE^JANE"
+    shutil.copytree(images, export)
+    (export / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    second = {**infer, "input_dir": str(export), "output_dir": str(tmp_path / "infer2")}
+    error = _run(tmp_path, "run", ["inference.json"], second, expect_fail=True)
+    assert "1 input(s) got no prediction (corrupt.png: cannot be read" in error.splitlines()[0]
+    with open(tmp_path / "infer2" / "predictions.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(rows)
+    assert "DOE" not in (tmp_path / "infer2" / "predictions.csv").read_text()
+    assert "corrupt.png,failed,cannot be read" in (tmp_path / "infer2" / "skipped.csv").read_text()
     # a network that does not fit the weights: one line naming the checkpoint and the first differing key
     error = _run(tmp_path, "run", ["inference.json"], {**infer, "backbone": "resnet18"}, expect_fail=True)
     first = error.splitlines()[0]

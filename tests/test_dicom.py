@@ -671,4 +671,10 @@ def test_real_inspection_of_the_dicom_folder():
     assert by_name["RG3_J2KR.dcm"]["transfer_syntax"] == "JPEG 2000 Image Compression (Lossless Only)"
     assert by_name["examples_ybr_color.dcm"]["frames"] == 30
     assert by_name["OBXXXX1A.dcm"]["us_region"]["data_type"] == "tissue"
-    assert "gdcm-US-ALOKA-16.dcm" in format_inspection(records)
+    # the shape an ultrasound bundle reads: cropped to the imaging region (its default)
+    region = by_name["OBXXXX1A.dcm"]["us_region"]["bbox"]
+    expected = (by_name["OBXXXX1A.dcm"]["shape"][0], region[3] - region[1] + 1, region[2] - region[0] + 1)
+    assert by_name["OBXXXX1A.dcm"]["cropped_shape"] == expected != by_name["OBXXXX1A.dcm"]["shape"]
+    assert by_name["RG3_J2KR.dcm"]["cropped_shape"] is None
+    table = format_inspection(records)
+    assert "gdcm-US-ALOKA-16.dcm" in table and "cropped" in table.splitlines()[0]

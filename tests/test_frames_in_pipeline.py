@@ -46,9 +46,15 @@ def test_every_kth_frame_becomes_a_sample_that_keeps_its_file_together():
 def test_profile_reads_the_entry_frame_and_crops_to_the_ultrasound_region():
     root = shared_data("dicom")
     entries = load_manifest(_manifest(), root, frames="every:10").training
-    read = Compose(get_profile("ultrasound", image_size=32).read(with_mask=False))
+    read = Compose(get_profile("ultrasound", image_size=32, crop_to_region=False).read(with_mask=False))
     first, tenth = (read(dict(e))[DataKeys.IMAGE] for e in entries[:2])
     assert first.shape == tenth.shape == (1, 240, 320) and not torch.equal(first, tenth)
+    # ultrasound crops to the imaging region unless told otherwise: the text and UI around it never reach the network
+    default = Compose(get_profile("ultrasound", image_size=32).read(with_mask=False))(dict(entries[0]))[DataKeys.IMAGE]
+    explicit = Compose(get_profile("ultrasound", image_size=32, crop_to_region=True).read(with_mask=False))
+    assert default.shape == (1, 209, 236) and torch.equal(default, explicit(dict(entries[0]))[DataKeys.IMAGE])
+    other = Compose(get_profile("xray", image_size=32).read(with_mask=False))(dict(entries[0]))[DataKeys.IMAGE]
+    assert other.shape == (1, 240, 320)  # other modalities do not crop by default
 
     cropped = Compose(get_profile("ultrasound", image_size=32, crop_to_region=True).read(with_mask=False))
     image = cropped({DataKeys.IMAGE: str(root / SINGLE)})[DataKeys.IMAGE]

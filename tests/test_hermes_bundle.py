@@ -151,7 +151,7 @@ def test_hermes_train_evaluate_infer_export_end_to_end(tmp_path, small_data):
     for row in rows:
         assert abs(float(row["prob_benign"]) + float(row["prob_malignant"]) - 1) < 1e-5
         mask = np.asarray(Image.open(tmp_path / "infer" / row["mask"]))
-        source = np.asarray(Image.open(row["image"]))
+        source = np.asarray(Image.open(inputs / row["image"]))  # named relative to the input folder
         assert mask.shape == source.shape[:2]  # at the image's own size, not the network's
         assert set(np.unique(mask)) <= {0, 255}
     assert (tmp_path / "infer" / "predictions_overlay.png").is_file()

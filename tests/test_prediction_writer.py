@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -19,8 +20,9 @@ from monai.engines import SupervisedEvaluator
 from PIL import Image
 from torch import nn
 
+from monai_ssl_ext.data import InferenceInputs, SkippedInput, scan_inputs
 from monai_ssl_ext.engines import PredictionWriter
-from monai_ssl_ext.engines.prediction_writer import MaskWriteError
+from monai_ssl_ext.engines.prediction_writer import MaskWriteError, SkippedInputsError
 from monai_ssl_ext.transforms import get_profile
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -145,7 +147,7 @@ def test_png_masks_at_original_size(tmp_path, postprocessing):
     out = tmp_path / "out"
     rows = _run(paths, PredictionWriter(out, CLASSES), postprocessing)
 
-    assert [r["image"] for r in rows] == [str(p) for p in paths]
+    assert [r["image"] for r in rows] == ["wide.png", "square.png"]  # no input root: file names, no folders
     assert set(rows[0]) == {
         "image",
         "prediction",
@@ -320,3 +322,98 @@ def test_dicom_cropped_to_the_ultrasound_region(tmp_path):
     assert mask.shape == (16, 27)
     assert np.allclose(mask.affine, np.diag([0.2, 0.1, 1.0, 1.0]))
     _assert_rectangle(np.asarray(mask.dataobj), _box_mask((16, 27), (3, 11, 6, 20)), margin=1)
+
+
+# ---------------------------------------------------------------- inputs as a hospital export holds them
+
+
+def test_inputs_are_named_relative_to_the_input_root(tmp_path):
+    # a folder named after a patient must not reach the results
+    root = tmp_path / "exports"
+    paths = [_png(root / "DOE^JANE" / "study1" / "a.png", (40, 40), (5, 20, 5, 20))]
+    rows = _run(paths, PredictionWriter(tmp_path / "out", CLASSES, seg_key=None, input_root=root / "DOE^JANE"))
+    assert rows[0]["image"] == "study1/a.png"
+    text = (tmp_path / "out" / "predictions.csv").read_text() + (tmp_path / "out" / "predictions.json").read_text()
+    assert "DOE" not in text and str(tmp_path) not in text
+
+
+def test_skipped_inputs_are_listed_and_a_failed_one_fails_the_run_after_the_others_are_written(tmp_path):
+    root = tmp_path / "in"
+    good = _png(root / "good.png", (40, 40), (5, 20, 5, 20))
+    skipped = [
+        SkippedInput(str(root / "broken.png"), "cannot be read (truncated)", failed=True),
+        SkippedInput(str(root / "good_mask.png"), "named as a mask", failed=False),
+    ]
+    writer = PredictionWriter(tmp_path / "out", CLASSES, seg_key=None, input_root=root, skipped=skipped)
+    with pytest.raises(SkippedInputsError, match=r"1 input\(s\) got no prediction \(broken\.png: cannot be read"):
+        _run([good], writer)
+    with open(tmp_path / "out" / "predictions.csv", newline="") as f:
+        assert [r["image"] for r in csv.DictReader(f)] == ["good.png"]
+    with open(tmp_path / "out" / "skipped.csv", newline="") as f:
+        assert list(csv.reader(f)) == [
+            ["image", "status", "reason"],
+            ["broken.png", "failed", "cannot be read (truncated)"],
+            ["good_mask.png", "ignored", "named as a mask"],
+        ]
+    # only ignored files: listed, and the run succeeds; none: no stale list left from an earlier run
+    _run([good], PredictionWriter(tmp_path / "out", CLASSES, seg_key=None, input_root=root, skipped=skipped[1:]))
+    _run([good], PredictionWriter(tmp_path / "out", CLASSES, seg_key=None, input_root=root))
+    assert not (tmp_path / "out" / "skipped.csv").exists()
+
+
+def _dicom(path, modality: str):
+    from pydicom.dataset import Dataset as DicomDataset
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    ds = DicomDataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Modality = modality
+    ds.Rows, ds.Columns = 32, 32
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = np.arange(32 * 32, dtype=np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_a_pacs_export_folder_is_read_for_what_it_holds(tmp_path):
+    root = tmp_path / "export"
+    _dicom(root / "series1" / "IM0001", "US")  # no suffix: recognised by its DICM marker
+    _dicom(root / "series2" / "IM0001", "CT")  # another modality: refused for an ultrasound model
+    _png(root / "case_mask.png", (40, 40), (5, 20, 5, 20))
+    _png(root / "case.png", (40, 40), (5, 20, 5, 20))
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    (root / "notes.txt").write_text("reported by ...")
+    (root / "DICOMDIR").write_bytes(b"\x00" * 128 + b"DICM")
+    (root / ".DS_Store").write_bytes(b"\x00")
+    entries, ignored = scan_inputs(root)
+    assert [Path(e["image"]).relative_to(root).as_posix() for e in entries] == [
+        "broken.png",
+        "case.png",
+        "series1/IM0001",
+        "series2/IM0001",
+    ]
+    assert {Path(s.path).name: s.reason.split(" ")[0] for s in ignored} == {
+        "DICOMDIR": "DICOMDIR:",
+        "case_mask.png": "named",
+        "notes.txt": "not",
+    }
+    profile = get_profile("ultrasound", image_size=32)
+    inputs = InferenceInputs(root, profile.preprocess(with_mask=False, keep_meta=True), modalities=("US",))
+    assert [Path(e["image"]).name for e in inputs.data] == ["case.png", "IM0001"]
+    failed = {Path(s.path).relative_to(root).as_posix(): s.reason for s in inputs.skipped if s.failed}
+    assert set(failed) == {"broken.png", "series2/IM0001"}
+    assert failed["broken.png"].startswith("cannot be read (") and "broken.png" in failed["broken.png"]
+    assert failed["series2/IM0001"].startswith("DICOM modality CT, the model reads US images")
+    assert inputs.root == root.resolve()
+    # the explicit override: every modality
+    anything = InferenceInputs(root, profile.preprocess(with_mask=False, keep_meta=True), modalities=())
+    assert len(anything.data) == 3
+    with pytest.raises(FileNotFoundError, match=r"No readable input .* broken\.png: cannot be read"):
+        InferenceInputs(root / "broken.png", profile.preprocess(with_mask=False, keep_meta=True))

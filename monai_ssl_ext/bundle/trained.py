@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from monai_ssl_ext.bundle.literal import inert
+from monai_ssl_ext.transforms.profiles import PROFILES
 from monai_ssl_ext.utils import is_main_process, write_json
 
 logger = logging.getLogger("monai_ssl_ext.bundle")
@@ -45,7 +46,6 @@ __all__ = [
 TRAINED_CONFIG_NAME = "train_config.json"
 
 # DICOM modality codes of the modality profiles (metadata ``network_data_format.inputs.image.modality``)
-_DICOM_MODALITY = {"ultrasound": "US", "dermoscopy": "XC", "histology": "SM"}
 _CHANNEL_NAMES = {1: {"0": "image"}, 3: {"0": "R", "1": "G", "2": "B"}}
 
 
@@ -184,7 +184,7 @@ def describe_network_io(network_data_format: Mapping[str, Any], settings: Mappin
     image["num_channels"] = channels
     image["spatial_shape"] = spatial
     image["channel_def"] = _CHANNEL_NAMES.get(channels, {str(i): f"channel {i}" for i in range(channels)})
-    image["modality"] = _DICOM_MODALITY.get(str(settings["modality"]), "OT")
+    image["modality"] = _dicom_modality(str(settings["modality"]))
     names = [str(n) for n in settings["class_names"]]
     for spec in out["outputs"].values():
         if spec.get("format") == "classes":
@@ -206,3 +206,9 @@ def freeze_settings(config: Mapping[str, Any], settings: Mapping[str, Any]) -> d
     for key, value in settings.items():
         frozen[key] = inert(_plain(value))
     return frozen
+
+
+def _dicom_modality(modality: str) -> str:
+    """The DICOM Modality a bundle's metadata declares for a modality profile ("OT" when unknown)."""
+    profile = PROFILES.get(modality)
+    return profile.dicom_modalities[0] if profile is not None else "OT"

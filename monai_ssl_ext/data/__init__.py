@@ -1,7 +1,7 @@
 """Manifests, label budgets, data set builders and the iteration-indexed training streams."""
 
-from .datalist import expand_frames, load_manifest
-from .inputs import IMAGE_SUFFIXES, list_inputs
+from .datalist import add_mask_rules, expand_frames, load_manifest
+from .inputs import IMAGE_SUFFIXES, InferenceInputs, SkippedInput, input_root, list_inputs, scan_inputs
 from .label_budget import LabelBudgetError, LabelSplit, resolve_budget, split_label_budget, stratified_group_split
 from .manifest import SPLITS, Manifest, ManifestError
 from .severity import BUSI_SEVERITY, HAM10000_SEVERITY, SEVERITY_ORDERS, SeverityOrder, get_severity_order
@@ -22,6 +22,7 @@ __all__ = [
     "SEVERITY_ORDERS",
     "SPLITS",
     "ClassBalancedBatchSampler",
+    "InferenceInputs",
     "IterationBatchSampler",
     "LabelBudgetError",
     "LabelSplit",
@@ -30,12 +31,16 @@ __all__ = [
     "SeededTransformDataset",
     "SemiSupervisedLoader",
     "SeverityOrder",
+    "SkippedInput",
+    "add_mask_rules",
     "dataset_labels",
     "expand_frames",
     "get_severity_order",
+    "input_root",
     "list_inputs",
     "load_manifest",
     "resolve_budget",
+    "scan_inputs",
     "split_label_budget",
     "stratified_group_split",
 ]

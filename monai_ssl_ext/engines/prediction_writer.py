@@ -8,7 +8,7 @@ import hashlib
 import io
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from ignite.engine import Engine, Events
 
 from monai_ssl_ext.utils.atomic import atomic_path, save_figure, write_json, write_text
 
-__all__ = ["MaskWriteError", "PredictionWriter"]
+__all__ = ["MaskWriteError", "PredictionWriter", "SkippedInputsError"]
 
 MASK_FORMATS = ("auto", "png", "nifti")
 _VOLUME_FORMATS = ("dicom", "nifti", "nifti1", "nifti2")
@@ -31,6 +31,10 @@ class MaskWriteError(OSError):
     def __init__(self, path: str | os.PathLike, source: str, cause: BaseException) -> None:
         self.path, self.source = str(path), source
         super().__init__(f"{self.path}: cannot write the mask of {source or 'an unnamed image'} ({cause})")
+
+
+class SkippedInputsError(RuntimeError):
+    """Some inputs got no prediction (unreadable, or of another modality); the others' predictions are written."""
 
 
 def _plain(value: Any) -> Any:
@@ -154,6 +158,12 @@ class PredictionWriter:
       in the full frame when the image was cropped to it, else empty), ``lesion_pixels`` (non-background
       pixels) and ``lesion_fraction``.
 
+    Inputs are named relative to ``input_root`` (the input folder): an absolute path would carry folder names,
+    which at a hospital are often a patient's. Files that got no prediction (``skipped``, from
+    :class:`~monai_ssl_ext.data.InferenceInputs`) are listed in ``skipped.csv`` with the reason; when any of
+    them failed (an image that could not be read or was refused), the run ends with
+    :class:`SkippedInputsError` after every file is written, so the exit status says so.
+
     With masks and ``overlay``, ``predictions_overlay.png`` shows the first ``max_overlays`` preprocessed
     (network-size) images with the predicted mask's contour and the predicted class and probability.
 
@@ -168,6 +178,8 @@ class PredictionWriter:
         max_overlays: images in that figure.
         seg_classes: segmentation classes (background included) of a ``(1, h, w)`` label map (default 2);
             for probabilities, their channels.
+        input_root: the folder inputs are named relative to; ``None``: their file names only.
+        skipped: the inputs that got no prediction (objects with ``path``, ``reason`` and ``failed``).
     """
 
     def __init__(
@@ -183,6 +195,8 @@ class PredictionWriter:
         overlay: bool = True,
         max_overlays: int = 16,
         seg_classes: int | None = None,
+        input_root: str | os.PathLike | None = None,
+        skipped: Sequence[Any] = (),
     ) -> None:
         if mask_format.lower() not in MASK_FORMATS:
             raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
@@ -195,6 +209,8 @@ class PredictionWriter:
         self.overlay = bool(overlay)
         self.max_overlays = int(max_overlays)
         self.seg_classes = seg_classes
+        self.input_root = Path(input_root).resolve() if input_root is not None else None
+        self.skipped = list(skipped)
         self.rows: list[dict[str, Any]] = []
         self.logger = logging.getLogger("monai_ssl_ext.inference")
         self._names: dict[str, tuple[str, Any]] = {}
@@ -221,15 +237,27 @@ class PredictionWriter:
                     f"are configured ({self.class_names})"
                 )
             index = int(probs.argmax())
+            source = _source(item, self.image_key) or _source(out, self.image_key)
             row = {
-                "image": _source(item, self.image_key) or _source(out, self.image_key),
+                "image": self._shown(source),
                 "prediction": self.class_names[index],
                 "class_index": index,
                 **{f"prob_{c}": float(p) for c, p in zip(self.class_names, probs, strict=True)},
             }
             if self.seg_key is not None and out.get(self.seg_key) is not None:
-                row.update(self._write_mask(out, item, row["image"], f"{row['prediction']} {float(probs[index]):.2f}"))
+                row.update(self._write_mask(out, item, source, f"{row['prediction']} {float(probs[index]):.2f}"))
             self.rows.append(row)
+
+    def _shown(self, source: str) -> str:
+        """``source`` relative to the input root (its file name when outside it, or without a root)."""
+        if not source:
+            return ""
+        if self.input_root is not None:
+            try:
+                return Path(source).resolve().relative_to(self.input_root).as_posix()
+            except ValueError:
+                pass
+        return Path(source).name
 
     # ---------------------------------------------------------------- masks
     def _mask_path(self, source: str, meta: Mapping, suffix: str) -> Path:
@@ -337,6 +365,7 @@ class PredictionWriter:
 
     # ---------------------------------------------------------------- end of run
     def _write(self, engine: Engine) -> None:
+        self._write_skipped()
         if not self.rows:
             self.logger.warning("no image was processed; nothing written")
             return
@@ -354,3 +383,24 @@ class PredictionWriter:
             self.logger.info(f"wrote {masks} masks to {self.mask_dir}")
         if masks and self.overlay and self._overlays:
             self._write_overlay()
+        failed = [s for s in self.skipped if s.failed]
+        if failed:
+            first = failed[0]
+            raise SkippedInputsError(
+                f"{len(failed)} input(s) got no prediction ({self._shown(first.path)}: {first.reason}"
+                f"{'; ...' if len(failed) > 1 else ''}); all are listed in {self.output_dir / 'skipped.csv'}, the "
+                f"{len(self.rows)} predictions of the others are in {self.output_dir / 'predictions.csv'}"
+            )
+
+    def _write_skipped(self) -> None:
+        """``skipped.csv``: every input file without a prediction, why, and whether that failed the run."""
+        path = self.output_dir / "skipped.csv"
+        if not self.skipped:
+            path.unlink(missing_ok=True)  # a previous run's list would describe other inputs
+            return
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["image", "status", "reason"])
+        for skip in self.skipped:
+            writer.writerow([self._shown(skip.path), "failed" if skip.failed else "ignored", skip.reason])
+        write_text(path, buffer.getvalue())

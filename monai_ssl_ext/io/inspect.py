@@ -5,8 +5,10 @@ A record has the same keys for every file, ``None`` where a key does not apply:
 ``path``, ``format``, ``modality``, ``photometric`` (DICOM Photometric Interpretation (0028,0004) or
 the raster mode), ``transfer_syntax`` (name), ``frames``, ``shape`` (the array after loading with the
 default options, ``(C, H, W)``), ``dtype``, ``value_range`` (min, max of that array), ``spacing``
-(mm along rows, columns), ``us_region`` (the ultrasound imaging region, PS3.3 C.8.5.5) and ``error``
-(the one-line :class:`~monai_ssl_ext.io.ImageReadError` message of a file that does not load).
+(mm along rows, columns), ``us_region`` (the ultrasound imaging region, PS3.3 C.8.5.5),
+``cropped_shape`` (the array an ultrasound bundle reads: cropped to that region, as the ultrasound profile
+does by default; ``None`` without a region) and ``error`` (the one-line
+:class:`~monai_ssl_ext.io.ImageReadError` message of a file that does not load).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ RECORD_KEYS = (
     "value_range",
     "spacing",
     "us_region",
+    "cropped_shape",
     "error",
 )
 
@@ -87,6 +90,13 @@ def _inspect_file(path: Path) -> dict[str, Any]:
     spacing = meta.get("spacing")
     record["spacing"] = tuple(round(float(s), 6) for s in spacing) if spacing else None
     record["us_region"] = meta.get("us_region")
+    if record["us_region"] is not None:
+        try:
+            cropped, _ = read_image(path, crop_to_region=True)
+        except ImageReadError as e:
+            record["error"] = str(e)
+            return record
+        record["cropped_shape"] = tuple(int(s) for s in cropped.shape)
     return record
 
 
@@ -140,6 +150,7 @@ def format_inspection(records: list[dict[str, Any]]) -> str:
         "range",
         "spacing mm",
         "us region",
+        "cropped",
     )
     rows = []
     for r, p in zip(records, paths, strict=True):
@@ -164,6 +175,7 @@ def format_inspection(records: list[dict[str, Any]]) -> str:
                     _cell(r["value_range"]),
                     _cell(r["spacing"]),
                     _cell(r["us_region"]),
+                    _cell(r["cropped_shape"]),
                 ]
             )
     # an error row ends with one free-width cell, so it takes no part in the widths of the last columns

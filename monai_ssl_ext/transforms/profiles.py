@@ -108,7 +108,8 @@ class ModalityProfile:
             See :mod:`monai_ssl_ext.io.frames`.
         crop_to_region: crop ultrasound DICOM to the imaging region of its Sequence of Ultrasound
             Regions (``True``: the main tissue region; an int: that region), dropping the surrounding
-            user interface, calipers and burned-in text.
+            user interface, calipers and burned-in text. ``None``: the modality's default
+            (:attr:`crop_by_default`: on for ultrasound, so burned-in text never reaches the network).
         strong_view: ``"photometric"`` (default; the strong view of :meth:`strong`, pixel-aligned with the
             weak view) or ``"randaugment"`` (:meth:`randaugment`: geometric and photometric operations, then
             Cutout; the unlabeled items gain ``strong_affine``, see :mod:`monai_ssl_ext.transforms.randaugment`).
@@ -122,6 +123,11 @@ class ModalityProfile:
 
     name = "base"
     default_channels = 1
+    #: DICOM Modality values (0008,0060) of the images this profile is for; the first is the one a bundle's
+    #: metadata declares. Inference refuses a DICOM input of another modality.
+    dicom_modalities: tuple[str, ...] = ("OT",)
+    #: whether ``crop_to_region=None`` crops DICOM to its ultrasound imaging region
+    crop_by_default = False
     #: the pool of RandAugment operations: what is physically sensible for the modality. The base pool is
     #: for grey modalities such as X-ray: geometry and grey-level operations, additive (quantum) noise, no colour.
     randaugment_ops: tuple[str, ...] = (
@@ -146,7 +152,7 @@ class ModalityProfile:
         image_size: int | Sequence[int] = 224,
         channels: int | None = None,
         frame: FrameSpec = None,
-        crop_to_region: bool | int = False,
+        crop_to_region: bool | int | None = None,
         strong_view: str = "photometric",
         strong_ops: int = 2,
         strong_magnitude: float = 10.0,
@@ -156,7 +162,7 @@ class ModalityProfile:
         self.image_size = _size(image_size)
         self.channels = self.default_channels if channels is None else int(channels)
         self.frame = parse_frame_policy(frame)
-        self.crop_to_region = crop_to_region
+        self.crop_to_region = self.crop_by_default if crop_to_region is None else crop_to_region
         if strong_view not in STRONG_VIEWS:
             raise ValueError(f"strong_view must be one of {STRONG_VIEWS}, got {strong_view!r}.")
         self.strong_view = strong_view
@@ -359,6 +365,8 @@ class UltrasoundProfile(_GreyPositionedProfile):
     """
 
     name = "ultrasound"
+    dicom_modalities = ("US",)
+    crop_by_default = True
     randaugment_ops = (
         *GEOMETRIC_OPS,
         "brightness",
@@ -402,6 +410,8 @@ class XRayProfile(_GreyPositionedProfile):
     """
 
     name = "xray"
+    # digital and computed radiography; RG: radiographic imaging (conventional film/screen, digitised)
+    dicom_modalities = ("DX", "CR", "RG")
 
     def weak(self, keys: Sequence[str], mask_keys: Sequence[str] = ()) -> list[Transform]:
         return [self.positioning(list(keys), list(mask_keys))]
@@ -483,6 +493,8 @@ class DermoscopyProfile(ModalityProfile):
     """
 
     name = "dermoscopy"
+    # external-camera photography, and other (secondary capture) for photographs converted to DICOM
+    dicom_modalities = ("XC", "OT")
     default_channels = 3
     randaugment_ops = (
         *GEOMETRIC_OPS,
@@ -591,6 +603,7 @@ class HistologyProfile(ModalityProfile):
     """
 
     name = "histology"
+    dicom_modalities = ("SM", "OT")  # slide microscopy
     default_channels = 3
     randaugment_ops = (
         *GEOMETRIC_OPS,
