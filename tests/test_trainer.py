@@ -398,15 +398,16 @@ def _saver_files(tmp_path) -> list[str]:
     return sorted(p.name for p in tmp_path.iterdir())
 
 
+def _periodic_saver(tmp_path, trainer, net, opt, alg) -> None:
+    """The bundles' periodic checkpoint: everything to resume from, every epoch, the newest kept."""
+    state = {"network": net, "optimizer": opt, "algorithm": alg, "trainer": trainer}
+    AtomicCheckpointSaver(str(tmp_path), state, save_interval=1, n_saved=1).attach(trainer)
+
+
 def test_previous_checkpoint_stays_until_the_next_is_complete(tmp_path, monkeypatch):
     # ignite's Checkpoint removes the file it replaces before saving; a kill during the save lost both
     trainer, net, opt, alg = make_trainer("supervised", epochs=3, epoch_length=1)
-    AtomicCheckpointSaver(
-        str(tmp_path),
-        {"network": net, "optimizer": opt, "algorithm": alg, "trainer": trainer},
-        save_interval=1,
-        n_saved=1,
-    ).attach(trainer)
+    _periodic_saver(tmp_path, trainer, net, opt, alg)
     seen_while_writing = []
     original = torch.save
 
@@ -430,12 +431,7 @@ def test_files_a_killed_run_left_are_cleared_after_the_next_complete_save(tmp_pa
     for name in ("checkpoint_epoch=0.pt", "checkpoint_epoch=1.pt", "network_epoch=7.pt"):
         torch.save({"w": torch.zeros(1)}, tmp_path / name)
     (tmp_path / ".checkpoint_epoch=2.pt.partial").write_bytes(b"\x80")
-    AtomicCheckpointSaver(
-        str(tmp_path),
-        {"network": net, "optimizer": opt, "algorithm": alg, "trainer": trainer},
-        save_interval=1,
-        n_saved=1,
-    ).attach(trainer)
+    _periodic_saver(tmp_path, trainer, net, opt, alg)
     trainer.run()
     # the newest (n_saved=1) of the series stays; another series is not ours to prune
     assert _saver_files(tmp_path) == ["checkpoint_epoch=2.pt", "network_epoch=7.pt"]
