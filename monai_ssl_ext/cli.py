@@ -384,7 +384,7 @@ class Commands:
         if classes is not None:
             m = m.with_classes(_as_list(classes))
         budget_value = _label_budget(budget)
-        result = m.label_split(budget_value, seed=seed)
+        result = m.label_split(budget_value, seed=seed, require_validation=False)  # a budget needs no validation split
         record = {"manifest": Path(manifest).name, **result.to_dict()}
         if output:
             write_json(output, record, indent=1)

@@ -26,6 +26,9 @@ class DataKeys:
     # the true label of an unlabeled image: present only in benchmark mode, read by the trainer
     # for pseudo-label accuracy and never handed to an algorithm
     HIDDEN_LABEL = "hidden_label"
+    # how an entry's mask is checked ({"resize": bool, "lesion_class": str | None}), set by
+    # monai_ssl_ext.data.load_manifest from the manifest and consumed when the mask is read
+    MASK_RULES = "mask_rules"
     LABELED = "labeled"
     UNLABELED = "unlabeled"
 

@@ -465,7 +465,11 @@ def test_ham10000_through_the_dermoscopy_preprocess():
     image = shared_data("ham10000", "images", "ISIC_0024306.jpg")
     mask = shared_data("ham10000", "masks", "ISIC_0024306_segmentation.png")
     profile = get_profile("dermoscopy", image_size=(96, 128))
-    out = profile.preprocess(with_mask=True)({DataKeys.IMAGE: str(image), DataKeys.MASK: str(mask)})
+    # the rules load_manifest gives the entries of the HAM10000 manifest ("mask_resize": true): its masks
+    # are 600 x 450, the images here 200 x 150
+    rules = {"resize": True, "lesion_class": "nv"}
+    entry = {DataKeys.IMAGE: str(image), DataKeys.MASK: str(mask), DataKeys.MASK_RULES: rules}
+    out = profile.preprocess(with_mask=True)(entry)
     img, m = out[DataKeys.IMAGE], out[DataKeys.MASK]
     assert tuple(img.shape) == (3, 96, 128) and tuple(m.shape) == (1, 96, 128)
     assert torch.isfinite(img).all() and img.min() >= 0.0 and img.max() <= 1.0

@@ -382,7 +382,7 @@ def test_summary_reports_the_share_of_time_spent_waiting_for_data(tmp_path, monk
 
     def slow_iter(self):
         for batch in original(self):
-            time_module.sleep(0.2)  # a data pipeline slower than the tiny model's step
+            time_module.sleep(1.0)  # a data pipeline much slower than the tiny model's step, even on a busy machine
             yield batch
 
     monkeypatch.setattr(SemiSupervisedLoader, "__iter__", slow_iter)
@@ -390,7 +390,7 @@ def test_summary_reports_the_share_of_time_spent_waiting_for_data(tmp_path, monk
     TrainingHistory(tmp_path, optimizer=opt).attach(trainer)
     trainer.run()
     summary = json.loads((tmp_path / "train_summary.json").read_text())
-    assert summary["data_wait_s"] >= 0.6 - 1e-3
+    assert summary["data_wait_s"] >= 3.0 - 1e-3
     assert 0.5 < summary["data_wait_share"] <= 1.0
 
 

@@ -254,13 +254,13 @@ def test_read_mask_colour_files(tmp_path):
     assert torch.equal(out[0], expected)
 
 
-def test_read_mask_resizes_same_aspect_nearest(tmp_path):
+def test_read_mask_resizes_same_aspect_nearest_when_allowed(tmp_path):
     small = np.zeros((6, 10), np.uint8)
     small[1:4, 2:7] = 255
     small[5, 9] = 255
     big = np.kron(small, np.ones((3, 3), np.uint8))
     path = _save(big, tmp_path / "big_mask.png")
-    out = ReadMask()(path, spatial_shape=(6, 10))
+    out = ReadMask(resize=True)(path, spatial_shape=(6, 10))
     assert tuple(out.shape) == (1, 6, 10)
     assert torch.equal(out[0], torch.from_numpy((small > 0).astype(np.float32)))
 
@@ -268,7 +268,7 @@ def test_read_mask_resizes_same_aspect_nearest(tmp_path):
 def test_read_mask_later_file_is_matched_to_the_first(tmp_path):
     small = _mask((4, 6), np.s_[0:2, 0:2])
     big = np.kron(_mask((4, 6), np.s_[3:4, 5:6]), np.ones((3, 3), np.uint8))
-    out = ReadMask()([_save(small, tmp_path / "s.png"), _save(big, tmp_path / "b.png")])
+    out = ReadMask(resize=True)([_save(small, tmp_path / "s.png"), _save(big, tmp_path / "b.png")])
     assert tuple(out.shape) == (1, 4, 6)
     assert out.sum() == 5 and out[0, 3, 5] == 1
 
@@ -291,7 +291,7 @@ def test_read_maskd_sizes_to_image_and_fills_missing(grey_png, tmp_path):
     path, _ = grey_png
     mask_path = _save(np.kron(_mask((12, 20), np.s_[2:5, 3:9]), np.ones((2, 2), np.uint8)), tmp_path / "m.png")
     reader = ReadImaged(["image"])
-    out = ReadMaskd(["mask"], allow_missing_keys=True)(reader({"image": path, "mask": [mask_path]}))
+    out = ReadMaskd(["mask"], allow_missing_keys=True, resize=True)(reader({"image": path, "mask": [mask_path]}))
     assert tuple(out["mask"].shape) == (1, 12, 20)
     assert out["mask"].sum() == 18
 

@@ -5,20 +5,40 @@
 - :func:`expand_frames`: with a ``"every:k"`` frame policy (:mod:`monai_ssl_ext.io.frames`), one entry
   per ``k``-th frame of each multi-frame file, each carrying its index under ``"frame"``; the readers
   then load that frame (an entry's own ``"frame"`` wins).
+- :func:`add_mask_rules`: what the mask reader needs to know of the manifest, carried by each entry.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from monai_ssl_ext.data.manifest import SPLITS, Manifest
+from monai_ssl_ext.data.manifest import HEALTHY_CLASSES, SPLITS, Manifest
 from monai_ssl_ext.data.synthetic import ensure_synthetic_dataset
 from monai_ssl_ext.io.frames import FrameSpec, frame_indices, parse_frame_policy
 from monai_ssl_ext.io.reader import count_frames
+from monai_ssl_ext.keys import DataKeys
 
-__all__ = ["expand_frames", "load_manifest"]
+__all__ = ["add_mask_rules", "expand_frames", "load_manifest"]
+
+
+def add_mask_rules(manifest: Manifest, healthy_classes: Sequence[str] = HEALTHY_CLASSES) -> Manifest:
+    """Give every entry of ``manifest`` (in place) its ``mask_rules``, and return the manifest.
+
+    The transforms see entries, not the manifest, so what they need of it travels with each entry:
+    ``{"resize": manifest.mask_resize, "lesion_class": <class name, or None for a healthy class>}``.
+    :class:`~monai_ssl_ext.transforms.ReadMaskd` then refuses or resizes a mask of another size, and
+    logs an empty mask on a lesion class; the profiles remove the key before batching. Every entry gets
+    it, with or without a mask, so that the entries of a batch keep the same keys.
+    """
+    for split in SPLITS:
+        for entry in manifest.split(split):
+            label = entry.get(DataKeys.LABEL)
+            name = manifest.classes[label] if isinstance(label, int) else None
+            lesion = name if name is not None and name not in healthy_classes else None
+            entry[DataKeys.MASK_RULES] = {"resize": manifest.mask_resize, "lesion_class": lesion}
+    return manifest
 
 
 def expand_frames(
@@ -72,6 +92,8 @@ def load_manifest(
         frames: frame policy of multi-frame images (see :mod:`monai_ssl_ext.io.frames`); with ``"every:k"``
             each multi-frame entry becomes one entry per k-th frame, all in the split of their file and
             sharing its group, so a label budget never separates the frames of one clip.
+
+    Every entry carries the manifest's mask rules (:func:`add_mask_rules`).
     """
     if isinstance(datalist, Manifest):
         manifest = datalist
@@ -87,4 +109,4 @@ def load_manifest(
     if frames is not None:
         for split in SPLITS:
             setattr(manifest, split, expand_frames(manifest.split(split), frames))
-    return manifest
+    return add_mask_rules(manifest)

@@ -18,6 +18,11 @@ A manifest is the datalist format MONAI's ``load_decathlon_datalist`` reads, wit
 - ``label`` is an index into ``classes`` (a class name is accepted on input and converted).
 - ``group`` is an optional patient or lesion id (salted hash, never a name in clear). Label budgets and
   splits keep a group on one side.
+- ``"mask_resize": true`` (optional, top level) declares that masks come at another resolution than their
+  images, with the same aspect ratio (HAM10000); they are then resized to their image. Without it a mask
+  of another size than its image is an error.
+- Images of the classes in :data:`HEALTHY_CLASSES` (BUSI "normal") show no lesion: their masks are empty
+  by right. An empty mask on any other class is suspect.
 
 :class:`Manifest` checks all of this when loaded and when resolved, so a bad data root, a missing
 file or an unknown label stops a run before training starts, with a message that names the entry.
@@ -41,11 +46,13 @@ from monai_ssl_ext.utils.atomic import write_json
 if TYPE_CHECKING:
     from monai_ssl_ext.data.label_budget import LabelSplit
 
-__all__ = ["SPLITS", "Manifest", "ManifestError"]
+__all__ = ["HEALTHY_CLASSES", "SPLITS", "Manifest", "ManifestError"]
 
 SPLITS = ("training", "validation", "test")
 _PATH_KEYS = (DataKeys.IMAGE, DataKeys.MASK)
 _MAX_LISTED = 10
+# classes whose images show no lesion, so an all-zero mask is the correct mask (BUSI "normal")
+HEALTHY_CLASSES = ("normal",)
 
 
 # a manifest's name becomes a folder of results: no separators, no "..", nothing MONAI would evaluate
@@ -68,6 +75,8 @@ class Manifest:
         source: how the manifest was built (builder name, split seed, fractions, ...).
         path: the file it was read from, if any (named in error messages).
         data_root: the folder relative paths were resolved against, once :meth:`resolve` has run.
+        mask_resize: masks may come at another resolution than their images (same aspect ratio) and
+            are resized to them; otherwise a mask must have its image's size.
     """
 
     name: str
@@ -79,6 +88,7 @@ class Manifest:
     source: dict = field(default_factory=dict)
     path: str | None = None
     data_root: str | None = None
+    mask_resize: bool = False
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -92,7 +102,7 @@ class Manifest:
         if len(set(classes)) != len(classes):
             dup = [c for c, n in Counter(classes).items() if n > 1]
             raise ManifestError(f"{where}: 'classes' lists {dup} more than once.")
-        unknown = set(data) - {"name", "description", "classes", "source", *SPLITS}
+        unknown = set(data) - {"name", "description", "classes", "source", "mask_resize", *SPLITS}
         if unknown:
             raise ManifestError(
                 f"{where}: unknown top-level keys {sorted(unknown)}; expected {list(SPLITS)} and metadata."
@@ -104,12 +114,16 @@ class Manifest:
                 f"{where}: name {name[:60]!r} is not a safe identifier (letters, digits, '.', '_', '-'; starting "
                 "with a letter or digit; at most 64): it names result folders and tables"
             )
+        mask_resize = data.get("mask_resize", False)
+        if not isinstance(mask_resize, bool):
+            raise ManifestError(f"{where}: 'mask_resize' must be true or false, got {json.dumps(mask_resize)}.")
         manifest = cls(
             name=name,
             classes=list(classes),
             description=str(data.get("description", "")),
             source=dict(data.get("source", {})),
             path=path,
+            mask_resize=mask_resize,
         )
         for split in SPLITS:
             entries = data.get(split, [])
@@ -201,6 +215,8 @@ class Manifest:
         out: dict[str, Any] = {"name": self.name, "description": self.description, "classes": list(self.classes)}
         if self.source:
             out["source"] = self.source
+        if self.mask_resize:  # written only when set, so manifests without it keep their bytes
+            out["mask_resize"] = True
         for split in SPLITS:
             out[split] = [dict(e) for e in self.split(split)]
         return out
@@ -282,14 +298,37 @@ class Manifest:
         return out
 
     # ------------------------------------------------------------------ label budgets
+    def check_validation(self) -> None:
+        """Raise :class:`ManifestError` if the ``validation`` split is empty.
+
+        Training selects and saves its model (``model.pt``) on the validation split: without one a run
+        would end successfully having saved no model.
+        """
+        if not self.validation:
+            raise ManifestError(
+                f"{self.path or self.name}: the 'validation' split is empty, so training would select and save no "
+                "model (model.pt); add validation entries, or build the manifest with a validation fraction "
+                "(monai-ssl manifest splits 70/10/20 by default)"
+            )
+
     def label_split(
-        self, budget: int | float, seed: int = 0, hide_labels: bool = False, group_key: str = DataKeys.GROUP
+        self,
+        budget: int | float,
+        seed: int = 0,
+        hide_labels: bool = False,
+        group_key: str = DataKeys.GROUP,
+        require_validation: bool = True,
     ) -> LabelSplit:
         """Split ``training`` into a labeled subset of size ``budget`` and the unlabeled rest.
 
-        See :func:`monai_ssl_ext.data.label_budget.split_label_budget`.
+        See :func:`monai_ssl_ext.data.label_budget.split_label_budget`. This is the step a training run
+        takes before it starts, so it also refuses a manifest without validation entries
+        (:meth:`check_validation`) unless ``require_validation`` is false.
         """
         from monai_ssl_ext.data.label_budget import split_label_budget
+
+        if require_validation:
+            self.check_validation()
 
         return split_label_budget(
             self.training,

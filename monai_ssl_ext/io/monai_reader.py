@@ -19,6 +19,7 @@ from monai.utils import MetaKeys, ensure_tuple
 
 from monai_ssl_ext.io.dicom import DICOM_SUFFIXES, is_dicom_file, read_dicom
 from monai_ssl_ext.io.frames import FrameSpec
+from monai_ssl_ext.io.reader import check_finite
 
 __all__ = ["DicomImageReader"]
 
@@ -62,6 +63,8 @@ class DicomImageReader(ImageReader):
         """Read one file (or each of a list) as ``(array, meta)``; ``kwargs`` override the reader options."""
         options = {**self.options, **kwargs}
         images = [read_dicom(name, **options) for name in ensure_tuple(data)]
+        for name, (array, _) in zip(ensure_tuple(data), images, strict=True):
+            check_finite(array, name)  # float pixel data: NaN would reach the loss without naming the file
         return images if len(images) > 1 else images[0]
 
     def get_data(self, img: Any) -> tuple[np.ndarray, dict]:

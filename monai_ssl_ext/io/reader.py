@@ -14,7 +14,15 @@ from monai_ssl_ext.io.frames import FrameSpec, resolve_frame
 from monai_ssl_ext.io.nifti import NIFTI_SUFFIXES, is_nifti_path, nifti_frames, read_nifti
 from monai_ssl_ext.io.raster import RASTER_SUFFIXES, read_raster
 
-__all__ = ["DICOM_OPTIONS", "IMAGE_SUFFIXES", "NIFTI_OPTIONS", "count_frames", "image_format", "read_image"]
+__all__ = [
+    "DICOM_OPTIONS",
+    "IMAGE_SUFFIXES",
+    "NIFTI_OPTIONS",
+    "check_finite",
+    "count_frames",
+    "image_format",
+    "read_image",
+]
 
 # every suffix a reader takes by name (DICOM files without a suffix are recognised by their content)
 IMAGE_SUFFIXES: tuple[str, ...] = tuple(sorted({*RASTER_SUFFIXES, *DICOM_SUFFIXES, *NIFTI_SUFFIXES}))
@@ -47,6 +55,20 @@ def _unsupported(path: Path) -> ImageReadError:
     return ImageReadError(path, f"unsupported file type '{suffix or '(no suffix)'}'")
 
 
+def check_finite(array: np.ndarray, path: str | os.PathLike) -> np.ndarray:
+    """Return ``array`` unchanged, or raise :class:`ImageReadError` when it holds NaN or infinite values.
+
+    A float image (TIFF, NIfTI, DICOM float pixel data) with such values would otherwise surface as a NaN
+    loss in the middle of training, or NaN probabilities at inference, without naming the file.
+    """
+    if not np.issubdtype(array.dtype, np.floating):
+        return array  # integer and boolean pixels are always finite
+    bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+    if bad:
+        raise ImageReadError(path, f"{bad} NaN/infinite pixel values; fix the file or remove it from the data")
+    return array
+
+
 def read_image(path: str | os.PathLike, *, frame: FrameSpec = None, **options: Any) -> tuple[np.ndarray, dict]:
     """Read any supported image file as ``(array (C, H, W), meta)``; ``(C, T, H, W)`` for ``frame="all"``.
 
@@ -60,7 +82,8 @@ def read_image(path: str | os.PathLike, *, frame: FrameSpec = None, **options: A
             ``crop_to_region``, ``modality_lut``, ``voi`` (DICOM); ``slice_axis``, ``slice_index`` (NIfTI).
 
     Raises:
-        ImageReadError: missing, unreadable or unsupported file; the message names the file.
+        ImageReadError: missing, unreadable or unsupported file, or NaN/infinite pixel values (see
+            :func:`check_finite`); the message names the file.
         TypeError: an option no reader takes.
     """
     unknown = set(options) - DICOM_OPTIONS - NIFTI_OPTIONS
@@ -71,17 +94,18 @@ def read_image(path: str | os.PathLike, *, frame: FrameSpec = None, **options: A
         raise ImageReadError(path, "file not found")
     kind = image_format(path)
     if kind == "dicom":
-        return read_dicom(path, frame=frame, **{k: v for k, v in options.items() if k in DICOM_OPTIONS})
-    if kind == "nifti":
-        return read_nifti(path, frame=frame, **{k: v for k, v in options.items() if k in NIFTI_OPTIONS})
-    if kind == "raster":
+        array, meta = read_dicom(path, frame=frame, **{k: v for k, v in options.items() if k in DICOM_OPTIONS})
+    elif kind == "nifti":
+        array, meta = read_nifti(path, frame=frame, **{k: v for k, v in options.items() if k in NIFTI_OPTIONS})
+    elif kind == "raster":
         array, meta = read_raster(path)
         index = resolve_frame(frame, 1, path)
         if index is None:
             array = array[:, None]
         meta["frame"] = index
-        return array, meta
-    raise _unsupported(path)
+    else:
+        raise _unsupported(path)
+    return check_finite(array, path), meta
 
 
 def count_frames(path: str | os.PathLike) -> int:

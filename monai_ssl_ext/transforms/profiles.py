@@ -240,8 +240,9 @@ class ModalityProfile:
                 training drops it, which makes the random transforms faster.
         """
         keys = [DataKeys.IMAGE, DataKeys.MASK] if with_mask else [DataKeys.IMAGE]
-        # an unread mask entry is a path or a list of paths, which cannot be collated into a batch
-        drop = [] if with_mask else [DeleteItemsd(DataKeys.MASK)]
+        # an unread mask entry is a path or a list of paths, which cannot be collated into a batch; its rules
+        # (see monai_ssl_ext.data.add_mask_rules) are removed by the mask reader, or here when no mask is read
+        drop = [] if with_mask else [DeleteItemsd([DataKeys.MASK, DataKeys.MASK_RULES])]
         return Compose(
             [
                 *drop,

@@ -10,8 +10,9 @@ metadata table and the images, with lesion masks published later by Tschandl et 
 
 Images and masks are found anywhere under the data root by name, so the Dataverse, Kaggle and ISIC
 layouts all work. The masks are 600 x 450 while some copies of the images are resized (200 x 150 here):
-same aspect, which the loader resizes. Several images often show the same lesion (10,015 images of
-7,470 lesions): the split keeps each ``lesion_id`` on one side, or near-duplicates leak into the test split.
+same aspect, so the manifest declares ``"mask_resize": true`` and the loader resizes them. Several images
+often show the same lesion (10,015 images of 7,470 lesions): the split keeps each ``lesion_id`` on one
+side, or near-duplicates leak into the test split.
 """
 
 from __future__ import annotations
@@ -204,7 +205,7 @@ def build_ham10000(
     )
     kept = list(classes) if classes is not None else list(HAM10000_CLASSES)
     default_name = "ham10000" if kept == list(HAM10000_CLASSES) else "ham10000_" + "_".join(kept)
-    return split_entries(
+    manifest = split_entries(
         found,
         HAM10000_CLASSES,
         name=name or default_name,
@@ -224,3 +225,5 @@ def build_ham10000(
         report=report,
         keep=kept,
     )
+    manifest.mask_resize = True  # masks at the release's resolution, images possibly downsampled copies
+    return manifest

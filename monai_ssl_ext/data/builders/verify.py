@@ -15,14 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from monai_ssl_ext.data.builders.common import BuildReport
-from monai_ssl_ext.data.manifest import SPLITS, Manifest
+from monai_ssl_ext.data.manifest import HEALTHY_CLASSES, SPLITS, Manifest
 from monai_ssl_ext.io import ImageReadError, read_image
 from monai_ssl_ext.keys import DataKeys
 
 __all__ = ["HEALTHY_CLASSES", "verify_manifest"]
-
-# classes whose images show no lesion, so an all-zero mask is the correct mask (BUSI "normal")
-HEALTHY_CLASSES = ("normal",)
 
 
 def _paths(value: str | Sequence[str]) -> list[str]:
@@ -51,7 +48,7 @@ def verify_manifest(
     from monai_ssl_ext.transforms.loading import ReadMask  # transforms import torch: only when verifying
 
     root = Path(data_root)
-    read_mask = ReadMask()
+    read_mask = ReadMask(resize=manifest.mask_resize)
     kept: dict[str, list[dict]] = {}
     for split in SPLITS:
         kept[split] = []
@@ -66,7 +63,7 @@ def verify_manifest(
             if masks:
                 paths = [root / p for p in _paths(masks)]
                 try:
-                    mask = read_mask([str(p) for p in paths], spatial_shape=array.shape[-2:])
+                    mask = read_mask([str(p) for p in paths], spatial_shape=array.shape[-2:], image=image)
                 except ImageReadError as e:
                     report.problem(e.path, "bad_mask", e.cause)
                     continue
