@@ -77,3 +77,10 @@ def test_data_settings_never_reach_monai_as_expressions(tmp_path):
     line = next(x for x in out.splitlines() if x.startswith("GOT"))
     assert line == "GOT " + repr((values["data_root"], values["classes"], "@run"))
     assert not marker.exists()
+
+
+def test_a_manifest_that_is_not_text_is_named(tmp_path):
+    path = tmp_path / "scan.json"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00")
+    with pytest.raises(ManifestError, match=r"scan\.json: not a manifest \(not UTF-8 text"):
+        Manifest.load(path)

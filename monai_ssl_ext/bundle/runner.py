@@ -56,8 +56,9 @@ class BundleRunError(RuntimeError):
 
     def one_line(self) -> str:
         """The cause without its exception class, and where the full log is: what a user reads first."""
-        cause = (self.cause or f"the workflow failed with exit code {self.code}").strip().splitlines()[0]
-        cause = _EXCEPTION_LINE.sub(lambda m: m.group(2), cause)
+        lines = (self.cause or f"the workflow failed with exit code {self.code}").strip().splitlines()
+        # a message that lists files goes on over indented lines: the first of them names one
+        cause = " ".join([_EXCEPTION_LINE.sub(lambda m: m.group(2), lines[0]), *(x.strip() for x in lines[1:3])])
         return f"{cause} (full log: {self.log_file})"
 
 

@@ -144,6 +144,8 @@ class Manifest:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise ManifestError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}).") from e
+        except UnicodeDecodeError:
+            raise ManifestError(f"{path}: not a manifest (not UTF-8 text; a manifest is a JSON file).") from None
         return cls.from_dict(data, path=str(path))
 
     def _checked_entry(self, entry: Any, split: str, index: int) -> dict:
