@@ -58,7 +58,10 @@ class BundleRunError(RuntimeError):
         """The cause without its exception class, and where the full log is: what a user reads first."""
         lines = (self.cause or f"the workflow failed with exit code {self.code}").strip().splitlines()
         # a message that lists files goes on over indented lines: the first of them names one
-        cause = " ".join([_EXCEPTION_LINE.sub(lambda m: m.group(2), lines[0]), *(x.strip() for x in lines[1:3])])
+        first = _EXCEPTION_LINE.sub(lambda m: m.group(2), lines[0])
+        if len(first) > 1 and first[0] == first[-1] and first[0] in "\"'":  # a KeyError's message comes quoted
+            first = first[1:-1]
+        cause = " ".join([first, *(x.strip() for x in lines[1:3])])
         return f"{cause} (full log: {self.log_file})"
 
 
