@@ -66,7 +66,8 @@ def _outcome(case: Case, run: subprocess.CompletedProcess) -> str:
         return "traceback"
     lines = [line for line in run.stderr.splitlines() if line.strip()]
     if case.expect == "help":
-        return "clear" if run.returncode == 0 and "usage" in text.lower() and "[train]" not in text else "silent"
+        shown = "SYNOPSIS" in run.stdout or "usage" in text.lower()  # Fire's help page, and nothing run
+        return "clear" if run.returncode == 0 and shown and "[train]" not in text else "silent"
     if case.expect == "warning":
         named = [line for line in text.splitlines() if case.token in line and "warn" in line.lower()]
         return "warned" if run.returncode == 0 and named else ("clear" if run.returncode == 2 else "silent")

@@ -27,9 +27,11 @@ from typing import Any
 
 from monai.bundle import ConfigParser, ckpt_export
 
+from monai_ssl_ext.bundle.literal import inert
 from monai_ssl_ext.bundle.trained import describe_network_io, freeze_settings, read_trained_config
 from monai_ssl_ext.engines.model_loader import load_model_weights
 from monai_ssl_ext.utils import atomic_path
+from monai_ssl_ext.utils.weights import load_weights_file
 
 __all__ = ["export_bundle", "merged_metadata"]
 
@@ -89,13 +91,15 @@ def export_bundle(
     ckpt_file = Path(ckpt_file)
     if not ckpt_file.is_file():
         raise FileNotFoundError(f"checkpoint not found: {ckpt_file}")
+    load_weights_file(ckpt_file, map_location="cpu")  # an unsafe or damaged file is refused before anything else
     parser = ConfigParser()
     parser.read_config(_bundle_files(bundle, configs, "config"))
     unknown = [key for key in overrides if key not in parser]
     if unknown:
         raise ValueError(f"{bundle.name}: no setting {unknown[0]!r} in {', '.join(map(str, configs))}")
     if "fallback" in parser:  # a missing or unreadable trained configuration, named here in one line
-        read_trained_config(ckpt_file, fallback=parser.get("fallback"))
+        # read once: its values (class names from data among them) enter the config as literals
+        parser.update({"trained": inert(read_trained_config(ckpt_file, fallback=parser.get("fallback")))})
     parser.update({"bundle_root": str(bundle), "checkpoint": str(ckpt_file), **overrides})
     setting_names = list(parser.get("fallback", {})) or [k for k in overrides if k in parser]
     settings = {name: parser.get_parsed_content(name) for name in setting_names}
