@@ -66,7 +66,7 @@ def _outcome(case: Case, run: subprocess.CompletedProcess) -> str:
         return "traceback"
     lines = [line for line in run.stderr.splitlines() if line.strip()]
     if case.expect == "help":
-        shown = "SYNOPSIS" in run.stdout or "usage" in text.lower()  # Fire's help page, and nothing run
+        shown = "SYNOPSIS" in text or "usage" in text.lower()  # Fire's help page (on stderr), and nothing run
         return "clear" if run.returncode == 0 and shown and "[train]" not in text else "silent"
     if case.expect == "warning":
         named = [line for line in text.splitlines() if case.token in line and "warn" in line.lower()]
@@ -141,7 +141,7 @@ def _cases(work: Path) -> list[Case]:
         ),
         Case(
             "empty lesion mask",
-            train_with(manifest("mask_empty", lambda d: entry(d, mask=empty_lesion))),
+            train_with(manifest("mask_empty", lambda d: entry(d, mask=empty_lesion)), *segmenting),
             "empty_mask",
             expect="warning",
         ),
