@@ -123,7 +123,8 @@ def _cases(work: Path) -> list[Case]:
     shutil.copy(root / base["test"][0]["image"], export_dir / "good.png")
     shutil.copy(corrupt, export_dir / "corrupt.png")
 
-    segmenting = ("--bundle", "hermes_ultrasound", "--label_budget", "1.0")  # every mask is read
+    # every mask is read: all images labeled, so a run of supervised-only
+    segmenting = ("--bundle", "hermes_ultrasound", "--label_budget", "1.0", "--algorithm", "supervised")
 
     def train_with(path: Path, *extra: str) -> list[str]:
         return [*train, "--datalist", str(path), "--output_dir", str(work / "runs" / path.stem), *extra]
