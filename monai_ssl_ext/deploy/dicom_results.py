@@ -1,0 +1,242 @@
+"""Results a PACS can display: a classification as DICOM SR, a lesion mask as DICOM SEG (highdicom).
+
+Both are new series in the study of the image they describe, marked for research use in their Series
+Description, and reference that image (Study, Series and SOP Instance UIDs; the frame of a multi-frame
+image), so a viewer shows them with it.
+
+- :func:`classification_report`: a Comprehensive SR holding a TID 1500 Measurement Report with one image
+  measurement group: the finding (the predicted class) as a qualitative evaluation, the probability of every
+  class as a measurement (UCUM ``1``), the algorithm (TID 4019: the bundle, the trained algorithm, the bundle
+  version) and the source image. Class names have no standard code here, so they are coded in a private
+  coding scheme (:data:`CODING_SCHEME`; DICOM PS3.16 8.2: designators beginning with ``99`` are private),
+  the class name being both code value and meaning. :func:`read_classification_report` reads one back.
+- :func:`lesion_segmentation`: a binary SEG of one segment (lesion) on the source image's own pixel grid:
+  the mask must already be at the size of the image as stored (undo any region crop and resize first).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import highdicom as hd
+import numpy as np
+from highdicom.utils import is_multiframe_image
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+__all__ = [
+    "CODING_SCHEME",
+    "RESEARCH_USE",
+    "ModelDescription",
+    "classification_report",
+    "lesion_segmentation",
+    "read_classification_report",
+]
+
+#: private coding scheme of the class names and their probabilities
+CODING_SCHEME = "99MONAISSL"
+#: the start of every result series' description
+RESEARCH_USE = "RESEARCH USE ONLY"
+_MANUFACTURER = "MONAI semi-supervised models"
+_IMAGING = hd.sr.CodedConcept("363679005", "SCT", "Imaging")  # SNOMED CT: imaging (procedure)
+_RATIO = hd.sr.CodedConcept("1", "UCUM", "no units")
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """The model behind a result, as a result names it.
+
+    Attributes:
+        bundle: the bundle's name (``baselines_ultrasound``).
+        version: the bundle's version (metadata ``version``).
+        algorithm: the trained algorithm (``fixmatch``).
+        class_names: the classes, in the order of the network's outputs.
+    """
+
+    bundle: str
+    version: str
+    algorithm: str
+    class_names: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.bundle} {self.algorithm}"
+
+
+def _class_code(name: str) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(name[:16], CODING_SCHEME, name)  # a code value holds at most 16 characters
+
+
+def _probability_code(name: str) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(f"P:{name}"[:16], CODING_SCHEME, f"Probability of {name}")
+
+
+def _frames(source: Dataset, frame: int | None) -> list[int] | None:
+    """The 1-based frame numbers a result of ``frame`` (0-based; ``None``: the whole image) refers to.
+
+    Only a multi-frame SOP class takes frame numbers (PS3.3 C.18.3.1): an image of a single-frame class that
+    holds several frames anyway is referenced whole.
+    """
+    if frame is None:
+        return None
+    count = int(source.get("NumberOfFrames", 1) or 1)
+    if not 0 <= frame < count:
+        raise ValueError(f"frame {frame} is outside the {count} frame(s) of {source.SOPInstanceUID}")
+    return [frame + 1] if count > 1 and is_multiframe_image(source) else None
+
+
+def _description(model: ModelDescription, what: str) -> str:
+    return f"{RESEARCH_USE} {model.name} {what}"[:64]  # Series Description is a LO: 64 characters
+
+
+def classification_report(
+    source: Dataset,
+    probs: Sequence[float],
+    model: ModelDescription,
+    *,
+    frame: int | None = None,
+    series_instance_uid: str | None = None,
+    series_number: int = 990,
+    instance_number: int = 1,
+) -> hd.sr.ComprehensiveSR:
+    """A Comprehensive SR stating the predicted class of ``source`` and the probability of every class.
+
+    Args:
+        source: the image the prediction was made on (its pixel data need not be loaded).
+        probs: ``C`` class probabilities, in the order of ``model.class_names``.
+        model: the model that made it.
+        frame: 0-based frame of a multi-frame image the prediction belongs to; ``None``: the whole image
+            (a single-frame image, or a result aggregated over the frames).
+        series_instance_uid: the result series (new when ``None``): one series can gather the reports of a run.
+        series_number, instance_number: the result's numbers in its series.
+
+    Raises:
+        ValueError: ``probs`` does not match the classes or is not a probability vector.
+    """
+    p = [float(v) for v in probs]
+    if len(p) != len(model.class_names):
+        raise ValueError(f"{len(p)} probabilities for the {len(model.class_names)} classes {model.class_names}")
+    if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in p) or abs(sum(p) - 1.0) > 1e-3:
+        raise ValueError(f"not class probabilities (each in [0, 1], summing to 1): {p}")
+    predicted = model.class_names[int(np.argmax(p))]
+    algorithm = hd.sr.AlgorithmIdentification(name=model.name, version=model.version)
+    device = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=hd.UID(), name=model.bundle, manufacturer_name=_MANUFACTURER, model_name=model.algorithm
+        ),
+    )
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="image classification"),
+        algorithm_id=algorithm,
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.DCM.Finding, value=_class_code(predicted))],
+        measurements=[
+            hd.sr.Measurement(name=_probability_code(c), value=v, unit=_RATIO, algorithm_id=algorithm)
+            for c, v in zip(model.class_names, p, strict=True)
+        ],
+        source_images=[
+            hd.sr.SourceImageForMeasurementGroup.from_source_image(
+                source, referenced_frame_numbers=_frames(source, frame)
+            )
+        ],
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=device),
+        procedure_reported=_IMAGING,
+        imaging_measurements=[group],
+    )
+    return hd.sr.ComprehensiveSR(
+        evidence=[source],
+        content=report[0],
+        series_instance_uid=series_instance_uid or hd.UID(),
+        series_number=series_number,
+        sop_instance_uid=hd.UID(),
+        instance_number=instance_number,
+        manufacturer=_MANUFACTURER,
+        series_description=_description(model, "classification"),
+    )
+
+
+def read_classification_report(report: Dataset) -> dict:
+    """What :func:`classification_report` wrote: ``{"finding", "probabilities", "algorithm", "study_uid",
+    "series_uid", "sop_uid", "frames"}`` (the last four of the source image)."""
+    content = hd.sr.MeasurementReport.from_sequence([report], is_root=True)
+    (group,) = content.get_image_measurement_groups()
+    items = {(item.ValueType, item.ConceptNameCodeSequence[0].CodeValue): item for item in group[0].ContentSequence}
+    finding = items[("CODE", codes.DCM.Finding.value)].ConceptCodeSequence[0].CodeMeaning
+    algorithm = items.get(("TEXT", codes.DCM.AlgorithmName.value))
+    probabilities = {
+        m.name.meaning.removeprefix("Probability of "): float(m.value)
+        for m in group.get_measurements()
+        if m.name.scheme_designator == CODING_SCHEME
+    }
+    evidence = report.CurrentRequestedProcedureEvidenceSequence[0]
+    (image,) = group.source_images
+    return {
+        "finding": finding,
+        "probabilities": probabilities,
+        "algorithm": algorithm.TextValue if algorithm is not None else None,
+        "study_uid": evidence.StudyInstanceUID,
+        "series_uid": evidence.ReferencedSeriesSequence[0].SeriesInstanceUID,
+        "sop_uid": image.referenced_sop_instance_uid,
+        "frames": list(image.referenced_frame_numbers or []),
+    }
+
+
+def lesion_segmentation(
+    source: Dataset,
+    mask: np.ndarray,
+    model: ModelDescription,
+    *,
+    series_instance_uid: str | None = None,
+    series_number: int = 991,
+    instance_number: int = 1,
+) -> hd.seg.Segmentation:
+    """A binary DICOM SEG of the lesion in ``source``.
+
+    Args:
+        source: the segmented image, with its pixel data.
+        mask: ``(H, W)`` for a single-frame image, ``(F, H, W)`` for one of ``F`` frames: non-zero is lesion, at the
+            image's stored size (``Rows`` x ``Columns``).
+        model: the model that made it.
+        series_instance_uid, series_number, instance_number: as :func:`classification_report`.
+
+    Raises:
+        ValueError: a mask of another size or number of frames than the image.
+    """
+    frames = int(source.get("NumberOfFrames", 1) or 1)
+    array = np.asarray(mask) > 0
+    array = array[None] if array.ndim == 2 else array
+    if array.shape != (frames, int(source.Rows), int(source.Columns)):
+        raise ValueError(
+            f"mask {tuple(np.asarray(mask).shape)} does not fit {source.SOPInstanceUID}: {frames} frame(s) of "
+            f"{source.Rows} x {source.Columns} (resize it to the stored image first)"
+        )
+    segment = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label="lesion",
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Lesion,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(
+            name=model.name, family=codes.cid7162.ArtificialIntelligence, version=model.version
+        ),
+    )
+    return hd.seg.Segmentation(
+        source_images=[source],
+        pixel_array=array,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[segment],
+        series_instance_uid=series_instance_uid or hd.UID(),
+        series_number=series_number,
+        sop_instance_uid=hd.UID(),
+        instance_number=instance_number,
+        manufacturer=_MANUFACTURER,
+        manufacturer_model_name=model.name[:64],
+        software_versions=model.version,
+        device_serial_number="none",
+        omit_empty_frames=False,  # an empty mask is a result too: "no lesion found"
+        series_description=_description(model, "lesion segmentation"),
+    )
