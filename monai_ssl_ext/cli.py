@@ -326,6 +326,19 @@ class Commands:
 
     @staticmethod
     @_friendly
+    def predict(input: str, bundle: str = _DEFAULT_BUNDLE, output: str | None = None, **overrides: Any) -> None:
+        """Predict on a DICOM export and write results a PACS can display, beside predictions.csv/json.
+
+        As ``infer`` (every input read before inference, unreadable inputs and other modalities named and
+        skipped), and for each DICOM image: a DICOM SR with the finding and every class probability and, from a
+        model that segments, a DICOM SEG of the lesion on the image's grid, both new research-use series in the
+        image's study, under ``<output>/dicom/``; each row of ``predictions.csv`` gains the image's Study, Series
+        and SOP Instance UIDs. Other inputs keep the outputs of ``infer``.
+        """
+        Commands.infer(input, bundle=bundle, output=output, dicom_results=True, **overrides)
+
+    @staticmethod
+    @_friendly
     def benchmark(
         bundle: str = _DEFAULT_BUNDLE,
         algorithms: Any = "supervised,mean_teacher,fixmatch,flexmatch",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import export_torchscript
+from conftest import export_torchscript, shared_data
 from monai.bundle import ConfigParser
 
 from monai_ssl_ext.bundle import BundleRunError, bundle_command, run_workflow
@@ -165,6 +165,21 @@ def test_train_resume_evaluate_infer_export_end_to_end(tmp_path, small_data):
         assert len(list(csv.DictReader(f))) == len(rows)
     assert "DOE" not in (tmp_path / "infer2" / "predictions.csv").read_text()
     assert "corrupt.png,failed,cannot be read" in (tmp_path / "infer2" / "skipped.csv").read_text()
+    # a DICOM export through monai-ssl predict: an SR in the image's study, linked from the row by its UIDs
+    pydicom = pytest.importorskip("pydicom")
+    from monai_ssl_ext.deploy.dicom_results import read_classification_report
+
+    scanner = tmp_path / "scanner"
+    scanner.mkdir()
+    shutil.copy(shared_data("dicom", "US1_UNCR.dcm"), scanner / "IM0001")  # as a PACS names them: no suffix
+    main(["predict", str(scanner), "--checkpoint", checkpoint, "--output", str(tmp_path / "dicom_out")])
+    with open(tmp_path / "dicom_out" / "predictions.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    source = pydicom.dcmread(scanner / "IM0001", stop_before_pixels=True)
+    assert (row["image"], row["sop_uid"]) == ("IM0001", source.SOPInstanceUID)
+    assert row["study_uid"] == source.StudyInstanceUID
+    report = read_classification_report(pydicom.dcmread(tmp_path / "dicom_out" / row["dicom_sr"]))
+    assert report["finding"] == row["prediction"] and report["algorithm"] == "baselines_ultrasound mean_teacher"
     # a network that does not fit the weights: one line naming the checkpoint and the first differing key
     error = _run(tmp_path, "run", ["inference.json"], {**infer, "backbone": "resnet18"}, expect_fail=True)
     first = error.splitlines()[0]

@@ -286,8 +286,8 @@ def test_nifti_input_forced_to_png(tmp_path):
     _assert_rectangle(mask, (plane > 0).T[::-1, ::-1])
 
 
-def test_dicom_cropped_to_the_ultrasound_region(tmp_path):
-    pytest.importorskip("pydicom")
+def _region_dicom(tmp_path):
+    """An ultrasound DICOM (32 x 48, a bright lesion) with a burned-in bar outside its imaging region."""
     from pydicom import uid
     from pydicom.dataset import Dataset as DicomDataset
     from pydicom.dataset import FileMetaDataset
@@ -299,6 +299,10 @@ def test_dicom_cropped_to_the_ultrasound_region(tmp_path):
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
     ds.SOPClassUID = uid.UltrasoundImageStorage
+    ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID = (uid.generate_uid() for _ in range(3))
+    # the patient and study modules a scanner writes (type 2: present, may be empty)
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "", "", "", ""
+    ds.StudyDate, ds.StudyTime, ds.ReferringPhysicianName, ds.StudyID, ds.AccessionNumber = "", "", "", "", ""
     ds.Modality = "US"
     ds.set_pixel_data(frame, photometric_interpretation="MONOCHROME2", bits_stored=8)
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
@@ -312,7 +316,11 @@ def test_dicom_cropped_to_the_ultrasound_region(tmp_path):
     ds.SequenceOfUltrasoundRegions = [region]
     path = tmp_path / "us.dcm"
     ds.save_as(path, enforce_file_format=True)
+    return path
 
+
+def test_dicom_cropped_to_the_ultrasound_region(tmp_path):
+    path = _region_dicom(tmp_path)
     out = tmp_path / "out"
     rows = _run([path], PredictionWriter(out, CLASSES), crop_to_region=True)
     row = rows[0]
@@ -417,3 +425,62 @@ def test_a_pacs_export_folder_is_read_for_what_it_holds(tmp_path):
     assert len(anything.data) == 3
     with pytest.raises(FileNotFoundError, match=r"No readable input .* broken\.png: cannot be read"):
         InferenceInputs(root / "broken.png", profile.preprocess(with_mask=False, keep_meta=True))
+
+
+def test_dicom_inputs_get_an_sr_and_a_seg_in_their_study(tmp_path):
+    pytest.importorskip("highdicom", reason="the DICOM outputs need the 'dicom' extra (highdicom)")
+    import pydicom
+    from highdicom.seg import segread
+
+    from monai_ssl_ext.deploy.dicom_results import DicomResultWriter, ModelDescription, read_classification_report
+
+    path = _region_dicom(tmp_path)
+    out = tmp_path / "out"
+    model = ModelDescription("hermes_ultrasound", "0.3.0", "hermes", tuple(CLASSES))
+    writer = PredictionWriter(out, CLASSES, result_sinks=[DicomResultWriter(out, model)])
+    row = _run([path], writer, crop_to_region=True)[0]
+    source = pydicom.dcmread(path)
+    assert (row["study_uid"], row["series_uid"], row["sop_uid"]) == (
+        source.StudyInstanceUID,
+        source.SeriesInstanceUID,
+        source.SOPInstanceUID,
+    )
+    report = read_classification_report(pydicom.dcmread(out / row["dicom_sr"]))
+    assert report["finding"] == row["prediction"] and report["sop_uid"] == source.SOPInstanceUID
+    assert report["probabilities"] == pytest.approx({c: float(row[f"prob_{c}"]) for c in CLASSES})
+    # the SEG is the written mask, put back where the region crop took it from
+    seg = segread(out / row["dicom_seg"])
+    pixels = seg.get_pixels_by_source_instance([source.SOPInstanceUID], segment_numbers=[1])[0, :, :, 0]
+    assert pixels.shape == (32, 48)
+    written = np.asarray(nib.load(out / row["mask"]).dataobj) > 0
+    assert np.array_equal(pixels[5:21, 4:31] > 0, written) and not pixels[:5].any() and written.any()
+
+
+def test_a_mask_goes_back_to_the_stored_grid():
+    from monai_ssl_ext.deploy.dicom_results import mask_on_source_grid
+
+    mask = np.ones((3, 4), np.uint8)
+    full = mask_on_source_grid(mask, 10, 12, region=[2, 5, 5, 7])
+    assert full.sum() == 12 and full[5:8, 2:6].all()
+    assert mask_on_source_grid(mask, 3, 4).all()
+    with pytest.raises(ValueError, match="does not fit the region"):
+        mask_on_source_grid(mask, 10, 12, region=[2, 5, 6, 7])
+    with pytest.raises(ValueError, match="not on the image's 5 x 5 grid"):
+        mask_on_source_grid(mask, 5, 5)
+
+
+def test_an_image_without_study_uids_gets_no_dicom_result_and_a_warning(tmp_path, caplog):
+    pytest.importorskip("highdicom", reason="the DICOM outputs need the 'dicom' extra (highdicom)")
+    import pydicom
+
+    from monai_ssl_ext.deploy.dicom_results import DicomResultWriter, ModelDescription
+
+    path = _region_dicom(tmp_path)
+    ds = pydicom.dcmread(path)
+    del ds.StudyInstanceUID
+    ds.save_as(path)
+    writer = DicomResultWriter(tmp_path / "out", ModelDescription("b", "1", "a", tuple(CLASSES)))
+    with caplog.at_level("WARNING"):
+        assert writer(source=str(path), meta={"format": "dicom"}, probs=[0.4, 0.6]) == {}
+    assert "us.dcm: no DICOM SR/SEG written, the file has no StudyInstanceUID" in caplog.text
+    assert writer(source="a.png", meta={"format": "raster"}, probs=[0.4, 0.6]) == {}  # other inputs: nothing

@@ -82,6 +82,7 @@ COMMON_SETTINGS = (*DATA_SETTINGS, *TRAINING_ONLY_SETTINGS)
 # settings inference needs besides the network's own (modality profile and class list)
 # (``pretrained_weights``: whether the network normalises its input as those weights expect; no file is read)
 INFERENCE_SETTINGS = (
+    "algorithm_name",
     "class_names",
     "modality",
     "frame",

@@ -5,6 +5,34 @@
   highdicom; imported on use).
 """
 
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
 from .export import export_bundle, merged_metadata
 
-__all__ = ["export_bundle", "merged_metadata"]
+__all__ = ["dicom_result_writers", "export_bundle", "merged_metadata"]
+
+
+def dicom_result_writers(
+    enabled: bool,
+    output_dir: str | os.PathLike,
+    bundle_root: str | os.PathLike,
+    class_names: Sequence[str],
+    algorithm: str,
+) -> list[Any]:
+    """The DICOM result sinks of an inference run (``dicom_results`` of the inference config): a
+    :class:`~monai_ssl_ext.deploy.dicom_results.DicomResultWriter` naming the bundle (its folder and metadata
+    version) and the trained algorithm, or none when ``enabled`` is false (highdicom is then not imported)."""
+    if not enabled:
+        return []
+    from .dicom_results import DicomResultWriter, ModelDescription
+
+    metadata = Path(bundle_root) / "configs" / "metadata.json"
+    version = json.loads(metadata.read_text()).get("version", "") if metadata.is_file() else ""
+    model = ModelDescription(Path(bundle_root).resolve().name, str(version), str(algorithm), tuple(class_names))
+    return [DicomResultWriter(output_dir, model)]

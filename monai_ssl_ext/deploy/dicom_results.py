@@ -11,27 +11,42 @@ image), so a viewer shows them with it.
   coding scheme (:data:`CODING_SCHEME`; DICOM PS3.16 8.2: designators beginning with ``99`` are private),
   the class name being both code value and meaning. :func:`read_classification_report` reads one back.
 - :func:`lesion_segmentation`: a binary SEG of one segment (lesion) on the source image's own pixel grid:
-  the mask must already be at the size of the image as stored (undo any region crop and resize first).
+  the mask must already be at the size of the image as stored (:func:`mask_on_source_grid` undoes the
+  ultrasound region crop).
+- :class:`DicomResultWriter`: both, for every DICOM input of an inference run (a result sink of
+  :class:`~monai_ssl_ext.engines.PredictionWriter`), with the UIDs that link each row of ``predictions.csv``
+  to its study.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import highdicom as hd
 import numpy as np
+import pydicom
 from highdicom.utils import is_multiframe_image
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from monai_ssl_ext.utils.atomic import atomic_path
+
+logger = logging.getLogger("monai_ssl_ext.inference")
+
 __all__ = [
     "CODING_SCHEME",
     "RESEARCH_USE",
+    "DicomResultWriter",
     "ModelDescription",
     "classification_report",
     "lesion_segmentation",
+    "mask_on_source_grid",
     "read_classification_report",
 ]
 
@@ -240,3 +255,112 @@ def lesion_segmentation(
         omit_empty_frames=False,  # an empty mask is a result too: "no lesion found"
         series_description=_description(model, "lesion segmentation"),
     )
+
+
+def mask_on_source_grid(mask: np.ndarray, rows: int, columns: int, region: Sequence[int] | None = None) -> np.ndarray:
+    """A label map at the image's size after reading, put back on the stored image's ``rows x columns`` grid.
+
+    Args:
+        mask: ``(h, w)`` labels (non-zero: lesion).
+        rows, columns: the stored image's size.
+        region: ``[x0, y0, x1, y1]`` (inclusive) of the ultrasound region the image was cropped to; ``None``
+            when it was not cropped (the mask is then already on the stored grid).
+
+    Raises:
+        ValueError: the mask does not fit the region (or the image).
+    """
+    mask = np.asarray(mask)
+    if region is None:
+        if mask.shape != (rows, columns):
+            raise ValueError(f"mask {mask.shape} is not on the image's {rows} x {columns} grid")
+        return mask > 0
+    x0, y0, x1, y1 = (int(v) for v in region)
+    if mask.shape != (y1 - y0 + 1, x1 - x0 + 1) or x1 >= columns or y1 >= rows:
+        raise ValueError(f"mask {mask.shape} does not fit the region {list(region)} of a {rows} x {columns} image")
+    full = np.zeros((rows, columns), dtype=bool)
+    full[y0 : y1 + 1, x0 : x1 + 1] = mask > 0
+    return full
+
+
+class DicomResultWriter:
+    """Writes, for every DICOM input of an inference run, its SR (and SEG when the model segments).
+
+    A result sink of :class:`~monai_ssl_ext.engines.PredictionWriter`: called per image, it writes
+    ``<output_dir>/dicom/SR_<n>.dcm`` (and ``SEG_<n>.dcm``) for DICOM sources and returns the row fields that
+    link the result to its study: ``study_uid``, ``series_uid``, ``sop_uid``, ``dicom_sr``, ``dicom_seg``.
+    Other sources get no DICOM output (their PNG/NIfTI outputs stay as they are). The results of one study
+    share one SR series and one SEG series. A SEG is written for single-frame images only: a frame of a cine
+    loop gets its SR (which names the frame).
+
+    Args:
+        output_dir: the run's output folder.
+        model: the model that made the predictions.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, model: ModelDescription) -> None:
+        self.folder = Path(output_dir) / "dicom"
+        self.model = model
+        self._series: dict[tuple[str, str], str] = {}
+        self._count = 0
+
+    def _series_uid(self, study: str, kind: str) -> str:
+        return self._series.setdefault((study, kind), hd.UID())
+
+    def __call__(
+        self,
+        source: str,
+        meta: Mapping[str, Any],
+        probs: Sequence[float],
+        mask: np.ndarray | None = None,
+        region: Sequence[int] | None = None,
+    ) -> dict[str, Any]:
+        if meta.get("format") != "dicom" or not source:
+            return {}
+        ds = pydicom.dcmread(source, stop_before_pixels=True)
+        missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID") if not ds.get(k)]
+        if missing:  # a result must reference its image: without these it could not be linked to anything
+            logger.warning(f"{source}: no DICOM SR/SEG written, the file has no {', '.join(missing)}")
+            return {}
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        frame = meta.get("frame")
+        frame = int(frame.item() if hasattr(frame, "item") else frame) if frame is not None and frames > 1 else None
+        self._count += 1
+        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            fields = self._write(ds, probs, frame, frames, mask, region)
+        except (AttributeError, KeyError, TypeError, ValueError) as err:  # an image highdicom cannot reference
+            logger.warning(f"{source}: no DICOM SR/SEG written ({type(err).__name__}: {err})")
+            return {}
+        return fields
+
+    def _write(
+        self,
+        ds: Dataset,
+        probs: Sequence[float],
+        frame: int | None,
+        frames: int,
+        mask: np.ndarray | None,
+        region: Sequence[int] | None,
+    ) -> dict[str, Any]:
+        study = str(ds.StudyInstanceUID)
+        series, n = self._series_uid(study, "SR"), self._count
+        sr = classification_report(ds, probs, self.model, frame=frame, series_instance_uid=series, instance_number=n)
+        sr_path = self.folder / f"SR_{n:05d}.dcm"
+        with atomic_path(sr_path) as tmp:
+            sr.save_as(tmp, enforce_file_format=True)
+        fields: dict[str, Any] = {
+            "study_uid": study,
+            "series_uid": str(ds.SeriesInstanceUID),
+            "sop_uid": str(ds.SOPInstanceUID),
+            "dicom_sr": sr_path.relative_to(self.folder.parent).as_posix(),
+        }
+        if mask is not None and frames == 1:
+            grid = mask_on_source_grid(np.asarray(mask), int(ds.Rows), int(ds.Columns), region)
+            seg = lesion_segmentation(
+                ds, grid, self.model, series_instance_uid=self._series_uid(study, "SEG"), instance_number=n
+            )
+            seg_path = self.folder / f"SEG_{n:05d}.dcm"
+            with atomic_path(seg_path) as tmp:
+                seg.save_as(tmp, enforce_file_format=True)
+            fields["dicom_seg"] = seg_path.relative_to(self.folder.parent).as_posix()
+        return fields

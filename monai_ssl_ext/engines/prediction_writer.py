@@ -8,7 +8,7 @@ import hashlib
 import io
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +180,11 @@ class PredictionWriter:
             for probabilities, their channels.
         input_root: the folder inputs are named relative to; ``None``: their file names only.
         skipped: the inputs that got no prediction (objects with ``path``, ``reason`` and ``failed``).
+        result_sinks: further writers of each image's result, called as ``sink(source=, meta=, probs=, mask=,
+            region=)`` (the source file, its reader metadata, the ``C`` probabilities, the label map at the image's
+            size after reading or ``None``, the ultrasound region's bbox or ``None``); the fields each returns are
+            added to the image's row (:class:`~monai_ssl_ext.deploy.dicom_results.DicomResultWriter`: DICOM SR
+            and SEG).
     """
 
     def __init__(
@@ -197,6 +202,7 @@ class PredictionWriter:
         seg_classes: int | None = None,
         input_root: str | os.PathLike | None = None,
         skipped: Sequence[Any] = (),
+        result_sinks: Sequence[Callable[..., Mapping[str, Any]]] = (),
     ) -> None:
         if mask_format.lower() not in MASK_FORMATS:
             raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
@@ -211,6 +217,7 @@ class PredictionWriter:
         self.seg_classes = seg_classes
         self.input_root = Path(input_root).resolve() if input_root is not None else None
         self.skipped = list(skipped)
+        self.result_sinks = list(result_sinks)
         self.rows: list[dict[str, Any]] = []
         self.logger = logging.getLogger("monai_ssl_ext.inference")
         self._names: dict[str, tuple[str, Any]] = {}
@@ -244,8 +251,14 @@ class PredictionWriter:
                 "class_index": index,
                 **{f"prob_{c}": float(p) for c, p in zip(self.class_names, probs, strict=True)},
             }
+            labels, region = None, None
             if self.seg_key is not None and out.get(self.seg_key) is not None:
-                row.update(self._write_mask(out, item, source, f"{row['prediction']} {float(probs[index]):.2f}"))
+                fields, labels = self._write_mask(out, item, source, f"{row['prediction']} {float(probs[index]):.2f}")
+                row.update(fields)
+                region = fields["mask_region"]
+            meta = _meta(item, self.image_key) or _meta(out, self.image_key)
+            for sink in self.result_sinks:
+                row.update(sink(source=source, meta=meta, probs=probs.tolist(), mask=labels, region=region))
             self.rows.append(row)
 
     def _shown(self, source: str) -> str:
@@ -274,7 +287,8 @@ class PredictionWriter:
             name = f"{stem}_{digest}"
         return self.mask_dir / f"{name}_mask{suffix}"
 
-    def _write_mask(self, out: Mapping, item: Mapping, source: str, title: str) -> dict[str, Any]:
+    def _write_mask(self, out: Mapping, item: Mapping, source: str, title: str) -> tuple[dict[str, Any], np.ndarray]:
+        """Write the mask of one image; its row's fields and the label map at the image's size after reading."""
         image = item.get(self.image_key)
         meta = _meta(item, self.image_key) or _meta(out, self.image_key)
         seg = _tensor(out[self.seg_key])
@@ -328,13 +342,14 @@ class PredictionWriter:
             shown_path = str(path.relative_to(self.output_dir))
         except ValueError:
             shown_path = str(path)
-        return {
+        fields = {
             "mask": shown_path,
             "mask_shape": list(shape),
             "mask_region": region,
             "lesion_pixels": lesion,
             "lesion_fraction": lesion / labels_np.size,
         }
+        return fields, labels_np
 
     def _write_overlay(self) -> Path:
         import math
