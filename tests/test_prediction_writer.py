@@ -391,6 +391,8 @@ def _dicom(path, modality: str):
 
 
 def test_a_pacs_export_folder_is_read_for_what_it_holds(tmp_path):
+    import pydicom
+
     root = tmp_path / "export"
     _dicom(root / "series1" / "IM0001", "US")  # no suffix: recognised by its DICM marker
     _dicom(root / "series2" / "IM0001", "CT")  # another modality: refused for an ultrasound model
@@ -399,6 +401,10 @@ def test_a_pacs_export_folder_is_read_for_what_it_holds(tmp_path):
     (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
     (root / "notes.txt").write_text("reported by ...")
     (root / "DICOMDIR").write_bytes(b"\x00" * 128 + b"DICM")
+    report = _dicom(root / "series3" / "SR0001", "SR")  # a structured report beside the images: not an input
+    report_ds = pydicom.dcmread(report)
+    del report_ds.Rows
+    report_ds.save_as(report)
     (root / ".DS_Store").write_bytes(b"\x00")
     entries, ignored = scan_inputs(root)
     assert [Path(e["image"]).relative_to(root).as_posix() for e in entries] == [
@@ -411,6 +417,7 @@ def test_a_pacs_export_folder_is_read_for_what_it_holds(tmp_path):
         "DICOMDIR": "DICOMDIR:",
         "case_mask.png": "named",
         "notes.txt": "not",
+        "SR0001": "DICOM",
     }
     profile = get_profile("ultrasound", image_size=32)
     inputs = InferenceInputs(root, profile.preprocess(with_mask=False, keep_meta=True), modalities=("US",))

@@ -4,8 +4,9 @@ A folder exported from a PACS holds more than images: DICOM files without a suff
 ``DICM`` marker), a ``DICOMDIR``, masks beside their images, notes. Inference predicts on every readable
 image and accounts for every other file:
 
-- *ignored*: not an image input (a mask by its name, a DICOMDIR, a file no reader recognises); listed
-  in ``skipped.csv`` with the reason, the run still succeeds;
+- *ignored*: not an image input (a mask by its name, a DICOMDIR, a DICOM report, presentation state, key
+  object or segmentation, a file no reader recognises); listed in ``skipped.csv`` with the reason, the run
+  still succeeds;
 - *failed*: an image that cannot be read (corrupt, truncated, NaN pixels) or whose DICOM modality is not
   the one the model was trained on; listed in ``skipped.csv`` and on stderr, and the run exits non-zero
   after writing the predictions of all the others.
@@ -26,6 +27,8 @@ from typing import Any
 from monai.data import Dataset
 
 from monai_ssl_ext.data.datalist import expand_frames, load_manifest
+from monai_ssl_ext.io import ImageReadError
+from monai_ssl_ext.io.dicom import read_dicom_header
 from monai_ssl_ext.io.frames import FrameSpec
 from monai_ssl_ext.io.reader import IMAGE_SUFFIXES, image_format
 from monai_ssl_ext.keys import DataKeys
@@ -63,8 +66,34 @@ def _not_an_input(path: Path) -> str | None:
         return "DICOMDIR: a media directory, not an image"
     if any(marker in name for marker in _MASK_MARKERS):
         return "named as a mask ('_mask' or '_segmentation' in its name)"
-    if image_format(path) is None:
+    kind = image_format(path)
+    if kind is None:
         return f"not an image file (suffix '{path.suffix or '(none)'}' and no DICOM 'DICM' marker)"
+    if kind == "dicom":
+        return _not_a_dicom_image(path)
+    return None
+
+
+# DICOM objects that describe images rather than hold one: reports, presentation states, key images, results
+_NON_IMAGE_MODALITIES = frozenset({"SR", "PR", "KO", "SEG", "RTSTRUCT", "DOC", "REG", "FID"})
+
+
+def _not_a_dicom_image(path: Path) -> str | None:
+    """Why a DICOM file is not an image to predict on (a report, a segmentation, no pixel data), or ``None``.
+
+    A study exported from a PACS holds such objects beside its images (the results of an earlier run among
+    them); they are passed over, not failed. A header that cannot be read is left to the image reader, whose
+    error then names the file.
+    """
+    try:
+        header = read_dicom_header(path)
+    except ImageReadError:
+        return None
+    modality = str(header.get("Modality") or "").upper()
+    if modality in _NON_IMAGE_MODALITIES:
+        return f"DICOM {modality} object, not an image"
+    if "Rows" not in header:
+        return "DICOM object without pixel data (no Rows)"
     return None
 
 
