@@ -335,7 +335,7 @@ class Commands:
         image's study, under ``<output>/dicom/``; each row of ``predictions.csv`` gains the image's Study, Series
         and SOP Instance UIDs. Other inputs keep the outputs of ``infer``.
         """
-        Commands.infer(input, bundle=bundle, output=output, dicom_results=True, **overrides)
+        Commands.infer(input, bundle=bundle, output=output, dicom_results=True, debug=_DEBUG.get(), **overrides)
 
     @staticmethod
     @_friendly
