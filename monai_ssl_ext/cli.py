@@ -106,6 +106,20 @@ def _workflow_echo() -> Callable[[str], None]:
     return echo
 
 
+def _run_inference(input: str, bundle: str, output: str | None, overrides: dict[str, Any]) -> None:
+    """The inference workflow of ``bundle`` on ``input`` (``infer`` and ``predict``)."""
+    from monai_ssl_ext.bundle import find_bundle, run_workflow, workflow_command
+
+    bundle_dir = find_bundle(bundle)
+    settings = {"input_dir": str(Path(input).resolve()), **overrides}
+    if output:
+        settings["output_dir"] = str(Path(output).resolve())
+    cmd = workflow_command(bundle_dir, "inference", overrides=settings)
+    print("$ " + " ".join(cmd), flush=True)
+    log = Path(settings.get("output_dir", bundle_dir / "eval" / "inference")) / "inference.log"
+    run_workflow(cmd, log, echo=_workflow_echo())
+
+
 def _setup_logging(debug: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S"
@@ -310,19 +324,7 @@ class Commands:
         Classes, modality, image size and network come from ``train_config.json`` beside the checkpoint
         (``--checkpoint``, default the bundle's ``models/model.pt``).
         """
-        from monai_ssl_ext.bundle import find_bundle, run_workflow, workflow_command
-
-        bundle_dir = find_bundle(bundle)
-        settings = {"input_dir": str(Path(input).resolve()), **overrides}
-        if output:
-            settings["output_dir"] = str(Path(output).resolve())
-        cmd = workflow_command(bundle_dir, "inference", overrides=settings)
-        print("$ " + " ".join(cmd), flush=True)
-        run_workflow(
-            cmd,
-            Path(settings.get("output_dir", bundle_dir / "eval" / "inference")) / "inference.log",
-            echo=_workflow_echo(),
-        )
+        _run_inference(input, bundle, output, overrides)
 
     @staticmethod
     @_friendly
@@ -335,7 +337,7 @@ class Commands:
         image's study, under ``<output>/dicom/``; each row of ``predictions.csv`` gains the image's Study, Series
         and SOP Instance UIDs. Other inputs keep the outputs of ``infer``.
         """
-        Commands.infer(input, bundle=bundle, output=output, dicom_results=True, debug=_DEBUG.get(), **overrides)
+        _run_inference(input, bundle, output, {**overrides, "dicom_results": True})
 
     @staticmethod
     @_friendly
