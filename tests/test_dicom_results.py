@@ -90,3 +90,23 @@ def test_the_segmentation_is_the_mask_on_the_image_grid(tmp_path, ultrasound):
     assert empty.NumberOfFrames == 1
     with pytest.raises(ValueError, match="resize it to the stored image first"):
         lesion_segmentation(ultrasound, mask[::2, ::2], MODEL)
+
+
+def test_the_frames_of_a_cine_loop_get_their_reports_and_one_for_the_loop(tmp_path):
+    from monai_ssl_ext.deploy.dicom_results import DicomResultWriter, aggregate_frames
+
+    path = shared_data("dicom", "examples_ybr_color.dcm")  # 30 frames
+    writer = DicomResultWriter(tmp_path, MODEL)
+    for frame, probs in ((0, [0.9, 0.1]), (10, [0.5, 0.5]), (20, [0.4, 0.6])):
+        fields = writer(source=str(path), meta={"format": "dicom", "frame": frame}, probs=probs)
+        assert read_classification_report(pydicom.dcmread(tmp_path / fields["dicom_sr"]))["frames"] == [frame + 1]
+    (loop,) = writer.finish()
+    source, probs, fields = loop
+    assert source == str(path) and probs == pytest.approx([0.6, 0.4])
+    whole = read_classification_report(pydicom.dcmread(tmp_path / fields["dicom_sr"]))
+    assert whole["frames"] == [] and whole["finding"] == "benign"
+    assert whole["probabilities"]["benign"] == pytest.approx(0.6)
+    assert writer.finish() == []  # reported once
+    assert aggregate_frames([[0.9, 0.1], [0.2, 0.8]], "max") == pytest.approx([0.9 / 1.7, 0.8 / 1.7])
+    with pytest.raises(ValueError, match="frame_aggregation must be one of"):
+        DicomResultWriter(tmp_path, MODEL, frame_aggregation="median")

@@ -491,3 +491,30 @@ def test_an_image_without_study_uids_gets_no_dicom_result_and_a_warning(tmp_path
         assert writer(source=str(path), meta={"format": "dicom"}, probs=[0.4, 0.6]) == {}
     assert "us.dcm: no DICOM SR/SEG written, the file has no StudyInstanceUID" in caplog.text
     assert writer(source="a.png", meta={"format": "raster"}, probs=[0.4, 0.6]) == {}  # other inputs: nothing
+
+
+def test_a_sink_adds_fields_to_each_row_and_rows_of_its_own_at_the_end(tmp_path):
+    class Sink:
+        def __init__(self):
+            self.seen, self.resets = [], 0
+
+        def reset(self):
+            self.resets += 1
+
+        def __call__(self, source, meta, probs, mask, region):
+            self.seen.append((Path(source).name, mask is not None))
+            return {"extra": len(self.seen)}
+
+        def finish(self):
+            return [(str(tmp_path / "in" / "a.png"), [0.25, 0.75], {"extra": "loop"})]
+
+    sink = Sink()
+    paths = [_png(tmp_path / "in" / n, (40, 40), (5, 20, 5, 20)) for n in ("a.png", "b.png")]
+    rows = _run(paths, PredictionWriter(tmp_path / "out", CLASSES, input_root=tmp_path / "in", result_sinks=[sink]))
+    assert sink.resets == 1 and sink.seen == [("a.png", True), ("b.png", True)]
+    assert [(r["image"], r["extra"], r.get("frame", "")) for r in rows] == [
+        ("a.png", "1", ""),
+        ("b.png", "2", ""),
+        ("a.png", "loop", "all"),
+    ]
+    assert rows[2]["prediction"] == "malignant" and float(rows[2]["prob_malignant"]) == 0.75

@@ -24,10 +24,12 @@ def dicom_result_writers(
     bundle_root: str | os.PathLike,
     class_names: Sequence[str],
     algorithm: str,
+    frame_aggregation: str = "mean",
 ) -> list[Any]:
     """The DICOM result sinks of an inference run (``dicom_results`` of the inference config): a
     :class:`~monai_ssl_ext.deploy.dicom_results.DicomResultWriter` naming the bundle (its folder and metadata
-    version) and the trained algorithm, or none when ``enabled`` is false (highdicom is then not imported)."""
+    version) and the trained algorithm, aggregating the frames of a cine loop by ``frame_aggregation``, or none
+    when ``enabled`` is false (highdicom is then not imported)."""
     if not enabled:
         return []
     from .dicom_results import DicomResultWriter, ModelDescription
@@ -35,4 +37,4 @@ def dicom_result_writers(
     metadata = Path(bundle_root) / "configs" / "metadata.json"
     version = json.loads(metadata.read_text()).get("version", "") if metadata.is_file() else ""
     model = ModelDescription(Path(bundle_root).resolve().name, str(version), str(algorithm), tuple(class_names))
-    return [DicomResultWriter(output_dir, model)]
+    return [DicomResultWriter(output_dir, model, frame_aggregation)]

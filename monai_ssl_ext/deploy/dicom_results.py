@@ -41,9 +41,11 @@ logger = logging.getLogger("monai_ssl_ext.inference")
 
 __all__ = [
     "CODING_SCHEME",
+    "FRAME_AGGREGATIONS",
     "RESEARCH_USE",
     "DicomResultWriter",
     "ModelDescription",
+    "aggregate_frames",
     "classification_report",
     "lesion_segmentation",
     "mask_on_source_grid",
@@ -257,6 +259,23 @@ def lesion_segmentation(
     )
 
 
+#: how :class:`DicomResultWriter` makes one result of a cine loop's per-frame results
+FRAME_AGGREGATIONS = ("mean", "max")
+
+
+def aggregate_frames(per_frame: Sequence[Sequence[float]], how: str = "mean") -> list[float]:
+    """One probability vector from the ``F x C`` probabilities of a loop's frames (see :class:`DicomResultWriter`)."""
+    p = np.asarray(per_frame, dtype=np.float64)
+    if p.ndim != 2 or p.shape[0] == 0:
+        raise ValueError(f"per-frame probabilities must be F x C with F >= 1, got shape {p.shape}")
+    if how == "mean":
+        return p.mean(axis=0).tolist()
+    if how == "max":
+        top = p.max(axis=0)
+        return (top / top.sum()).tolist()
+    raise ValueError(f"frame aggregation must be one of {FRAME_AGGREGATIONS}, got {how!r}")
+
+
 def mask_on_source_grid(mask: np.ndarray, rows: int, columns: int, region: Sequence[int] | None = None) -> np.ndarray:
     """A label map at the image's size after reading, put back on the stored image's ``rows x columns`` grid.
 
@@ -289,19 +308,44 @@ class DicomResultWriter:
     ``<output_dir>/dicom/SR_<n>.dcm`` (and ``SEG_<n>.dcm``) for DICOM sources and returns the row fields that
     link the result to its study: ``study_uid``, ``series_uid``, ``sop_uid``, ``dicom_sr``, ``dicom_seg``.
     Other sources get no DICOM output (their PNG/NIfTI outputs stay as they are). The results of one study
-    share one SR series and one SEG series. A SEG is written for single-frame images only: a frame of a cine
-    loop gets its SR (which names the frame).
+    share one SR series and one SEG series. A SEG is written for single-frame images only. Each frame of a
+    cine loop predicted on its own (the ``every:k`` frame policy) gets its SR, which names the frame, and at the
+    end of the run every such loop gets one more SR for the whole loop: the frames' probabilities aggregated
+    (``frame_aggregation``), referencing the image without a frame.
 
     Args:
         output_dir: the run's output folder.
         model: the model that made the predictions.
+        frame_aggregation: ``"mean"`` (the mean of the frames' probabilities) or ``"max"`` (each class's
+            largest probability over the frames, renormalised to sum to 1: a class any frame shows strongly).
     """
 
-    def __init__(self, output_dir: str | os.PathLike, model: ModelDescription) -> None:
+    def __init__(self, output_dir: str | os.PathLike, model: ModelDescription, frame_aggregation: str = "mean") -> None:
+        if frame_aggregation not in FRAME_AGGREGATIONS:
+            raise ValueError(f"frame_aggregation must be one of {FRAME_AGGREGATIONS}, got {frame_aggregation!r}")
         self.folder = Path(output_dir) / "dicom"
         self.model = model
+        self.frame_aggregation = frame_aggregation
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the results of a previous run (new series, numbering from 1)."""
         self._series: dict[tuple[str, str], str] = {}
         self._count = 0
+        self._loops: dict[str, tuple[str, Dataset, list[list[float]]]] = {}
+
+    def finish(self) -> list[tuple[str, list[float], dict[str, Any]]]:
+        """The whole-loop result of every cine loop whose frames were predicted one by one: its SR is written,
+        and ``(source, probabilities, row fields)`` returned for ``predictions.csv``."""
+        results = []
+        for source, ds, per_frame in self._loops.values():
+            if len(per_frame) < 2:
+                continue
+            probs = aggregate_frames(per_frame, self.frame_aggregation)
+            self._count += 1
+            results.append((source, probs, self._write(ds, probs, None, 2, None, None)))
+        self._loops.clear()
+        return results
 
     def _series_uid(self, study: str, kind: str) -> str:
         return self._series.setdefault((study, kind), hd.UID())
@@ -324,6 +368,8 @@ class DicomResultWriter:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         frame = meta.get("frame")
         frame = int(frame.item() if hasattr(frame, "item") else frame) if frame is not None and frames > 1 else None
+        if frame is not None:
+            self._loops.setdefault(str(ds.SOPInstanceUID), (source, ds, []))[2].append([float(p) for p in probs])
         self._count += 1
         self.folder.mkdir(parents=True, exist_ok=True)
         try:

@@ -58,6 +58,14 @@ def _source(item: Mapping, key: str) -> str:
     return str(src[0] if isinstance(src, (list, tuple)) else src)
 
 
+def _frame_of(meta: Mapping) -> int | None:
+    """The frame an item holds, when it is one frame of a multi-frame file (``None`` otherwise)."""
+    frame, frames = _plain(meta.get("frame")), _plain(meta.get("frames"))
+    if frame is None or frames is None or int(frames) <= 1:
+        return None
+    return int(frame)
+
+
 def _stem(source: str) -> str:
     name = Path(source).name
     return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else Path(name).stem
@@ -183,8 +191,10 @@ class PredictionWriter:
         result_sinks: further writers of each image's result, called as ``sink(source=, meta=, probs=, mask=,
             region=)`` (the source file, its reader metadata, the ``C`` probabilities, the label map at the image's
             size after reading or ``None``, the ultrasound region's bbox or ``None``); the fields each returns are
-            added to the image's row (:class:`~monai_ssl_ext.deploy.dicom_results.DicomResultWriter`: DICOM SR
-            and SEG).
+            added to the image's row. A sink with ``finish()`` is asked at the end of the run for results of its
+            own (``(source, probs, fields)``: the frames of a cine loop aggregated, say), each written as a row
+            with ``frame`` ``all``; one with ``reset()`` is reset when a run starts
+            (:class:`~monai_ssl_ext.deploy.dicom_results.DicomResultWriter`: DICOM SR and SEG).
     """
 
     def __init__(
@@ -232,6 +242,9 @@ class PredictionWriter:
         self.rows.clear()
         self._names.clear()
         self._overlays.clear()
+        for sink in self.result_sinks:
+            if hasattr(sink, "reset"):
+                sink.reset()
 
     def _collect(self, engine: Engine) -> None:
         outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
@@ -243,23 +256,33 @@ class PredictionWriter:
                     f"the network gives {probs.numel()} class probabilities but {len(self.class_names)} class names "
                     f"are configured ({self.class_names})"
                 )
-            index = int(probs.argmax())
             source = _source(item, self.image_key) or _source(out, self.image_key)
-            row = {
-                "image": self._shown(source),
-                "prediction": self.class_names[index],
-                "class_index": index,
-                **{f"prob_{c}": float(p) for c, p in zip(self.class_names, probs, strict=True)},
-            }
+            meta = _meta(item, self.image_key) or _meta(out, self.image_key)
+            row = self._row(source, probs.tolist(), _frame_of(meta))
+            index = int(row["class_index"])
             labels, region = None, None
             if self.seg_key is not None and out.get(self.seg_key) is not None:
                 fields, labels = self._write_mask(out, item, source, f"{row['prediction']} {float(probs[index]):.2f}")
                 row.update(fields)
                 region = fields["mask_region"]
-            meta = _meta(item, self.image_key) or _meta(out, self.image_key)
             for sink in self.result_sinks:
                 row.update(sink(source=source, meta=meta, probs=probs.tolist(), mask=labels, region=region))
             self.rows.append(row)
+
+    def _row(self, source: str, probs: Sequence[float], frame: int | str | None) -> dict[str, Any]:
+        """A row of ``predictions.csv``: the image (its frame, for a multi-frame file), the class, the probabilities."""
+        index = int(np.argmax(probs))
+        row: dict[str, Any] = {"image": self._shown(source)}
+        if frame is not None:
+            row["frame"] = frame
+        row.update(
+            {
+                "prediction": self.class_names[index],
+                "class_index": index,
+                **{f"prob_{c}": float(p) for c, p in zip(self.class_names, probs, strict=True)},
+            }
+        )
+        return row
 
     def _shown(self, source: str) -> str:
         """``source`` relative to the input root (its file name when outside it, or without a root)."""
@@ -274,10 +297,10 @@ class PredictionWriter:
 
     # ---------------------------------------------------------------- masks
     def _mask_path(self, source: str, meta: Mapping, suffix: str) -> Path:
-        frame, frames = _plain(meta.get("frame")), _plain(meta.get("frames"))
+        frame = _frame_of(meta)
         stem = _stem(source) if source else f"image{len(self.rows):05d}"
-        if frame is not None and frames is not None and int(frames) > 1:
-            stem += f"_frame{int(frame)}"
+        if frame is not None:
+            stem += f"_frame{frame}"
         key = (str(Path(source).resolve()) if source else f"#{len(self.rows)}", frame)
         name, attempt = stem, 0
         # case-insensitive: two stems differing in case are one file on macOS and Windows
@@ -380,6 +403,9 @@ class PredictionWriter:
 
     # ---------------------------------------------------------------- end of run
     def _write(self, engine: Engine) -> None:
+        for sink in self.result_sinks:
+            for source, probs, fields in sink.finish() if hasattr(sink, "finish") else ():
+                self.rows.append({**self._row(source, probs, "all"), **fields})
         self._write_skipped()
         if not self.rows:
             self.logger.warning("no image was processed; nothing written")
