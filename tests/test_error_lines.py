@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
-from monai_ssl_ext.bundle import BundleRunError, bundle_command, find_bundle, innermost_cause
+from monai_ssl_ext.bundle import BundleRunError, bundle_command, find_bundle
 from monai_ssl_ext.bundle.errors import _hook
+from monai_ssl_ext.utils import innermost_cause
 
 
 def _wrapped() -> BaseException:

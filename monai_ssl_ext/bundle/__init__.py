@@ -10,7 +10,7 @@
   as its last line.
 """
 
-from .errors import innermost_cause, report_root_cause_last
+from .errors import report_root_cause_last
 from .literal import DATA_SETTINGS, inert
 from .render import bundle_names, check_rendered, render_bundle, write_bundle
 from .runner import (
@@ -51,7 +51,6 @@ __all__ = [
     "find_bundle",
     "freeze_settings",
     "inert",
-    "innermost_cause",
     "read_trained_config",
     "render_bundle",
     "report_root_cause_last",

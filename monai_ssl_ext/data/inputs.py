@@ -32,6 +32,7 @@ from monai_ssl_ext.io.dicom import read_dicom_header
 from monai_ssl_ext.io.frames import FrameSpec
 from monai_ssl_ext.io.reader import IMAGE_SUFFIXES, image_format
 from monai_ssl_ext.keys import DataKeys
+from monai_ssl_ext.utils.errors import innermost_cause
 
 __all__ = ["IMAGE_SUFFIXES", "InferenceInputs", "SkippedInput", "list_inputs", "scan_inputs"]
 
@@ -221,9 +222,7 @@ def _unreadable(entry: dict, transform: Callable, accepted: set[str]) -> str | N
     try:
         item = transform(dict(entry))
     except Exception as err:  # any failure to read one file must not stop the others
-        cause = err
-        while cause.__cause__ is not None:  # MONAI wraps a transform's error: the reader's own says what is wrong
-            cause = cause.__cause__
+        cause = innermost_cause(err)  # MONAI wraps a transform's error: the reader's own says what is wrong
         text = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         return f"cannot be read ({text})"
     meta: Any = getattr(item.get(DataKeys.IMAGE), "meta", None) or {}

@@ -30,11 +30,11 @@ from typing import Any
 
 import highdicom as hd
 import numpy as np
-import pydicom
 from highdicom.utils import is_multiframe_image
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from monai_ssl_ext.io.dicom import read_dicom_header
 from monai_ssl_ext.utils.atomic import atomic_path
 
 logger = logging.getLogger("monai_ssl_ext.inference")
@@ -360,7 +360,7 @@ class DicomResultWriter:
     ) -> dict[str, Any]:
         if meta.get("format") != "dicom" or not source:
             return {}
-        ds = pydicom.dcmread(source, stop_before_pixels=True)
+        ds = read_dicom_header(source)
         missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID") if not ds.get(k)]
         if missing:  # a result must reference its image: without these it could not be linked to anything
             logger.warning(f"{source}: no DICOM SR/SEG written, the file has no {', '.join(missing)}")

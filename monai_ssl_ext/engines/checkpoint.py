@@ -22,8 +22,8 @@ __all__ = ["AtomicCheckpointSaver", "ResumeCheckpointLoader", "find_latest_check
 
 logger = logging.getLogger(__name__)
 
-_EPOCH_FILE = re.compile(r"checkpoint_(epoch|iteration)=(\d+)\.pt$")
-# any periodic file of ignite's naming: "<prefix>_epoch=N.pt" (the prefix is "checkpoint" for several objects)
+# a periodic file of ignite's naming: "<prefix>_epoch=N.pt"; the prefix is "checkpoint" for several objects,
+# which is what a run resumes from
 _PERIODIC_FILE = re.compile(r"^(.+)_(epoch|iteration)=(\d+)\.pt$")
 
 
@@ -84,12 +84,8 @@ class _AtomicDiskSaver(DiskSaver):
         self._removals.clear()
         saved_match = _PERIODIC_FILE.match(saved)
         if self.keep_last is not None and saved_match:
-            same_series = [
-                (int(m.group(3)), p.name)
-                for p in folder.glob("*.pt")
-                if (m := _PERIODIC_FILE.match(p.name)) and m.group(1, 2) == saved_match.group(1, 2)
-            ]
-            stale += [name for _, name in sorted(same_series, reverse=True)[self.keep_last :] if name != saved]
+            series = _periodic_files(folder, saved_match.group(1), saved_match.group(2))
+            stale += [p.name for p in series[self.keep_last :] if p.name != saved]
         # partial files of a run killed while saving: nothing reads them, and only this process saves here
         stale += [p.name for p in folder.glob(f".*.pt{PARTIAL_SUFFIX}")]
         for name in dict.fromkeys(stale):
@@ -144,9 +140,13 @@ class AtomicCheckpointSaver(MonaiCheckpointSaver):
             checkpoint.load_state_dict(state_dict)
 
 
-def _numbered_checkpoints(ckpt_dir: Path) -> list[Path]:
-    """The ``checkpoint_epoch=N.pt`` / ``checkpoint_iteration=N.pt`` of a folder, newest (largest N) first."""
-    found = [(int(m.group(2)), p) for p in ckpt_dir.glob("*.pt") if (m := _EPOCH_FILE.search(p.name))]
+def _periodic_files(folder: Path, prefix: str, unit: str | None = None) -> list[Path]:
+    """The periodic files ``<prefix>_<unit>=N.pt`` of ``folder`` (either unit when ``None``), newest first."""
+    found = [
+        (int(m.group(3)), p)
+        for p in folder.glob("*.pt")
+        if (m := _PERIODIC_FILE.match(p.name)) and m.group(1) == prefix and unit in (None, m.group(2))
+    ]
     return [p for _, p in sorted(found, reverse=True)]
 
 
@@ -159,7 +159,7 @@ def find_latest_checkpoint(ckpt_dir: str | os.PathLike, readable: bool = False) 
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         return None
-    for path in _numbered_checkpoints(ckpt_dir):
+    for path in _periodic_files(ckpt_dir, "checkpoint"):
         if not readable:
             return path
         try:

@@ -262,7 +262,8 @@ class PredictionWriter:
             index = int(row["class_index"])
             labels, region = None, None
             if self.seg_key is not None and out.get(self.seg_key) is not None:
-                fields, labels = self._write_mask(out, item, source, f"{row['prediction']} {float(probs[index]):.2f}")
+                title = f"{row['prediction']} {float(probs[index]):.2f}"
+                fields, labels = self._write_mask(out, item, meta, source, title)
                 row.update(fields)
                 region = fields["mask_region"]
             for sink in self.result_sinks:
@@ -310,10 +311,11 @@ class PredictionWriter:
             name = f"{stem}_{digest}"
         return self.mask_dir / f"{name}_mask{suffix}"
 
-    def _write_mask(self, out: Mapping, item: Mapping, source: str, title: str) -> tuple[dict[str, Any], np.ndarray]:
+    def _write_mask(
+        self, out: Mapping, item: Mapping, meta: Mapping, source: str, title: str
+    ) -> tuple[dict[str, Any], np.ndarray]:
         """Write the mask of one image; its row's fields and the label map at the image's size after reading."""
         image = item.get(self.image_key)
-        meta = _meta(item, self.image_key) or _meta(out, self.image_key)
         seg = _tensor(out[self.seg_key])
         seg = seg[None] if seg.ndim == 2 else seg
         if seg.ndim != 3:

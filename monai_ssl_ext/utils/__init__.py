@@ -8,6 +8,7 @@ from .distributed import (
     is_main_process,
     unwrap_model,
 )
+from .errors import innermost_cause
 from .seeding import derive_seed, seed_everything
 from .weights import UnreadableWeightsError, load_weights_file
 
@@ -20,6 +21,7 @@ __all__ = [
     "derive_seed",
     "get_rank",
     "get_world_size",
+    "innermost_cause",
     "is_dist",
     "is_main_process",
     "load_weights_file",
