@@ -1,4 +1,4 @@
-"""Hermes' dual-threshold pseudo-label filter: class-adaptive confidence AND a ramped entropy bound."""
+"""Hermes' dual-threshold pseudo-label filter: class-adaptive confidence AND (OR, for pixels) a ramped entropy bound."""
 
 from __future__ import annotations
 
@@ -60,6 +60,22 @@ def test_hand_values_at_start_and_end_of_ramp():
     assert sel.entropy_threshold() == pytest.approx(math.log(2))
     sel.set_step(10 * RAMP)  # past the ramp the bound stays at ln C
     assert sel.entropy_threshold() == pytest.approx(math.log(2))
+
+
+def test_or_rule_ignores_only_what_is_neither_confident_nor_certain():
+    """The authors' pixel rule, ``ignore = (1 - high_conf) * uncertain``, at the hand values of step 0."""
+    _, conf_ok, ent_ok = _by_hand(0)
+    sel = DualThreshold(ramp_steps=RAMP, combine="or")
+    _, mask = sel(PROBS)
+    assert mask.tolist() == [float(a or b) for a, b in zip(conf_ok, ent_ok, strict=True)]
+    assert mask.tolist() == [1.0, 0.0, 1.0, 1.0]  # only the second is both under-confident and uncertain
+    assert DualThreshold(ramp_steps=RAMP, combine="and")(PROBS)[1].tolist() == [1.0, 0.0, 0.0, 0.0]
+    # with one test off the rule has nothing to combine
+    assert DualThreshold(ramp_steps=RAMP, combine="or", use_entropy=False)(PROBS)[1].tolist() == [
+        float(v) for v in conf_ok
+    ]
+    with pytest.raises(ValueError, match="combine"):
+        DualThreshold(combine="xor")
 
 
 def test_switches_leave_the_other_test_alone():

@@ -138,8 +138,10 @@ def _grad_norm(module: nn.Module) -> float:
     ("attention", "saliency", "cls_reaches_seg"),
     [(True, True, True), (True, False, True), (False, True, True), (False, False, False)],
 )
-def test_classification_loss_reaches_the_segmenter_only_through_the_couplings(attention, saliency, cls_reaches_seg):
-    net = small_net(attention=attention, saliency=saliency)
+def test_shared_gradients_let_the_classification_loss_reach_the_segmenter_through_the_couplings(
+    attention, saliency, cls_reaches_seg
+):
+    net = small_net(attention=attention, saliency=saliency, separate_task_gradients=False)
     out = net(torch.rand(2, 1, SIZE, SIZE))
     nn.functional.cross_entropy(out[OutputKeys.CLASS], torch.tensor([0, 1])).backward()
     assert _grad_norm(net.cls_encoder) > 0
@@ -147,15 +149,77 @@ def test_classification_loss_reaches_the_segmenter_only_through_the_couplings(at
     assert (_grad_norm(net.attention) > 0) == attention
 
 
-def test_segmentation_loss_reaches_the_segmenter_and_the_consistency_loss_both_branches():
+def _branch_grad(net: HermesNet, branch: str) -> float:
+    return _grad_norm(net.branches()[branch])
+
+
+def test_separate_task_gradients_keep_each_loss_in_its_own_branch():
+    """The authors' routing: classification losses leave the segmenter's gradients at zero, segmentation and
+    consistency losses the classifier's, though attention and saliency still couple the forward pass."""
     net = small_net()
-    out = net(torch.rand(2, 1, SIZE, SIZE))
-    out[OutputKeys.SEG].mean().backward(retain_graph=True)
-    assert _grad_norm(net.seg_encoder) > 0 and _grad_norm(net.decoder) > 0
+    assert net.separate_task_gradients
+    x = torch.rand(2, 1, SIZE, SIZE)
+    out = net(x)
+    cls_loss = nn.functional.cross_entropy(out[OutputKeys.CLASS], torch.tensor([0, 1]))
+    cls_loss = cls_loss + out[OutputKeys.EMBEDDING].square().mean()
+    cls_loss.backward()
+    assert _branch_grad(net, "classifier") > 0 and _branch_grad(net, "segmenter") == 0
+    assert _grad_norm(net.attention) > 0
+
     net.zero_grad(set_to_none=True)
+    out = net(x)
     cos = nn.functional.cosine_similarity(out[OutputKeys.CONSISTENCY_CLS], out[OutputKeys.CONSISTENCY_SEG])
-    (1 - cos).mean().backward()
-    assert _grad_norm(net.cls_encoder) > 0 and _grad_norm(net.seg_encoder) > 0
+    seg_loss = out[OutputKeys.SEG].mean() + out[OutputKeys.PIXEL_EMBEDDING].square().mean() + (1 - cos).mean()
+    seg_loss.backward()
+    assert _branch_grad(net, "segmenter") > 0 and _branch_grad(net, "classifier") == 0
+
+    # the segmenter still shapes the classifier's forward pass
+    with torch.no_grad():
+        before = net(x)[OutputKeys.CLASS]
+        for p in net.decoder.parameters():
+            p.mul_(1.5)
+        after = net(x)[OutputKeys.CLASS]
+    assert not torch.allclose(before, after)
+
+
+def test_one_backward_of_the_summed_loss_gives_each_branch_the_gradient_of_its_own_loss():
+    """Equivalent to the authors' two backward passes with the segmenter's gradients zeroed in between."""
+    net = small_net().train()
+    x = torch.rand(4, 1, SIZE, SIZE)
+
+    def losses():
+        torch.manual_seed(1)  # the same dropout / batch statistics in each forward
+        out = net(x)
+        cls = nn.functional.cross_entropy(out[OutputKeys.CLASS], torch.tensor([0, 1, 0, 1]))
+        cos = nn.functional.cosine_similarity(out[OutputKeys.CONSISTENCY_CLS], out[OutputKeys.CONSISTENCY_SEG])
+        seg = out[OutputKeys.SEG].square().mean() + (1 - cos).mean()
+        return cls, seg
+
+    cls, seg = losses()
+    (cls + seg).backward()
+    summed = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+    net.zero_grad(set_to_none=True)
+    cls, seg = losses()
+    cls.backward(retain_graph=True)
+    reference = {n: p.grad.clone() for n, p in net.branches()["classifier"].named_parameters() if p.grad is not None}
+    net.zero_grad(set_to_none=True)
+    seg.backward()
+    reference.update(
+        {n: p.grad.clone() for n, p in net.branches()["segmenter"].named_parameters() if p.grad is not None}
+    )
+    names = dict(net.named_parameters())
+    branch_names = {id(p): n for part in net.branches().values() for n, p in part.named_parameters()}
+    summed = {branch_names[id(names[n])]: g for n, g in summed.items()}
+    assert summed.keys() == reference.keys()
+    for name, grad in reference.items():
+        assert torch.allclose(summed[name], grad, atol=1e-6), name
+
+
+def test_branches_hold_every_parameter_exactly_once():
+    net = small_net()
+    owned = [id(p) for part in net.branches().values() for p in part.parameters()]
+    assert len(owned) == len(set(owned))
+    assert set(owned) == {id(p) for p in net.parameters()}
 
 
 # ---------------------------------------------------------------- the algorithm
@@ -185,7 +249,40 @@ def test_hermes_step_reports_every_term_and_finite_loss():
     assert out.pseudo_label.shape == out.pseudo_mask.shape == (4,)
     assert set(out.labeled_outputs) == {OutputKeys.CLASS, OutputKeys.SEG}
     assert out.logs["mask_rate"] == 1.0 and out.logs["mask_rate_seg"] == 1.0
-    assert 0 < out.logs["consistency_weight"] <= 0.1
+    assert out.logs["consistency_weight"] == pytest.approx(math.exp(-5.0 * (1 - 50 / (100 * 4 / 3)) ** 2))
+
+
+def test_default_consistency_weight_follows_the_authors_ramp():
+    """Theirs: ``sigmoid_rampup(step // 100, 40)`` in a 3000-step run, i.e. 4/3 of the run, towards 1.0."""
+    algorithm = Hermes(num_classes=2)
+    algorithm.setup(small_net(), total_steps=3000)
+    assert algorithm.consistency(0) == pytest.approx(math.exp(-5.0))
+    assert algorithm.consistency(2000) == pytest.approx(math.exp(-5.0 * (1 - 20 / 40) ** 2))
+    assert algorithm.consistency(3000) == pytest.approx(math.exp(-5.0 / 16))
+    assert algorithm.consistency_views == ("strong",)
+    assert algorithm.seg_selector.combine == "or" and algorithm.selector.combine == "and"
+
+
+@pytest.mark.parametrize("views", [("strong",), ("labeled", "weak", "strong")])
+def test_consistency_term_aligns_the_lesion_features_of_the_chosen_views(views):
+    net = small_net().eval()  # per-sample outputs: the views can be recomputed one by one
+    algorithm = _hermes(consistency_views=views)
+    algorithm.setup(net, total_steps=100)
+    labeled, unlabeled = batches()
+    out = algorithm.train_step(net, labeled, unlabeled, step=50)
+    images = {"labeled": labeled[DataKeys.IMAGE], "weak": unlabeled[DataKeys.IMAGE_WEAK]}
+    images["strong"] = unlabeled[DataKeys.IMAGE_STRONG]
+    with torch.no_grad():
+        per_view = [net(images[v]) for v in views]
+    z_cls = torch.cat([o[OutputKeys.CONSISTENCY_CLS] for o in per_view])
+    z_seg = torch.cat([o[OutputKeys.CONSISTENCY_SEG] for o in per_view])
+    expected = 1 - nn.functional.cosine_similarity(z_cls, z_seg).mean()
+    assert float(out.terms["loss_consistency"]) == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_unknown_consistency_view_is_refused():
+    with pytest.raises(ValueError, match="consistency_views"):
+        Hermes(num_classes=2, consistency_views=("teacher",))
 
 
 @pytest.mark.parametrize(

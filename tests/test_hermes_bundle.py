@@ -17,6 +17,7 @@ from monai_ssl_ext.algorithms import FixMatch, Hermes, MeanTeacher
 from monai_ssl_ext.bundle import bundle_command, run_workflow
 from monai_ssl_ext.cli import main
 from monai_ssl_ext.data.synthetic import ensure_synthetic_dataset
+from monai_ssl_ext.engines import OptimizerSet
 from monai_ssl_ext.networks import EfficientNetLite0Encoder, HermesNet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,6 +82,34 @@ def test_every_algorithm_and_ablation_of_the_bundle_instantiates_with_its_switch
     parser = _parser(small_data, inter_task_attention=False, saliency=False)
     net = parser.get_parsed_content("network_def")
     assert len(net.attention) == 0 and not net.pool.enabled
+    # the ablations of the components changed to the authors' training
+    parser = _parser(small_data, algorithm_name="hermes_pixel_rule_and")
+    assert parser.get_parsed_content("algorithm").seg_selector.combine == "and"
+    parser = _parser(small_data, algorithm_name="hermes_consistency_all_views")
+    algorithm = parser.get_parsed_content("algorithm")
+    assert algorithm.consistency_views == ("labeled", "weak", "strong") and algorithm.consistency.max_value == 0.1
+
+
+def test_every_algorithm_trains_the_two_branches_with_the_authors_optimisers(small_data):
+    """SGD for the classifier, Adam for the segmenter, each on its own branch's loss, poly schedule for both."""
+    parser = _parser(small_data)
+    network, optimizer = parser.get_parsed_content("network"), parser.get_parsed_content("optimizer")
+    assert network.separate_task_gradients
+    assert isinstance(optimizer, OptimizerSet) and list(optimizer) == ["classifier", "segmenter"]
+    assert isinstance(optimizer["classifier"], torch.optim.SGD) and isinstance(optimizer["segmenter"], torch.optim.Adam)
+    assert {id(p) for g in optimizer["segmenter"].param_groups for p in g["params"]} == {
+        id(p) for p in network.branches()["segmenter"].parameters()
+    }
+    assert all(g["weight_decay"] == 0.0 for g in optimizer["segmenter"].param_groups)
+    assert optimizer["segmenter"].param_groups[0]["lr"] == parser.get_parsed_content("segmenter_learning_rate")
+    scheduler = parser.get_parsed_content("lr_scheduler")
+    assert scheduler["classifier"].optimizer is optimizer["classifier"]
+    assert isinstance(scheduler["segmenter"], torch.optim.lr_scheduler.PolynomialLR)
+    # the ablation: one SGD over both branches, classification gradients shared through the couplings
+    parser = _parser(small_data, per_branch_optimizers=False, separate_task_gradients=False)
+    optimizer = parser.get_parsed_content("optimizer")
+    assert list(optimizer) == ["network"] and isinstance(optimizer["network"], torch.optim.SGD)
+    assert not parser.get_parsed_content("network").separate_task_gradients
 
 
 def test_pretrained_efficientnet_from_the_installed_package(small_data):

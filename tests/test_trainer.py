@@ -18,9 +18,11 @@ from monai_ssl_ext.data import SeededTransformDataset, SemiSupervisedLoader
 from monai_ssl_ext.engines import (
     AtomicCheckpointSaver,
     ClassificationMetric,
+    OptimizerSet,
     ProgressLogger,
     PseudoLabelAccuracy,
     ResumeCheckpointLoader,
+    SchedulerSet,
     SemiSupervisedStream,
     SemiSupervisedTrainer,
     TrainingHistory,
@@ -50,7 +52,19 @@ def make_data(seed=0):
     return lab, unl
 
 
-def make_trainer(algorithm_name="fixmatch", epochs=2, epoch_length=3, handlers=None, seed=0, net_seed=0, **options):
+def two_optimizers(net: Classifier) -> OptimizerSet:
+    """SGD for the encoder, Adam for the head: a set of optimisers with different rules and state."""
+    return OptimizerSet(
+        {
+            "encoder": torch.optim.SGD(net.encoder.parameters(), lr=0.05, momentum=0.9),
+            "head": torch.optim.Adam(net.head.parameters(), lr=0.01),
+        }
+    )
+
+
+def make_trainer(
+    algorithm_name="fixmatch", epochs=2, epoch_length=3, handlers=None, seed=0, net_seed=0, optimizer=None, **options
+):
     profile = get_profile("ultrasound", image_size=SIZE)
     lab, unl = make_data()
     loader = SemiSupervisedLoader(
@@ -62,7 +76,7 @@ def make_trainer(algorithm_name="fixmatch", epochs=2, epoch_length=3, handlers=N
     )
     torch.manual_seed(net_seed)
     net = Classifier(2, depth=10, return_dict=True, dropout=0.2)  # dropout: per-step torch RNG must be reproduced
-    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9) if optimizer is None else optimizer(net)
     kwargs = {"threshold": 0.6} if algorithm_name in ("fixmatch", "flexmatch") else {}
     algorithm = ALGORITHMS[algorithm_name](num_classes=2, **kwargs)
     trainer = SemiSupervisedTrainer(
@@ -244,6 +258,49 @@ def test_resume_from_checkpoint_continues_identically(tmp_path, name):
         torch.testing.assert_close(net2.state_dict()[k], v, rtol=0, atol=0, msg=f"{name}: {k} differs after resume")
     for k, v in ref_alg.state_dict().items():
         torch.testing.assert_close(alg2.state_dict()[k], v, rtol=0, atol=0)
+
+
+def test_an_optimizer_set_with_its_schedulers_steps_every_member_and_resumes_identically(tmp_path):
+    def schedule(opt):
+        return SchedulerSet(opt, lambda o: torch.optim.lr_scheduler.PolynomialLR(o, total_iters=8, power=0.9))
+
+    def run(trainer, opt, *handlers):
+        scheduler = schedule(opt)
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: scheduler.step())
+        for handler in handlers:
+            handler({"lr_scheduler": scheduler}).attach(trainer)
+        trainer.run()
+        return scheduler
+
+    ref, ref_net, ref_opt, _ = make_trainer("fixmatch", epochs=4, epoch_length=2, optimizer=two_optimizers)
+    start = _weights(ref_net)
+    lrs = []
+    ref.add_event_handler(Events.ITERATION_COMPLETED, lambda e: lrs.append(output_scalars(e.state.output)))
+    run(ref, ref_opt)
+    # both members stepped, each logged with its own rate
+    assert not torch.equal(start["encoder.conv1.weight"], ref_net.state_dict()["encoder.conv1.weight"])
+    assert not torch.equal(start["head.weight"], ref_net.state_dict()["head.weight"])
+    assert lrs[0]["lr_encoder"] == 0.05 and lrs[0]["lr_head"] == 0.01 and lrs[0]["lr"] == 0.05
+    assert lrs[-1]["lr_head"] == pytest.approx(0.01 * (1 - 7 / 8) ** 0.9)
+
+    first, net, opt, alg = make_trainer("fixmatch", epochs=4, epoch_length=2, optimizer=two_optimizers)
+
+    def saver(extra):
+        objects = {"network": net, "optimizer": opt, "algorithm": alg, "trainer": first, **extra}
+        return AtomicCheckpointSaver(str(tmp_path), objects, save_interval=1, n_saved=1)
+
+    first.add_event_handler(Events.EPOCH_COMPLETED(once=2), lambda engine: engine.terminate())
+    run(first, opt, saver)
+    second, net2, opt2, alg2 = make_trainer("fixmatch", epochs=4, epoch_length=2, net_seed=9, optimizer=two_optimizers)
+
+    def loader(extra):
+        objects = {"network": net2, "optimizer": opt2, "algorithm": alg2, "trainer": second, **extra}
+        return ResumeCheckpointLoader("latest", objects, ckpt_dir=tmp_path)
+
+    scheduler = run(second, opt2, loader)
+    assert second.state.iteration == 8 and scheduler["head"].last_epoch == 8
+    for k, v in _weights(ref_net).items():
+        torch.testing.assert_close(net2.state_dict()[k], v, rtol=0, atol=0, msg=f"{k} differs after resume")
 
 
 def test_history_and_progress_pick_up_where_a_resumed_run_starts(tmp_path, caplog):

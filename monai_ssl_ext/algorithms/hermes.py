@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -19,6 +20,8 @@ from monai_ssl_ext.losses.supcon import SupConLoss
 from monai_ssl_ext.losses.supervised import ClassBalance, mask_to_index
 
 __all__ = ["Hermes"]
+
+_VIEWS = ("labeled", "weak", "strong")
 
 
 class Hermes(SemiSupervisedAlgorithm):
@@ -38,11 +41,18 @@ class Hermes(SemiSupervisedAlgorithm):
       images (true labels) and of both unlabeled views (accepted pseudo labels), switched on after
       a warm-up share of the run, when pseudo labels have become meaningful.
     - PixCon: pixel contrast over labeled pixels (true mask) and accepted pixels of the strong view.
-    - ``z_cls``, ``z_seg``: lesion features of the two branches; ``w(t)`` a sigmoid ramp-up.
+    - ``z_cls``, ``z_seg``: lesion features of the two branches, on the strong view; ``w(t)`` a sigmoid
+      ramp-up towards 1.
 
-    Defaults are the weights of the authors' code (``a_c = 1.1``, ``a_s = 0.5``, ``l_u = 0.1``,
-    ``l_con = 0.2``, ``l_pix = 0.8``; contrast after 10 % of the run). Every unlabeled term has a
-    switch so the ablations of the paper run from a bundle config.
+    Defaults follow the authors' code: weights ``a_c = 1.1``, ``a_s = 0.5``, ``l_u = 0.1``, ``l_con = 0.2``,
+    ``l_pix = 0.8``; the image filter needs both tests, the pixel filter either (``ignore = (1 - confident)
+    * uncertain``); ``w(t) = sigmoid_rampup(t, 4/3 T)``, their ``sigmoid_rampup(step // 100, 40)`` of a
+    3000-step run as a share of the run (0.73 at its end), on the strong view only. Which parameters each
+    term trains is the network's part (:class:`~monai_ssl_ext.networks.HermesNet` ``separate_task_gradients``:
+    as the authors, each task's loss reaches only its own branch, so the consistency term moves the
+    segmenter towards the classifier). Ours: the contrastive terms start after 10 % of the run (theirs after
+    10 passes over the unlabeled set). Every unlabeled term has a switch so the ablations of the paper run
+    from a bundle config.
 
     Args:
         num_classes: image classes.
@@ -51,12 +61,14 @@ class Hermes(SemiSupervisedAlgorithm):
         unlabeled_weight: ``l_u`` (pseudo-label cross-entropy and Dice).
         supcon_weight: ``l_con``.
         pixel_contrast_weight: ``l_pix``.
-        consistency: ramp-up ``w(t)`` (default: sigmoid to 0.1 over the whole run).
+        consistency: ramp-up ``w(t)`` (default: sigmoid towards 1.0 over 4/3 of the run).
+        consistency_views: the views whose lesion features the consistency term aligns (``"labeled"``,
+            ``"weak"``, ``"strong"``; default the strong view, as the authors).
         contrast_warmup: share of the run before the contrastive terms start.
         supcon_temperature: SupCon temperature.
         pixel_temperature: pixel-contrast temperature.
         selector: image-level pseudo-label filter (default :class:`DualThreshold`).
-        seg_selector: pixel-level filter (default :class:`DualThreshold`).
+        seg_selector: pixel-level filter (default :class:`DualThreshold` with ``combine="or"``).
         use_pseudo_labels, use_supcon, use_pixel_contrast, use_consistency: ablation switches.
         supervised_loss: labeled-batch loss (default ``TaskLoss(cls_weight, seg_weight)``).
         class_balance: class-imbalance options added to the default ``TaskLoss(cls_weight, seg_weight)``.
@@ -76,6 +88,7 @@ class Hermes(SemiSupervisedAlgorithm):
         supcon_weight: float = 0.2,
         pixel_contrast_weight: float = 0.8,
         consistency: RampUp | None = None,
+        consistency_views: Sequence[str] = ("strong",),
         contrast_warmup: float = 0.1,
         supcon_temperature: float = 0.07,
         pixel_temperature: float = 0.1,
@@ -102,10 +115,14 @@ class Hermes(SemiSupervisedAlgorithm):
         self.unlabeled_weight = float(unlabeled_weight)
         self.supcon_weight = float(supcon_weight)
         self.pixel_contrast_weight = float(pixel_contrast_weight)
-        self.consistency = consistency if consistency is not None else RampUp(max_value=0.1, fraction=1.0)
+        self.consistency = consistency if consistency is not None else RampUp(max_value=1.0, fraction=4 / 3)
+        unknown = sorted(set(consistency_views) - set(_VIEWS))
+        if unknown or not consistency_views:
+            raise ValueError(f"consistency_views are some of {list(_VIEWS)}, got {list(consistency_views)}.")
+        self.consistency_views = tuple(consistency_views)
         self.contrast_warmup = float(contrast_warmup)
         self.selector = selector if selector is not None else DualThreshold()
-        self.seg_selector = seg_selector if seg_selector is not None else DualThreshold()
+        self.seg_selector = seg_selector if seg_selector is not None else DualThreshold(combine="or")
         self.supcon = SupConLoss(temperature=supcon_temperature)
         self.pixel_contrast = PixelContrastLoss(temperature=pixel_temperature)
         self.use_pseudo_labels = use_pseudo_labels
@@ -179,12 +196,13 @@ class Hermes(SemiSupervisedAlgorithm):
             pixel = self.pixel_contrast(torch.cat(embeddings), torch.cat(targets))
         logs["mask_rate_seg"] = float(accept_seg.mean())
 
-        # inter-task consistency of the lesion features, over every view
+        # inter-task consistency of the lesion features of the chosen views
         consistency = zero
         weight = self.consistency(step) if self.use_consistency else 0.0
         if self.use_consistency:
-            z_cls = torch.cat([o[OutputKeys.CONSISTENCY_CLS] for o in (out_l, out_w, out_s)])
-            z_seg = torch.cat([o[OutputKeys.CONSISTENCY_SEG] for o in (out_l, out_w, out_s)])
+            views = [dict(zip(_VIEWS, (out_l, out_w, out_s), strict=True))[v] for v in self.consistency_views]
+            z_cls = torch.cat([o[OutputKeys.CONSISTENCY_CLS] for o in views])
+            z_seg = torch.cat([o[OutputKeys.CONSISTENCY_SEG] for o in views])
             consistency = inter_task_consistency(z_cls, z_seg)
         logs["consistency_weight"] = weight
 

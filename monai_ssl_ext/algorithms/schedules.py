@@ -35,7 +35,8 @@ class RampUp:
         max_value: weight reached at the end of the ramp.
         length: ramp length in steps. When ``None``, ``fraction`` of the run's total steps (resolved by
             :meth:`set_total_steps`, which the trainer calls before the first step).
-        fraction: ramp length as a share of the run, used when ``length`` is ``None``.
+        fraction: ramp length as a share of the run, used when ``length`` is ``None``; above 1 the run ends
+            before the weight reaches ``max_value``.
         shape: ``"sigmoid"`` (default), ``"linear"`` or ``"constant"``.
     """
 
@@ -44,8 +45,8 @@ class RampUp:
     ) -> None:
         if shape not in _SHAPES:
             raise ValueError(f"unknown ramp-up shape '{shape}'; choose from {sorted(_SHAPES)}.")
-        if length is None and not 0.0 <= fraction <= 1.0:
-            raise ValueError(f"ramp-up fraction must be in [0, 1], got {fraction}.")
+        if length is None and not fraction >= 0.0:
+            raise ValueError(f"ramp-up fraction must be >= 0, got {fraction}.")
         self.max_value = float(max_value)
         self.length = None if length is None else int(length)
         self.fraction = float(fraction)

@@ -119,7 +119,9 @@ class DualThreshold(PseudoLabelSelector):
 
     Input: weak-view probabilities ``(B, C)`` or ``(B, C, *spatial)``. Output: pseudo labels
     ``argmax_c p_c`` ``(B, *spatial)`` (long) and a 0/1 mask ``(B, *spatial)`` (dtype of ``probs``) that
-    is the AND of two tests, applied per sample or per pixel:
+    combines two tests, applied per sample or per pixel, with AND (``combine="and"``: the authors' rule
+    for image labels) or OR (``combine="or"``: their rule for pixels, which ignores a pixel only when it is
+    neither confident nor certain, ``ignore = (1 - confident) * uncertain``):
 
     (a) class-adaptive confidence: ``max_c p_c >= tau_k`` for the pseudo class ``k``, with
         ``tau_k = high - span * (1 - r_k)`` and ``r_k = n_k / sum_c n_c`` the share of class ``k``
@@ -143,6 +145,7 @@ class DualThreshold(PseudoLabelSelector):
         ramp_steps: ramp length in steps; ``None`` for the run's total steps.
         use_confidence: apply test (a).
         use_entropy: apply test (b). With both tests off every pseudo label is accepted.
+        combine: ``"and"`` (both tests) or ``"or"`` (either test) when both are applied.
     """
 
     def __init__(
@@ -155,8 +158,11 @@ class DualThreshold(PseudoLabelSelector):
         ramp_steps: int | None = None,
         use_confidence: bool = True,
         use_entropy: bool = True,
+        combine: str = "and",
     ) -> None:
         super().__init__()
+        if combine not in ("and", "or"):
+            raise ValueError(f"combine is 'and' or 'or', got {combine!r}.")
         if not 0.0 <= span <= high <= 1.0:
             raise ValueError(f"need 0 <= span <= high <= 1, got high={high}, span={span}.")
         if entropy_base < 0 or entropy_ramp < 0:
@@ -170,6 +176,7 @@ class DualThreshold(PseudoLabelSelector):
         self.entropy_ramp = float(entropy_ramp)
         self.use_confidence = bool(use_confidence)
         self.use_entropy = bool(use_entropy)
+        self.combine = combine
         # fraction=1.0: without an explicit length the ramp spans the whole run, as in the paper's code
         self.ramp = RampUp(max_value=1.0, length=ramp_steps, fraction=1.0, shape="sigmoid")
         self.register_buffer("current_step", torch.zeros((), dtype=torch.long))
@@ -223,13 +230,16 @@ class DualThreshold(PseudoLabelSelector):
             # half-precision probabilities would blur comparisons near the thresholds
             p = probs.detach().float()
             confidence, pseudo = p.max(dim=1)
-            keep = torch.ones_like(confidence, dtype=torch.bool)
+            tests = []
             if self.use_confidence:
                 tau = self.class_thresholds(pseudo, num_classes)
                 self._last_tau = tau
-                keep &= confidence >= tau[pseudo]
+                tests.append(confidence >= tau[pseudo])
             if self.use_entropy:
                 # xlogy gives 0 * ln 0 = 0, so one-hot predictions have entropy exactly 0
                 entropy = -torch.special.xlogy(p, p).sum(dim=1)
-                keep &= entropy < self.entropy_threshold(num_classes)
+                tests.append(entropy < self.entropy_threshold(num_classes))
+            keep = torch.ones_like(confidence, dtype=torch.bool)
+            if tests:
+                keep = tests[0] & tests[-1] if self.combine == "and" else tests[0] | tests[-1]
         return pseudo, keep.to(probs.dtype)

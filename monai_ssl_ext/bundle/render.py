@@ -7,6 +7,8 @@ multi-GPU configs, profiles, metadata, logging), and each method states only wha
 
 - ``network_settings``: settings the network is built from (training and inference).
 - ``settings``: other training settings the method adds or changes (``algorithm_name``...).
+- ``training_settings``: settings that shape the optimisation only (an optimiser's learning rate...):
+  recorded in the trained configuration like the others, but not read back by evaluation.
 - ``class_names``: the classes inference declares when no trained configuration is beside the model.
 - ``train``, ``evaluate``, ``inference``, ``multi_gpu_train``, ``metadata``, ``profiles/<name>``:
   entries set on the template, with MONAI's override rules: a ``#`` path sets one nested entry, a
@@ -225,7 +227,7 @@ def _profile_channels(modality: str) -> int:
 def _train_config(spec: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """The rendered ``train.json`` and the names of its settings (what the trained configuration records)."""
     template = _read_json(COMMON / "train.json")
-    settings = {**spec.get("network_settings", {}), **spec.get("settings", {})}
+    settings = {**spec.get("network_settings", {}), **spec.get("settings", {}), **spec.get("training_settings", {})}
     config = _insert_after(template, "in_channels", settings)
     config = apply_overrides(config, spec.get("train"))
     names = [*COMMON_SETTINGS, *(k for k in settings if k not in COMMON_SETTINGS)]
@@ -248,7 +250,8 @@ def _inference_config(spec: Mapping[str, Any], train: Mapping[str, Any]) -> dict
 
 def _evaluate_config(spec: Mapping[str, Any], settings: Iterable[str]) -> dict[str, Any]:
     template = _read_json(COMMON / "evaluate.json")
-    entries = {k: f"$@trained[{k!r}]" for k in settings if k not in TRAINING_ONLY_SETTINGS}
+    training_only = {*TRAINING_ONLY_SETTINGS, *spec.get("training_settings", {})}
+    entries = {k: f"$@trained[{k!r}]" for k in settings if k not in training_only}
     # the trained class list, in its order: the head's outputs mean these classes whatever the manifest says
     entries["classes"] = "$@trained['class_names']"
     config = _insert_after(template, "trained", entries)

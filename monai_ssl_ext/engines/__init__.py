@@ -5,7 +5,7 @@ from .evaluation_report import EvaluationReport
 from .handlers import ProgressLogger, TrainingHistory, format_duration, output_scalars, peak_memory_mb
 from .metrics import ClassificationMetric, SegmentationMetric, class_logits, seg_logits, selection_metric
 from .model_loader import CheckpointMismatchError, ModelLoader, load_model_weights
-from .optimisation import parameter_groups
+from .optimisation import OptimizerSet, SchedulerSet, branch_optimizers, parameter_groups
 from .prediction_writer import PredictionWriter
 from .pseudo_label_accuracy import PseudoLabelAccuracy, pseudo_label_accuracy
 from .trainer import SemiSupervisedStream, SemiSupervisedTrainer, move_to_device
@@ -18,14 +18,17 @@ __all__ = [
     "EvaluationEMA",
     "EvaluationReport",
     "ModelLoader",
+    "OptimizerSet",
     "PredictionWriter",
     "ProgressLogger",
     "PseudoLabelAccuracy",
     "ResumeCheckpointLoader",
+    "SchedulerSet",
     "SegmentationMetric",
     "SemiSupervisedStream",
     "SemiSupervisedTrainer",
     "TrainingHistory",
+    "branch_optimizers",
     "class_logits",
     "ema_decay_for",
     "find_latest_checkpoint",

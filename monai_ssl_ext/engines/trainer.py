@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator, Sequence, Sized
+from collections.abc import Callable, Iterator, Mapping, Sequence, Sized
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -15,6 +15,7 @@ from monai.utils import CommonKeys
 from torch.optim.optimizer import Optimizer
 
 from monai_ssl_ext.algorithms.base import SemiSupervisedAlgorithm, StepOutput
+from monai_ssl_ext.engines.optimisation import OptimizerSet
 from monai_ssl_ext.engines.pseudo_label_accuracy import (
     HIDDEN_LABEL,
     PSEUDO_LABEL,
@@ -77,6 +78,14 @@ def move_to_device(batch: Any, device: torch.device, non_blocking: bool = False)
     return batch
 
 
+def learning_rates(optimizer: Optimizer | OptimizerSet) -> dict[str, float]:
+    """``{"lr": rate of the first parameter group}``, plus ``lr_<name>`` per member of a several-optimiser set."""
+    rates = {LR_KEY: float(optimizer.param_groups[0]["lr"])}
+    if isinstance(optimizer, OptimizerSet) and len(optimizer) > 1:
+        rates.update({f"{LR_KEY}_{name}": lr for name, lr in optimizer.learning_rates().items()})
+    return rates
+
+
 def _scalar(value: Any) -> float:
     return float(value.detach().float().mean()) if isinstance(value, torch.Tensor) else float(value)
 
@@ -120,7 +129,9 @@ class SemiSupervisedTrainer(Trainer):
         max_epochs: number of epochs.
         train_data_loader: a :class:`SemiSupervisedStream` of ``{"labeled", "unlabeled"}`` dicts.
         network: the student network (optionally ``DistributedDataParallel``-wrapped).
-        optimizer: optimizer of the network's parameters.
+        optimizer: optimizer of the network's parameters, or an
+            :class:`~monai_ssl_ext.engines.OptimizerSet` (one optimiser per branch of the network: one
+            backward pass, then every member steps; the learning rate of each is logged as ``lr_<name>``).
         algorithm: the semi-supervised method.
         epoch_length: iterations per epoch (required when the loader is endless).
         seed: run seed for per-iteration re-seeding (``None`` leaves torch's generator alone).
@@ -144,7 +155,7 @@ class SemiSupervisedTrainer(Trainer):
         max_epochs: int,
         train_data_loader: SemiSupervisedStream,
         network: torch.nn.Module,
-        optimizer: Optimizer,
+        optimizer: Optimizer | OptimizerSet,
         algorithm: SemiSupervisedAlgorithm,
         epoch_length: int | None = None,
         seed: int | None = 0,
@@ -257,8 +268,7 @@ class SemiSupervisedTrainer(Trainer):
         if not isinstance(result, StepOutput):
             raise TypeError(f"{type(engine.algorithm).__name__}.train_step must return a StepOutput.")
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-        lr = float(engine.optimizer.param_groups[0]["lr"])
-        engine.state.output = self._make_output(labeled, result, hidden, lr)
+        engine.state.output = self._make_output(labeled, result, hidden, learning_rates(engine.optimizer))
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
         loss = result.loss
@@ -289,7 +299,9 @@ class SemiSupervisedTrainer(Trainer):
         return engine.state.output
 
     @staticmethod
-    def _make_output(labeled: dict, result: StepOutput, hidden: Any, lr: float | None = None) -> dict[str, Any]:
+    def _make_output(
+        labeled: dict, result: StepOutput, hidden: Any, lr: Mapping[str, float] | None = None
+    ) -> dict[str, Any]:
         outputs = result.labeled_outputs
         pred = outputs.get(OutputKeys.CLASS, outputs.get(OutputKeys.SEG))
         out: dict[str, Any] = {
@@ -301,7 +313,7 @@ class SemiSupervisedTrainer(Trainer):
         for name, value in {**result.terms, **result.logs}.items():
             out[name] = _scalar(value)
         if lr is not None:
-            out[LR_KEY] = lr
+            out.update(lr)
         if result.pseudo_label is not None:
             out[PSEUDO_LABEL] = result.pseudo_label.detach()
             out[PSEUDO_MASK] = result.pseudo_mask.detach() if result.pseudo_mask is not None else None

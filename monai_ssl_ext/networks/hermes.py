@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -53,9 +54,23 @@ class HermesNet(nn.Module):
         return_dict, training_outputs: select the mode above (TorchScript constants).
         normalize_input: scale ``[0, 1]`` inputs as the pretrained weights expect (``None``: when
             ``pretrained``); a network rebuilt for inference from a pretrained-trained model sets it.
+        separate_task_gradients: each task's loss trains only its own branch, as in the authors' code (two
+            models, two optimisers, the segmenter's gradients zeroed before its own backward): the classifier
+            reads the segmenter's decoder features and saliency as constants, and ``consistency_cls`` is a
+            constant target, so the inter-task consistency moves the segmenter only. With one backward pass
+            of the summed loss every parameter then gets exactly the gradient of its own branch's loss.
+            ``False``: classification gradients also flow into the segmenter through attention and saliency.
+
+    Branches (:meth:`branches`, for one optimiser each): ``classifier`` (its encoder, the attention blocks,
+    the pooling, the head, ``embedding`` and ``consistency_cls``) and ``segmenter`` (its encoder, the
+    decoder, the segmentation head, ``pixel_embedding`` and ``consistency_seg``).
     """
 
-    __constants__ = ["return_dict", "training_outputs"]
+    __constants__ = ["return_dict", "training_outputs", "separate_task_gradients"]
+    BRANCHES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "classifier": ("cls_encoder", "attention", "pool", "head", "embedding", "consistency_cls"),
+        "segmenter": ("seg_encoder", "decoder", "seg_head", "pixel_embedding", "consistency_seg"),
+    }
 
     def __init__(
         self,
@@ -74,6 +89,7 @@ class HermesNet(nn.Module):
         return_dict: bool = True,
         training_outputs: bool = True,
         normalize_input: bool | None = None,
+        separate_task_gradients: bool = True,
     ) -> None:
         super().__init__()
         self.seg_encoder = build_encoder(backbone, in_channels, pretrained, normalize_input)
@@ -101,30 +117,42 @@ class HermesNet(nn.Module):
         self.seg_classes = seg_classes
         self.return_dict = return_dict
         self.training_outputs = training_outputs
+        self.separate_task_gradients = separate_task_gradients
+
+    def branches(self) -> dict[str, nn.ModuleDict]:
+        """Branch name -> its sub-modules; every parameter belongs to exactly one branch."""
+        return {name: nn.ModuleDict({m: getattr(self, m) for m in members}) for name, members in self.BRANCHES.items()}
 
     def forward(self, x: torch.Tensor):
         seg_stages = self.seg_encoder(x)
         blocks = self.decoder.forward_blocks(seg_stages)
         seg = F.interpolate(self.seg_head(blocks[-1]), size=x.shape[-2:], mode="bilinear", align_corners=False)
         saliency = lesion_saliency(seg)
+        # what the classifier reads from the segmenter
+        seg_blocks, cls_saliency = blocks, saliency
+        if self.separate_task_gradients:
+            seg_blocks, cls_saliency = [b.detach() for b in blocks], saliency.detach()
 
         h = x
         for i, attend in enumerate(self.attention):
-            h = attend(self.cls_encoder.forward_stage(h, i), blocks[3 - i])
+            h = attend(self.cls_encoder.forward_stage(h, i), seg_blocks[3 - i])
         for i in range(len(self.attention), 5):
             h = self.cls_encoder.forward_stage(h, i)
-        features = self.pool(h, saliency)
+        features = self.pool(h, cls_saliency)
         logits = self.head(self.dropout(features))
         if not self.return_dict:
             return logits
         if not self.training_outputs:
             return {"class": logits, "seg": seg}  # OutputKeys; TorchScript needs literals
+        consistency_cls = self.consistency_cls(features)
+        if self.separate_task_gradients:
+            consistency_cls = consistency_cls.detach()
         return {
             "class": logits,
             "seg": seg,
             "features": features,
             "embedding": self.embedding(features),
             "pixel_embedding": self.pixel_embedding(blocks[2]),
-            "consistency_cls": self.consistency_cls(features),
+            "consistency_cls": consistency_cls,
             "consistency_seg": self.consistency_seg(self.pool(seg_stages[-1], saliency)),
         }

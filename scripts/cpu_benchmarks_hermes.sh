@@ -1,0 +1,28 @@
+#!/bin/bash
+# Hermes against supervised-only, FixMatch and FlexMatch on its two-branch network under the cpu profile
+# (docs/benchmarks.md), BUSI benign/malignant at 216 and 72 labels, then the ablation of each component changed to
+# the authors' training (one optimiser with shared gradients; the AND pixel rule; the earlier consistency term).
+# Two streams side by side with one thread each on a 2-core machine; seed-major; resumable (the harness skips
+# finished runs). Run from the repository root with the package installed:
+#     bash scripts/cpu_benchmarks_hermes.sh [output folder] [data folder] [seeds]
+set -uo pipefail
+out=${1:-benchmarks/cpu}
+data=${2:-../shared/data}
+seeds=${3:-0 1 2}
+export OMP_NUM_THREADS=1
+mkdir -p "$out"
+busi=(--bundle hermes_ultrasound --profile cpu --datalist data_manifests/busi/busi_binary.json --data_root "$data/busi")
+bench() {
+    local name=$1 labels=$2 algorithms=$3; shift 3
+    for seed in $seeds; do
+        monai-ssl benchmark --algorithms "$algorithms" --seeds "$seed" --labels "$labels" --output "$out/$name" \
+            "${busi[@]}" "$@" >> "$out/$name.log" 2>&1 || echo "$name seed $seed failed: see $out/$name.log"
+    done
+}
+compared=supervised,fixmatch,flexmatch,hermes
+( bench hermes_busi216 216 "$compared"
+  bench hermes_ablation_busi216/one_optimizer_shared_gradients 216 hermes --per_branch_optimizers false \
+      --separate_task_gradients false ) &
+( bench hermes_busi72 72 "$compared"
+  bench hermes_ablation_busi216/components 216 hermes_pixel_rule_and,hermes_consistency_all_views ) &
+wait
