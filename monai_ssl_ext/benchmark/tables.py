@@ -29,7 +29,8 @@ __all__ = [
 BASELINE_ALGORITHM = "supervised"
 DIFFERENCE_TITLE = "Difference to supervised-only (paired, 95 % bootstrap interval)"
 
-# (metric key, column title, shown in %): severity MAE is a distance in levels, not a rate
+# (metric key, column title, shown in %): severity MAE is a distance in levels and the rank correlation a
+# correlation, not rates
 _COLUMNS = [
     ("accuracy", "Accuracy", True),
     ("balanced_accuracy", "Balanced acc.", True),
@@ -38,6 +39,7 @@ _COLUMNS = [
     ("dice", "Dice", True),
     ("iou", "IoU", True),
     ("severity_mae", "Severity MAE", False),
+    ("severity_rank_correlation", "Severity rank corr.", False),
 ]
 
 

@@ -3,7 +3,14 @@
 from .checkpoint import AtomicCheckpointSaver, ResumeCheckpointLoader, find_latest_checkpoint
 from .evaluation_report import EvaluationReport
 from .handlers import ProgressLogger, TrainingHistory, format_duration, output_scalars, peak_memory_mb
-from .metrics import ClassificationMetric, SegmentationMetric, class_logits, seg_logits, selection_metric
+from .metrics import (
+    ClassificationMetric,
+    SegmentationMetric,
+    SeverityRankCorrelation,
+    class_logits,
+    seg_logits,
+    selection_metric,
+)
 from .model_loader import CheckpointMismatchError, ModelLoader, load_model_weights
 from .optimisation import OptimizerSet, SchedulerSet, branch_optimizers, parameter_groups
 from .prediction_writer import PredictionWriter
@@ -27,6 +34,7 @@ __all__ = [
     "SegmentationMetric",
     "SemiSupervisedStream",
     "SemiSupervisedTrainer",
+    "SeverityRankCorrelation",
     "TrainingHistory",
     "branch_optimizers",
     "class_logits",

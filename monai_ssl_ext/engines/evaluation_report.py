@@ -152,7 +152,9 @@ class EvaluationReport:
             postprocessing already produced probabilities.
         max_overlay_images: images kept for ``mask_overlays.png``.
         plots: write the PNG figures.
-        class_levels: ordinal severity level of each class, for the report's ``severity`` section.
+        class_levels: ordinal severity level of each class, for the report's ``severity`` section; when the
+            network's output also holds ``features`` (its encoder's pooled representation), the section gets the
+            representation's ``rank_correlation`` (:func:`~monai_ssl_ext.metrics.severity_rank_correlation`).
     """
 
     def __init__(
@@ -197,6 +199,7 @@ class EvaluationReport:
         self._true_masks: list[np.ndarray] = []
         self._images: list[np.ndarray] = []
         self._ids: list[str | None] = []
+        self._features: list[np.ndarray] = []
 
     def update(self, engine: Engine) -> None:
         """Collect the predictions of one iteration from ``engine.state.output`` and ``engine.state.batch``."""
@@ -235,6 +238,9 @@ class EvaluationReport:
                 self._true_masks.append(true_fg)
                 if len(self._images) < self.max_overlay_images and i < len(images):
                     self._images.append(_unit_range(images[i]))
+        features = [p.get(OutputKeys.FEATURES) if isinstance(p, Mapping) else None for p in preds]
+        if self.class_levels is not None and all(f is not None for f in features):
+            self._features.extend(np.asarray(to_numpy(f), dtype=np.float32).reshape(-1) for f in features)
         self._probs.append(probs.numpy())
         self._labels.extend(labels)
         self._ids.extend(_image_ids(output, batch, len(preds)))
@@ -256,6 +262,7 @@ class EvaluationReport:
             "pred_masks": self._pred_masks,
             "true_masks": self._true_masks,
             "ids": list(self._ids),
+            "features": list(self._features),
         }
         if not is_dist() or get_world_size() == 1:
             return local
@@ -268,6 +275,7 @@ class EvaluationReport:
             "pred_masks": [m for p in parts for m in p["pred_masks"]],
             "true_masks": [m for p in parts for m in p["true_masks"]],
             "ids": [i for p in parts for i in p["ids"]],
+            "features": [f for p in parts for f in p["features"]],
         }
 
     def complete(self, engine: Engine | None = None) -> dict[str, Any]:
@@ -301,6 +309,8 @@ class EvaluationReport:
             class_levels=self.class_levels,
             # the source paths pair the images of two runs; positions when some image has none
             image_ids=data["ids"] if all(i is not None for i in data["ids"]) else None,
+            # a representation of every image, or none: a partial set would rank a subset
+            embeddings=np.stack(data["features"]) if len(data["features"]) == data["labels"].size else None,
         )
         if engine is not None:
             engine.state.metrics_report = report

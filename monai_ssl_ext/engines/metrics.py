@@ -12,7 +12,14 @@ from monai.handlers import from_engine
 from monai_ssl_ext.keys import OutputKeys
 from monai_ssl_ext.utils.distributed import all_gather_objects
 
-__all__ = ["ClassificationMetric", "SegmentationMetric", "class_logits", "seg_logits", "selection_metric"]
+__all__ = [
+    "ClassificationMetric",
+    "SegmentationMetric",
+    "SeverityRankCorrelation",
+    "class_logits",
+    "seg_logits",
+    "selection_metric",
+]
 
 
 def class_logits(pred: Any) -> torch.Tensor:
@@ -90,6 +97,66 @@ class ClassificationMetric(Metric):
         if self.metric not in figures:
             raise KeyError(f"unknown classification metric '{self.metric}'; available: {sorted(figures)}")
         return float(figures[self.metric])
+
+
+class SeverityRankCorrelation(Metric):
+    """Whether the network's representation orders the validation images by severity, over an evaluator's epoch.
+
+    Keeps each sample's representation (the ``representation`` entry of a dict prediction, by default the
+    encoder's pooled ``features``) and label, and computes
+    :func:`~monai_ssl_ext.metrics.severity_rank_correlation` once at the end of the epoch: Spearman's
+    correlation between each image's distance to the healthy reference and its severity level.
+
+    Args:
+        class_levels: ``(C,)`` severity level of each class.
+        representation: key of the prediction holding ``(B, D)`` representations (``features`` or ``embedding``).
+        output_transform: maps ``engine.state.output`` to ``(pred, label)`` (decollated lists are fine).
+    """
+
+    def __init__(
+        self,
+        class_levels: Sequence[int],
+        representation: str = OutputKeys.FEATURES,
+        output_transform: Callable = from_engine(["pred", "label"]),
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.class_levels = [int(v) for v in class_levels]
+        self.representation = representation
+        self._features: list[torch.Tensor] = []
+        self._labels: list[torch.Tensor] = []
+        super().__init__(output_transform=output_transform, device=device)
+
+    def _of(self, pred: Any) -> torch.Tensor:
+        if not isinstance(pred, dict) or self.representation not in pred:
+            keys = sorted(pred) if isinstance(pred, dict) else type(pred).__name__
+            raise KeyError(f"SeverityRankCorrelation: the prediction has no '{self.representation}' output ({keys})")
+        return pred[self.representation].detach().float().cpu()
+
+    def reset(self) -> None:
+        self._features = []
+        self._labels = []
+
+    def update(self, output: Sequence[Any]) -> None:
+        preds, labels = output
+        if isinstance(preds, (list, tuple)):
+            features = torch.stack([self._of(p).reshape(-1) for p in preds])
+            labels = torch.stack([torch.as_tensor(lb).reshape(-1)[0] for lb in labels])
+        else:
+            features = self._of(preds)
+            features = features.reshape(features.shape[0], -1)
+            labels = torch.as_tensor(labels).reshape(-1)
+        self._features.append(features)
+        self._labels.append(labels.long().cpu())
+
+    def compute(self) -> float:
+        from monai_ssl_ext.metrics import severity_rank_correlation
+
+        parts = all_gather_objects((self._features, self._labels))
+        features = [f for rank_features, _ in parts for f in rank_features]
+        if not features:
+            raise RuntimeError("SeverityRankCorrelation has no data: did the evaluator run on an empty split?")
+        labels = torch.cat([lb for _, rank_labels in parts for lb in rank_labels])
+        return severity_rank_correlation(torch.cat(features).numpy(), labels.numpy(), self.class_levels)
 
 
 def seg_logits(pred: Any) -> torch.Tensor:

@@ -14,7 +14,7 @@
 
 from .calibration import calibration_bins, ece_from_bins, expected_calibration_error, reliability_data
 from .classification import binary_auc, classification_metrics, confusion_matrix, one_vs_rest_auc, ordinal_mae
-from .ordinal import severity_metrics
+from .ordinal import severity_metrics, severity_rank_correlation, spearman
 from .paired import PairedDifference, PairingError, paired_difference, paired_difference_over_seeds
 from .plots import plot_confusion_matrix, plot_mask_overlays, plot_reliability_diagram, plot_training_curves
 from .predictions import SplitPredictions, load_predictions, save_predictions
@@ -65,4 +65,6 @@ __all__ = [
     "segmentation_metrics",
     "segmentation_metrics_from_counts",
     "severity_metrics",
+    "severity_rank_correlation",
+    "spearman",
 ]

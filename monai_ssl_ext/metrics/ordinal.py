@@ -2,7 +2,9 @@
 
 Classes map to levels through a ``(C,)`` array (e.g. ``SeverityOrder.levels_for(manifest.classes)``);
 several classes may share a level. The errors are measured in levels, so that confusing two benign
-kinds costs nothing and calling a melanoma benign costs two steps.
+kinds costs nothing and calling a melanoma benign costs two steps. :func:`severity_rank_correlation`
+asks the same of a representation instead of a classifier: do images lie further from healthy the more
+severe they are?
 """
 
 from __future__ import annotations
@@ -11,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from monai_ssl_ext.metrics.classification import ordinal_mae
+from monai_ssl_ext.metrics.classification import average_ranks, ordinal_mae
 from monai_ssl_ext.metrics.inputs import as_labels, as_probs, to_numpy
 
-__all__ = ["severity_metrics"]
+__all__ = ["severity_metrics", "severity_rank_correlation", "spearman"]
 
 
 def severity_metrics(probs: Any, labels: Any, class_levels: Any) -> dict[str, Any]:
@@ -54,3 +56,53 @@ def severity_metrics(probs: Any, labels: Any, class_levels: Any) -> dict[str, An
         "expected_level_mae": float(np.abs(expected - true_level).mean()),
         "level_accuracy": float((pred_level == true_level).mean()),
     }
+
+
+def spearman(x: Any, y: Any) -> float:
+    """Spearman's rank correlation of two ``(N,)`` arrays: Pearson's correlation of their average ranks.
+
+    Ties share the mean of their ranks (as ``scipy.stats.spearmanr``). ``nan`` when fewer than two samples or
+    when either array is constant (no ranking to correlate).
+    """
+    a, b = np.asarray(to_numpy(x), dtype=np.float64).reshape(-1), np.asarray(to_numpy(y), dtype=np.float64).reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"spearman needs two arrays of one length, got {a.shape} and {b.shape}")
+    if a.size < 2:
+        return float("nan")
+    ra, rb = average_ranks(a) - (a.size + 1) / 2.0, average_ranks(b) - (a.size + 1) / 2.0
+    denominator = float(np.sqrt((ra * ra).sum() * (rb * rb).sum()))
+    return float((ra * rb).sum() / denominator) if denominator > 0 else float("nan")
+
+
+def severity_rank_correlation(embeddings: Any, labels: Any, class_levels: Any) -> float:
+    """How well distance from the healthy reference ranks images by severity (SEMISE's claim, measured).
+
+    The reference ``r`` is the mean L2-normalised embedding of the images at the least severe level (healthy
+    where the data has it); each image's distance is ``1 - cos(z_n, r)``, with ``r`` computed without the image
+    itself (leave one out), so the reference images are not closer for having made it. The result is
+    Spearman's correlation (:func:`spearman`) between those distances and the images' severity levels: 1 when
+    every more severe image lies further away, 0 when distance says nothing about severity.
+
+    Args:
+        embeddings: ``(N, D)`` representations (an encoder's pooled features or a projection of them).
+        labels: ``(N,)`` true class indices.
+        class_levels: ``(C,)`` severity level of each class.
+
+    Returns:
+        The correlation, or ``nan`` when the images have fewer than two levels, or fewer than two images at
+        the reference level (no leave-one-out reference).
+    """
+    z = np.asarray(to_numpy(embeddings), dtype=np.float64)
+    if z.ndim != 2:
+        raise ValueError(f"embeddings must have shape (N, D), got {z.shape}")
+    levels = as_labels(to_numpy(class_levels))[as_labels(labels, z.shape[0])]
+    z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+    healthy = levels == levels.min()
+    n_healthy = int(healthy.sum())
+    if len(np.unique(levels)) < 2 or n_healthy < 2:
+        return float("nan")
+    total = z[healthy].sum(axis=0)
+    references = np.where(healthy[:, None], (total - z) / (n_healthy - 1), total / n_healthy)
+    references /= np.maximum(np.linalg.norm(references, axis=1, keepdims=True), 1e-12)
+    distance = 1.0 - (z * references).sum(axis=1)
+    return spearman(distance, levels)

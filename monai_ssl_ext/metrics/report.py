@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from monai_ssl_ext.metrics.classification import classification_metrics
-from monai_ssl_ext.metrics.ordinal import severity_metrics
+from monai_ssl_ext.metrics.ordinal import severity_metrics, severity_rank_correlation
 from monai_ssl_ext.metrics.plots import plot_confusion_matrix, plot_mask_overlays, plot_reliability_diagram
 from monai_ssl_ext.metrics.predictions import PREDICTIONS_FILE, save_predictions
 from monai_ssl_ext.metrics.segmentation import segmentation_counts, segmentation_metrics_from_counts
@@ -45,6 +45,7 @@ HEADLINE_METRICS = (
     "dice_nonempty",
     "iou_nonempty",
     "severity_mae",
+    "severity_rank_correlation",
 )
 
 
@@ -65,6 +66,7 @@ def evaluate_predictions(
     logger_name: str | None = "monai_ssl_ext.evaluation",
     class_levels: Sequence[int] | None = None,
     image_ids: Sequence[str] | None = None,
+    embeddings: Any = None,
 ) -> dict[str, Any]:
     """Compute the metrics of one split, write the report files and log a summary table.
 
@@ -90,6 +92,8 @@ def evaluate_predictions(
         logger_name: logger of the summary table (``None``: no logging).
         class_levels: ``C`` ordinal severity levels of the classes; adds a ``"severity"`` section
             (:func:`~monai_ssl_ext.metrics.severity_metrics`: MAE in levels...).
+        embeddings: ``(N, D)`` representations of the images; with ``class_levels`` the severity section gets
+            ``rank_correlation`` (:func:`~monai_ssl_ext.metrics.severity_rank_correlation`).
         image_ids: ``N`` image identifiers (source paths) stored in ``predictions.json``, so that
             two runs can be checked to be paired (``None``: the positions ``"#0"``, ``"#1"``...).
 
@@ -115,6 +119,8 @@ def evaluate_predictions(
     if class_levels is not None:
         report["severity"] = {"class_levels": [int(v) for v in class_levels]}
         report["severity"].update(severity_metrics(probs, labels, class_levels))
+        if embeddings is not None:
+            report["severity"]["rank_correlation"] = severity_rank_correlation(embeddings, labels, class_levels)
     report["extra"] = dict(extra or {})
 
     if output_dir is not None:
@@ -173,6 +179,8 @@ def headline_metrics(report: Mapping[str, Any]) -> dict[str, float | None]:
     sections = [_classification_section(report), report.get("segmentation") or {}]
     if "mae" in severity:
         sections.append({"severity_mae": severity["mae"]})
+    if "rank_correlation" in severity:
+        sections.append({"severity_rank_correlation": severity["rank_correlation"]})
     return {k: section[k] for k in HEADLINE_METRICS for section in sections if k in section}
 
 
@@ -226,5 +234,10 @@ def format_report(report: Mapping[str, Any]) -> str:
             f"severity (levels {severity['class_levels']}): MAE {_fmt(severity['mae'])}  "
             f"expected-level MAE {_fmt(severity['expected_level_mae'])}  "
             f"level accuracy {_fmt(severity['level_accuracy'])}"
+            + (
+                f"  representation rank correlation {severity['rank_correlation']:.3f}"
+                if "rank_correlation" in severity
+                else ""
+            )
         )
     return "\n".join(lines)
