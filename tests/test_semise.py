@@ -147,6 +147,38 @@ def test_finetuning_trains_the_heads_and_leaves_the_projection():
     assert all(torch.equal(v, projection[k]) for k, v in net.projection.named_parameters())
 
 
+@pytest.mark.parametrize("finetune_encoder", [True, False])
+def test_finetune_encoder_switch_freezes_weights_and_statistics_of_the_encoder(finetune_encoder):
+    torch.manual_seed(0)
+    net = _net().train()
+    algorithm = _semise(net=net, finetune_encoder=finetune_encoder)
+    assert algorithm.frozen_parameters(net, 2) == [] and algorithm.frozen_parameters(net, 7) == []  # representation
+    frozen = algorithm.frozen_parameters(net, 12)
+    assert {id(p) for p in frozen} == (set() if finetune_encoder else {id(p) for p in net.encoder.parameters()})
+    labeled, _ = _batches()
+    encoder = {k: v.clone() for k, v in net.encoder.state_dict().items()}  # weights and batch-norm statistics
+    head = _params(net.head)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
+    for step in (12, 13):
+        net.train()  # as the trainer does before every step
+        out = algorithm.train_step(net, labeled, None, step)
+        optimizer.zero_grad()
+        out.loss.backward()
+        for p in algorithm.frozen_parameters(net, step):  # as the trainer does
+            p.grad = None
+        optimizer.step()
+    unchanged = all(torch.equal(v, encoder[k]) for k, v in net.encoder.state_dict().items())
+    assert unchanged is not finetune_encoder
+    assert net.encoder.training is finetune_encoder
+    assert any(not torch.equal(v, head[k]) for k, v in net.head.named_parameters())
+
+
+def test_frozen_encoder_needs_a_network_with_an_encoder():
+    algorithm = _semise(finetune_encoder=False)
+    with pytest.raises(ValueError, match="needs a network with an 'encoder'"):
+        algorithm.frozen_parameters(torch.nn.Linear(2, 2), 12)
+
+
 # ---------------------------------------------------------------- healthy reference
 
 

@@ -54,6 +54,7 @@ def test_every_algorithm_key_instantiates_on_the_same_network(small_data):
     expected = {
         "semise": (SEMISE, 0.5),
         "semise_contrastive_only": (SEMISE, 1.0),
+        "semise_frozen_encoder": (SEMISE, 0.5),
         "supervised": (Supervised, None),
         "mean_teacher": (MeanTeacher, None),
         "fixmatch": (FixMatch, None),
@@ -72,6 +73,7 @@ def test_every_algorithm_key_instantiates_on_the_same_network(small_data):
             # the synthetic data set has no normal class: BUSI's order ranks benign (1) below malignant (2)
             assert algorithm.class_levels.tolist() == [1, 2] and algorithm.reference_level == 1
             assert (algorithm.phase1, algorithm.phase2) == (0.25, 0.5)
+            assert algorithm.finetune_encoder is (name != "semise_frozen_encoder")
     net = parser.get_parsed_content("network_def")
     assert isinstance(net, JointClassSegNet) and net.embed_dim == 128 and net.training_outputs
     out = net.eval()(torch.rand(2, 1, 32, 32))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -301,6 +302,34 @@ def test_an_optimizer_set_with_its_schedulers_steps_every_member_and_resumes_ide
     assert second.state.iteration == 8 and scheduler["head"].last_epoch == 8
     for k, v in _weights(ref_net).items():
         torch.testing.assert_close(net2.state_dict()[k], v, rtol=0, atol=0, msg=f"{k} differs after resume")
+
+
+class _FrozenEncoderFixMatch(FixMatch):
+    """FixMatch whose even steps leave the encoder alone."""
+
+    def frozen_parameters(self, network, step):
+        return list(network.encoder.parameters()) if step % 2 == 0 else []
+
+
+def test_frozen_parameters_of_a_step_keep_their_values_despite_momentum_and_decay():
+    trainer, net, _, _ = make_trainer(
+        "fixmatch",
+        epochs=1,
+        epoch_length=3,
+        optimizer=lambda n: torch.optim.SGD(n.parameters(), lr=0.05, momentum=0.9, weight_decay=0.01),
+    )
+    trainer.algorithm = _FrozenEncoderFixMatch(num_classes=2, threshold=0.6)
+
+    def parameters(module):
+        return {k: p.detach().clone() for k, p in module.named_parameters()}
+
+    encoder, head = [parameters(net.encoder)], []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: encoder.append(parameters(net.encoder)))
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: head.append(parameters(net.head)))
+    trainer.run()
+    same = [all(torch.equal(a[k], b[k]) for k in a) for a, b in itertools.pairwise(encoder)]
+    assert same == [True, False, True]  # steps 0 and 2 frozen, step 1 trained
+    assert not torch.equal(head[0]["weight"], head[2]["weight"])
 
 
 def test_history_and_progress_pick_up_where_a_resumed_run_starts(tmp_path, caplog):

@@ -58,7 +58,8 @@ class SemiSupervisedAlgorithm(nn.Module):
     and ``features``; :meth:`forward_views` normalises both to dicts.
 
     Subclasses implement :meth:`train_step` and may override :meth:`setup` (build teachers, size
-    buffers) and :meth:`after_optimizer_step` (update teachers). State that must survive a resume
+    buffers), :meth:`after_optimizer_step` (update teachers) and :meth:`frozen_parameters` (parts of the
+    network a phase of the method does not train). State that must survive a resume
     lives in submodules or buffers, so ``state_dict()`` carries it into checkpoints.
 
     Class attributes:
@@ -148,6 +149,14 @@ class SemiSupervisedAlgorithm(nn.Module):
 
     def after_optimizer_step(self, network: nn.Module, step: int) -> None:
         """Called after ``optimizer.step()`` (for example to update an EMA teacher)."""
+
+    def frozen_parameters(self, network: nn.Module, step: int) -> list[nn.Parameter]:
+        """Parameters that step ``step`` must leave unchanged (default: none).
+
+        The trainer drops their gradients after the backward pass, so the optimiser skips them: neither
+        momentum nor weight decay moves a frozen parameter (a zero gradient would let both act).
+        """
+        return []
 
     # ------------------------------------------------------------------ helpers for subclasses
     @staticmethod

@@ -39,6 +39,14 @@ def _plain(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.as_tensor() if hasattr(tensor, "as_tensor") else tensor
 
 
+def _encoder(network: nn.Module) -> nn.Module:
+    module = network.module if isinstance(network, nn.parallel.DistributedDataParallel) else network
+    encoder = getattr(module, "encoder", None)
+    if not isinstance(encoder, nn.Module):
+        raise ValueError(f"finetune_encoder=False needs a network with an 'encoder'; {type(module).__name__} has none.")
+    return encoder
+
+
 def severity_levels(
     severity: str | Mapping[str, int] | Sequence[Sequence[str]] | None, class_names: Sequence[str]
 ) -> list[int]:
@@ -125,6 +133,9 @@ class SEMISE(SemiSupervisedAlgorithm):
         reference_momentum: momentum of the running reference, in ``[0, 1)``.
         finetune_representation_weight: ``w_f``.
         representation_supervised_weight: ``w_s``.
+        finetune_encoder: fine-tune the encoder with the heads (default). ``False``: the encoder is frozen during
+            fine-tuning (its weights through :meth:`frozen_parameters`, its normalisation statistics by running it
+            in eval mode), so only the heads learn on the representation; needs a network with an ``encoder``.
         supervised_loss: labeled-batch loss (default :class:`~monai_ssl_ext.losses.TaskLoss`).
         class_balance: class-imbalance options of the default supervised loss.
         distribution_alignment: must be ``None``: SEMISE makes no pseudo labels (``ValueError`` otherwise).
@@ -146,6 +157,7 @@ class SEMISE(SemiSupervisedAlgorithm):
         reference_momentum: float = 0.9,
         finetune_representation_weight: float = 0.0,
         representation_supervised_weight: float = 0.0,
+        finetune_encoder: bool = True,
         supervised_loss: nn.Module | None = None,
         *,
         class_balance: ClassBalance | None = None,
@@ -178,6 +190,7 @@ class SEMISE(SemiSupervisedAlgorithm):
         self.reference_momentum = float(reference_momentum)
         self.finetune_representation_weight = float(finetune_representation_weight)
         self.representation_supervised_weight = float(representation_supervised_weight)
+        self.finetune_encoder = bool(finetune_encoder)
         self.reference_level = int(levels.min())
         self.nt_xent = NTXentLoss(temperature)
         self.margin_loss = HealthyAnomalyMarginLoss(margin)
@@ -206,6 +219,12 @@ class SEMISE(SemiSupervisedAlgorithm):
         if step < int(self.phase_ends[1]):
             return PREFERENCE
         return FINETUNE
+
+    def frozen_parameters(self, network: nn.Module, step: int) -> list[nn.Parameter]:
+        """The encoder's parameters during fine-tuning when ``finetune_encoder`` is off; otherwise none."""
+        if self.finetune_encoder or self.phase_at(step) != FINETUNE:
+            return []
+        return list(_encoder(network).parameters())
 
     # ------------------------------------------------------------------ healthy reference
     @property
@@ -254,6 +273,8 @@ class SEMISE(SemiSupervisedAlgorithm):
         phase = self.phase_at(step)
         self.phase.fill_(phase)
         finetune = phase == FINETUNE
+        if finetune and not self.finetune_encoder:
+            _encoder(network).eval()  # frozen: its batch-norm statistics stay those of the representation
         rep_weight = self.finetune_representation_weight if finetune else 1.0
         sup_weight = 1.0 if finetune else self.representation_supervised_weight
         use_representation = rep_weight > 0
@@ -325,4 +346,5 @@ class SEMISE(SemiSupervisedAlgorithm):
         return (
             f"num_classes={self.num_classes}, class_levels={self.class_levels.tolist()}, alpha={self.alpha}, "
             f"phase1={self.phase1}, phase2={self.phase2}"
+            + ("" if self.finetune_encoder else ", finetune_encoder=False")
         )

@@ -96,7 +96,8 @@ class SemiSupervisedTrainer(Trainer):
     ``train_data_loader`` is a :class:`SemiSupervisedStream` (see
     :class:`monai_ssl_ext.data.SemiSupervisedLoader`): each item is ``{"labeled": batch, "unlabeled":
     batch}``; the trainer sets its ``use_unlabeled`` and ``start_step``. Per iteration the trainer moves both to the
-    device, calls ``algorithm.train_step`` (under autocast when ``amp``), back-propagates, steps the
+    device, calls ``algorithm.train_step`` (under autocast when ``amp``), back-propagates, drops the
+    gradients of ``algorithm.frozen_parameters`` (so the optimiser leaves them unchanged), steps the
     optimizer, calls ``algorithm.after_optimizer_step`` (EMA teachers) and fires MONAI's
     ``IterationEvents`` (``FORWARD_COMPLETED``, ``LOSS_COMPLETED``, ``BACKWARD_COMPLETED``,
     ``MODEL_COMPLETED``), so ``StatsHandler``, ``TensorBoardStatsHandler``, ``CheckpointSaver``,
@@ -279,6 +280,7 @@ class SemiSupervisedTrainer(Trainer):
             )
         if engine.amp and engine.scaler is not None:
             engine.scaler.scale(loss).backward()
+            self._drop_frozen_gradients(engine, step)
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
             if engine.grad_clip_norm is not None:
                 engine.scaler.unscale_(engine.optimizer)
@@ -287,6 +289,7 @@ class SemiSupervisedTrainer(Trainer):
             engine.scaler.update()
         else:
             loss.backward()
+            self._drop_frozen_gradients(engine, step)
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
             if engine.grad_clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_(engine.network.parameters(), engine.grad_clip_norm)
@@ -297,6 +300,12 @@ class SemiSupervisedTrainer(Trainer):
         engine.state.samples_seen += n_labeled + n_unlabeled
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
+
+    @staticmethod
+    def _drop_frozen_gradients(engine: SemiSupervisedTrainer, step: int) -> None:
+        # None, not zero: the optimiser then skips the parameter (no momentum, no weight decay)
+        for parameter in engine.algorithm.frozen_parameters(engine.network, step):
+            parameter.grad = None
 
     @staticmethod
     def _make_output(
