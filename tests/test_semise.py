@@ -173,6 +173,12 @@ def test_finetune_encoder_switch_freezes_weights_and_statistics_of_the_encoder(f
     assert any(not torch.equal(v, head[k]) for k, v in net.head.named_parameters())
 
 
+def test_the_representation_phases_ask_for_stratified_labeled_batches():
+    assert _semise().stratified_steps(TOTAL) == 10  # phases 0 and 1
+    assert _semise(phase2=0.3).stratified_steps(TOTAL) == 6
+    assert _semise(stratify_labeled=False).stratified_steps(TOTAL) == 0
+
+
 def test_frozen_encoder_needs_a_network_with_an_encoder():
     algorithm = _semise(finetune_encoder=False)
     with pytest.raises(ValueError, match="needs a network with an 'encoder'"):

@@ -80,6 +80,18 @@ def test_every_algorithm_key_instantiates_on_the_same_network(small_data):
     assert out["embedding"].shape == (2, 128) and out["class"].shape == (2, 2)
 
 
+def test_semise_runs_learn_the_representation_from_level_stratified_labeled_batches(small_data):
+    parser = _parser(small_data, algorithm_name="semise", num_iterations=20, val_interval=10)
+    trainer = parser.get_parsed_content("train#trainer")
+    loader = trainer.data_loader
+    assert loader.stratified_steps == 10  # phases 0 and 1 of 20 steps
+    levels = [1, 2]  # benign, malignant under BUSI's order
+    for batch, _ in zip(loader, range(3), strict=False):
+        assert sorted({levels[int(y)] for y in batch["labeled"]["label"]}) == levels
+    parser = _parser(small_data, algorithm_name="supervised", num_iterations=20, val_interval=10)
+    assert parser.get_parsed_content("train#trainer").data_loader.stratified_steps == 0
+
+
 def test_severity_key_accepts_a_name_groups_or_the_manifest_order(small_data):
     for severity, levels in (("busi", [1, 2]), (None, [0, 1]), ([["malignant"], ["benign"]], [1, 0])):
         parser = _parser(small_data, severity=severity)

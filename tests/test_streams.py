@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from monai_ssl_ext.data import IterationBatchSampler, SeededTransformDataset, SemiSupervisedLoader
+from monai_ssl_ext.data import (
+    IterationBatchSampler,
+    SeededTransformDataset,
+    SemiSupervisedLoader,
+    StratifiedBatchSampler,
+)
 from monai_ssl_ext.keys import DataKeys
 from monai_ssl_ext.transforms import get_profile
 
@@ -110,3 +115,63 @@ def test_loader_can_skip_unlabeled_stream():
 def test_sampler_rejects_empty_dataset():
     with pytest.raises(ValueError, match="at least one sample"):
         IterationBatchSampler(0, 2)
+
+
+# ---------------------------------------------------------------- severity-stratified labeled batches
+# an imbalanced labeled set as HAM10000's severity levels: 40 at level 0, 3 at level 1, 5 at level 2
+STRATA = [0] * 40 + [1] * 3 + [2] * 5
+
+
+def _strata_of(batch):
+    return [STRATA[i] for i, _ in batch]
+
+
+def _pairs_of_different_severity(batch) -> int:
+    levels = _strata_of(batch)
+    return sum(a != b for i, a in enumerate(levels) for b in levels[i + 1 :])
+
+
+def test_stratified_batches_hold_every_level_in_near_equal_numbers():
+    sampler = StratifiedBatchSampler(STRATA, batch_size=8, seed=0, stream=1)
+    for step in range(30):
+        counts = sorted(_strata_of(sampler.batch_at(step)).count(g) for g in range(3))
+        assert counts == [2, 3, 3]  # 8 = 3 + 3 + 2, the extra draws rotating over the levels
+    extra = [max(range(3), key=_strata_of(sampler.batch_at(t)).count) for t in range(6)]
+    assert len(set(extra[:3])) > 1
+
+
+def test_stratified_batches_give_pairs_of_different_severity_where_uniform_batches_often_do_not():
+    stratified = StratifiedBatchSampler(STRATA, batch_size=8, seed=0, stream=1)
+    uniform = IterationBatchSampler(len(STRATA), batch_size=8, seed=0, stream=1)
+    pairs_stratified = [_pairs_of_different_severity(stratified.batch_at(t)) for t in range(60)]
+    pairs_uniform = [_pairs_of_different_severity(uniform.batch_at(t)) for t in range(60)]
+    assert min(pairs_stratified) == 3 * 3 + 3 * 2 + 3 * 2  # every batch: 21 of its 28 pairs
+    assert sum(p == 0 for p in pairs_uniform) > 10  # many uniform batches are all level 0
+
+
+def test_stratified_sampler_is_a_function_of_the_step_and_shards_across_ranks():
+    one = StratifiedBatchSampler(STRATA, batch_size=4, seed=3, stream=1)
+    again = StratifiedBatchSampler(STRATA, batch_size=4, seed=3, stream=1, start_step=5)
+    assert next(iter(again)) == one.batch_at(5)
+    ranks = [StratifiedBatchSampler(STRATA, batch_size=2, seed=3, stream=1, rank=r, world_size=2) for r in range(2)]
+    assert sorted(ranks[0].batch_at(7) + ranks[1].batch_at(7)) == sorted(one.batch_at(7))
+    with pytest.raises(ValueError, match="stratum >= 0"):
+        StratifiedBatchSampler([0, -1], batch_size=2)
+
+
+def test_loader_stratifies_the_first_steps_then_samples_as_configured():
+    data = [{DataKeys.IMAGE: torch.full((1, 4, 4), float(i)), DataKeys.LABEL: y} for i, y in enumerate(STRATA)]
+    levels = [0, 1, 2]  # class k at level k
+    loader = SemiSupervisedLoader(SeededTransformDataset(data), None, labeled_batch_size=8, labeled_strata=levels)
+    plain = SemiSupervisedLoader(SeededTransformDataset(data), None, labeled_batch_size=8)
+    assert loader.stratified_steps == 0  # until the trainer sets it from the algorithm
+    loader.stratified_steps = 3
+    got = [b[DataKeys.LABELED][DataKeys.LABEL].tolist() for b, _ in zip(loader, range(6), strict=False)]
+    expected = [b[DataKeys.LABELED][DataKeys.LABEL].tolist() for b, _ in zip(plain, range(6), strict=False)]
+    assert all(sorted(set(labels)) == levels for labels in got[:3])
+    assert got[3:] == expected[3:]
+    loader.start_step = 4  # a resumed run: the switch is a function of the step
+    resumed = [b[DataKeys.LABELED][DataKeys.LABEL].tolist() for b, _ in zip(loader, range(2), strict=False)]
+    assert resumed == got[4:]
+    with pytest.raises(ValueError, match="labeled_strata has 2 classes"):
+        SemiSupervisedLoader(SeededTransformDataset(data), None, labeled_batch_size=8, labeled_strata=[0, 1])

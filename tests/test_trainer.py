@@ -79,7 +79,7 @@ def make_trainer(
     net = Classifier(2, depth=10, return_dict=True, dropout=0.2)  # dropout: per-step torch RNG must be reproduced
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9) if optimizer is None else optimizer(net)
     kwargs = {"threshold": 0.6} if algorithm_name in ("fixmatch", "flexmatch") else {}
-    algorithm = ALGORITHMS[algorithm_name](num_classes=2, **kwargs)
+    algorithm = options.pop("algorithm_class", ALGORITHMS[algorithm_name])(num_classes=2, **kwargs)
     trainer = SemiSupervisedTrainer(
         "cpu",
         epochs,
@@ -317,8 +317,8 @@ def test_frozen_parameters_of_a_step_keep_their_values_despite_momentum_and_deca
         epochs=1,
         epoch_length=3,
         optimizer=lambda n: torch.optim.SGD(n.parameters(), lr=0.05, momentum=0.9, weight_decay=0.01),
+        algorithm_class=_FrozenEncoderFixMatch,
     )
-    trainer.algorithm = _FrozenEncoderFixMatch(num_classes=2, threshold=0.6)
 
     def parameters(module):
         return {k: p.detach().clone() for k, p in module.named_parameters()}
@@ -330,6 +330,18 @@ def test_frozen_parameters_of_a_step_keep_their_values_despite_momentum_and_deca
     same = [all(torch.equal(a[k], b[k]) for k in a) for a, b in itertools.pairwise(encoder)]
     assert same == [True, False, True]  # steps 0 and 2 frozen, step 1 trained
     assert not torch.equal(head[0]["weight"], head[2]["weight"])
+
+
+class _StratifiedStartFixMatch(FixMatch):
+    def stratified_steps(self, total_steps):
+        return total_steps // 2
+
+
+def test_trainer_tells_the_loader_how_many_first_steps_the_algorithm_wants_stratified():
+    trainer, *_ = make_trainer("fixmatch", epochs=2, epoch_length=3, algorithm_class=_StratifiedStartFixMatch)
+    assert trainer.data_loader.stratified_steps == 3
+    plain, *_ = make_trainer("fixmatch", epochs=2, epoch_length=3)
+    assert plain.data_loader.stratified_steps == 0
 
 
 def test_history_and_progress_pick_up_where_a_resumed_run_starts(tmp_path, caplog):

@@ -150,6 +150,14 @@ class SemiSupervisedAlgorithm(nn.Module):
     def after_optimizer_step(self, network: nn.Module, step: int) -> None:
         """Called after ``optimizer.step()`` (for example to update an EMA teacher)."""
 
+    def stratified_steps(self, total_steps: int) -> int:
+        """How many first steps want labeled batches with every stratum (severity level) in them (default 0).
+
+        The trainer passes it to a loader that knows the strata of its labeled items (``labeled_strata``
+        of :class:`~monai_ssl_ext.data.SemiSupervisedLoader`); a loader without strata ignores it.
+        """
+        return 0
+
     def frozen_parameters(self, network: nn.Module, step: int) -> list[nn.Parameter]:
         """Parameters that step ``step`` must leave unchanged (default: none).
 

@@ -39,6 +39,11 @@ def _plain(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.as_tensor() if hasattr(tensor, "as_tensor") else tensor
 
 
+def _share_of(share: float, total_steps: int) -> int:
+    # half up, not Python's half-to-even: a 4-step smoke run still gets one step of phase 0
+    return math.floor(share * total_steps + 0.5)
+
+
 def _encoder(network: nn.Module) -> nn.Module:
     module = network.module if isinstance(network, nn.parallel.DistributedDataParallel) else network
     encoder = getattr(module, "encoder", None)
@@ -133,6 +138,9 @@ class SEMISE(SemiSupervisedAlgorithm):
         reference_momentum: momentum of the running reference, in ``[0, 1)``.
         finetune_representation_weight: ``w_f``.
         representation_supervised_weight: ``w_s``.
+        stratify_labeled: ask for labeled batches with every severity level in them while the representation is
+            learnt (:meth:`stratified_steps`; the loader needs the levels as ``labeled_strata``), so that every
+            batch has pairs of different severity for the ordering terms, however imbalanced the labels.
         finetune_encoder: fine-tune the encoder with the heads (default). ``False``: the encoder is frozen during
             fine-tuning (its weights through :meth:`frozen_parameters`, its normalisation statistics by running it
             in eval mode), so only the heads learn on the representation; needs a network with an ``encoder``.
@@ -157,6 +165,7 @@ class SEMISE(SemiSupervisedAlgorithm):
         reference_momentum: float = 0.9,
         finetune_representation_weight: float = 0.0,
         representation_supervised_weight: float = 0.0,
+        stratify_labeled: bool = True,
         finetune_encoder: bool = True,
         supervised_loss: nn.Module | None = None,
         *,
@@ -191,6 +200,7 @@ class SEMISE(SemiSupervisedAlgorithm):
         self.finetune_representation_weight = float(finetune_representation_weight)
         self.representation_supervised_weight = float(representation_supervised_weight)
         self.finetune_encoder = bool(finetune_encoder)
+        self.stratify_labeled = bool(stratify_labeled)
         self.reference_level = int(levels.min())
         self.nt_xent = NTXentLoss(temperature)
         self.margin_loss = HealthyAnomalyMarginLoss(margin)
@@ -206,9 +216,12 @@ class SEMISE(SemiSupervisedAlgorithm):
     # ------------------------------------------------------------------ schedule
     def setup(self, network: nn.Module, total_steps: int, num_unlabeled: int | None = None) -> None:
         super().setup(network, total_steps, num_unlabeled)
-        # half up, not Python's half-to-even: a 4-step smoke run still gets one step of phase 0
-        ends = [math.floor(share * total_steps + 0.5) for share in (self.phase1, self.phase2)]
+        ends = [_share_of(share, total_steps) for share in (self.phase1, self.phase2)]
         self.phase_ends.copy_(torch.tensor(ends, dtype=torch.long))
+
+    def stratified_steps(self, total_steps: int) -> int:
+        """The representation phases (0 and 1), when ``stratify_labeled``: their batches should mix levels."""
+        return _share_of(self.phase2, total_steps) if self.stratify_labeled else 0
 
     def phase_at(self, step: int) -> int:
         """The phase of ``step``: 0 healthy/anomaly, 1 preference optimisation, 2 fine-tuning."""

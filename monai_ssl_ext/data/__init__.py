@@ -11,6 +11,8 @@ from .streams import (
     IterationBatchSampler,
     SeededTransformDataset,
     SemiSupervisedLoader,
+    StratifiedBatchSampler,
+    SwitchingBatchSampler,
     dataset_labels,
 )
 
@@ -32,6 +34,8 @@ __all__ = [
     "SemiSupervisedLoader",
     "SeverityOrder",
     "SkippedInput",
+    "StratifiedBatchSampler",
+    "SwitchingBatchSampler",
     "add_mask_rules",
     "dataset_labels",
     "expand_frames",

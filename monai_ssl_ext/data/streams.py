@@ -9,7 +9,8 @@ once. The pieces here make the content of every batch a pure function of ``(seed
   each global batch across distributed ranks.
 - :class:`SeededTransformDataset` applies a random transform after seeding it with the sample's seed.
 - :class:`ClassBalancedBatchSampler` is the same with class-balanced draws (an option of the
-  labeled stream for imbalanced label sets).
+  labeled stream for imbalanced label sets), and :class:`StratifiedBatchSampler` with every stratum
+  (severity level) in every batch, for the first steps an algorithm asks for (SEMISE's ranking phases).
 - :class:`SemiSupervisedLoader` zips a labeled and an unlabeled stream into
   ``{"labeled": batch, "unlabeled": batch}`` and can start at any step.
 
@@ -42,6 +43,8 @@ __all__ = [
     "IterationBatchSampler",
     "SeededTransformDataset",
     "SemiSupervisedLoader",
+    "StratifiedBatchSampler",
+    "SwitchingBatchSampler",
     "dataset_labels",
 ]
 
@@ -51,6 +54,7 @@ UNLABELED_STREAM = 2
 _ORDER = 0
 _AUGMENT = 1
 _BALANCED = 2  # the class-balanced draw of a step
+_STRATIFIED = 3  # the stratified draw of a step
 # how the labeled stream picks its samples (see SemiSupervisedLoader)
 LABELED_SAMPLING = ("uniform", "class_balanced")
 
@@ -182,6 +186,78 @@ class ClassBalancedBatchSampler(IterationBatchSampler):
         ]
 
 
+class StratifiedBatchSampler(IterationBatchSampler):
+    """An endless batch sampler whose every batch holds every stratum in (nearly) equal numbers.
+
+    With ``G`` strata present (severity levels, say) and a global batch of ``B`` (``batch_size *
+    world_size``), each stratum gets ``B // G`` draws and the ``B % G`` left over go to strata in turn (from
+    stratum ``t mod G`` at step ``t``), so no stratum is left out of a batch as long as ``B >= G``. Within a
+    stratum samples are drawn uniformly with replacement; the global batch is then shuffled and rank ``r``
+    takes its ``r``-th slice. A ranking loss over pairs of different strata (SEMISE's preference term) then
+    has pairs in every batch, however imbalanced the labeled set. Batch ``t`` depends only on
+    ``(seed, stream, t)``; augmentation seeds are those of :class:`IterationBatchSampler`.
+
+    Args:
+        strata: stratum (``>= 0``) of every sample, in dataset order.
+        batch_size, seed, stream, rank, world_size, start_step: as in :class:`IterationBatchSampler`.
+    """
+
+    def __init__(
+        self,
+        strata: Sequence[int],
+        batch_size: int,
+        seed: int = 0,
+        stream: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        start_step: int = 0,
+    ) -> None:
+        strata_arr = np.asarray([int(g) for g in strata], dtype=np.int64)
+        if strata_arr.size and strata_arr.min() < 0:
+            raise ValueError("StratifiedBatchSampler needs a stratum >= 0 for every sample.")
+        super().__init__(
+            int(strata_arr.size),
+            batch_size,
+            seed=seed,
+            stream=stream,
+            rank=rank,
+            world_size=world_size,
+            start_step=start_step,
+        )
+        self.strata = strata_arr
+        self.members = [np.flatnonzero(strata_arr == g) for g in np.unique(strata_arr)]
+
+    def batch_at(self, step: int) -> list[tuple[int, int]]:
+        """Indices and augmentation seeds of this rank's share of the global batch at ``step``."""
+        global_batch = self.batch_size * self.world_size
+        rng = np.random.default_rng(derive_seed(self.seed, self.stream, _STRATIFIED, step))
+        n_strata = len(self.members)
+        quota = np.full(n_strata, global_batch // n_strata)
+        quota[(step + np.arange(global_batch % n_strata)) % n_strata] += 1
+        drawn = np.concatenate([rng.choice(m, size=q, replace=True) for m, q in zip(self.members, quota, strict=True)])
+        drawn = rng.permutation(drawn)
+        first = self.rank * self.batch_size
+        return [
+            (int(drawn[j]), derive_seed(self.seed, self.stream, _AUGMENT, step * global_batch + j))
+            for j in range(first, first + self.batch_size)
+        ]
+
+
+class SwitchingBatchSampler(torch.utils.data.Sampler):
+    """``first``'s batches for the steps before ``switch_step``, ``then``'s from it on (both step-indexed)."""
+
+    def __init__(self, first: IterationBatchSampler, then: IterationBatchSampler, switch_step: int) -> None:
+        self.first, self.then, self.switch_step = first, then, int(switch_step)
+        self.start_step = then.start_step
+
+    def batch_at(self, step: int) -> list[tuple[int, int]]:
+        return (self.first if step < self.switch_step else self.then).batch_at(step)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step in count(self.start_step):
+            yield self.batch_at(step)
+
+
 def dataset_labels(dataset: Any, key: str = DataKeys.LABEL) -> list[int]:
     """The class index under ``key`` of every item of ``dataset``, read from its list of dicts without transforms.
 
@@ -273,8 +349,14 @@ class SemiSupervisedLoader:
             order per pass (:class:`IterationBatchSampler`); ``"class_balanced"``: draws with probability
             inversely proportional to the sample's class frequency, so every class is equally frequent
             in the labeled batches (:class:`ClassBalancedBatchSampler`; with replacement).
-        labeled_labels: class index of every labeled item, in dataset order, for ``"class_balanced"``;
-            ``None`` reads them from the dataset's entries (:func:`dataset_labels`).
+        labeled_labels: class index of every labeled item, in dataset order, for ``"class_balanced"`` and
+            ``labeled_strata``; ``None`` reads them from the dataset's entries (:func:`dataset_labels`).
+        labeled_strata: stratum of each class (SEMISE's severity levels): for the first ``stratified_steps``
+            steps the labeled batches are drawn by :class:`StratifiedBatchSampler` over the strata of the
+            items' classes, then by ``labeled_sampling``. ``None``: no stratified steps.
+
+    ``stratified_steps`` (default 0) is set by the trainer from the algorithm
+    (:meth:`~monai_ssl_ext.algorithms.SemiSupervisedAlgorithm.stratified_steps`).
 
     ``start_step`` is the first step the next iterator yields; the trainer sets it from its
     iteration counter when a run resumes. ``use_unlabeled`` is switched off by the trainer for
@@ -299,6 +381,7 @@ class SemiSupervisedLoader:
         collate_fn: Callable = list_data_collate,
         labeled_sampling: str = "uniform",
         labeled_labels: Sequence[int] | None = None,
+        labeled_strata: Sequence[int] | None = None,
     ) -> None:
         if len(labeled_dataset) == 0:
             raise ValueError("The labeled dataset is empty.")
@@ -306,11 +389,19 @@ class SemiSupervisedLoader:
             raise ValueError(f"labeled_sampling must be one of {LABELED_SAMPLING}, got {labeled_sampling!r}.")
         self.labeled_sampling = labeled_sampling
         self.labeled_labels: list[int] | None = None
-        if labeled_sampling == "class_balanced":
+        self.labeled_strata: list[int] | None = None
+        if labeled_sampling == "class_balanced" or labeled_strata is not None:
             labels = dataset_labels(labeled_dataset) if labeled_labels is None else [int(y) for y in labeled_labels]
             if len(labels) != len(labeled_dataset):
                 raise ValueError(f"{len(labels)} labeled_labels for {len(labeled_dataset)} labeled items.")
-            self.labeled_labels = labels
+            if labeled_sampling == "class_balanced":
+                self.labeled_labels = labels
+            if labeled_strata is not None:
+                strata = [int(g) for g in labeled_strata]
+                unknown = sorted({y for y in labels if not 0 <= y < len(strata)})
+                if unknown:
+                    raise ValueError(f"labeled_strata has {len(strata)} classes; labeled items have class {unknown}.")
+                self.labeled_strata = [strata[y] for y in labels]
         self.labeled_dataset = labeled_dataset
         self.unlabeled_dataset = unlabeled_dataset if unlabeled_dataset is not None and len(unlabeled_dataset) else None
         self.labeled_batch_size = int(labeled_batch_size)
@@ -320,12 +411,13 @@ class SemiSupervisedLoader:
         self.pin_memory = pin_memory
         self.collate_fn = collate_fn
         self.start_step = 0
+        self.stratified_steps = 0
         self.use_unlabeled = self.unlabeled_dataset is not None and self.unlabeled_batch_size > 0
 
     def _loader(self, dataset: torch.utils.data.Dataset, batch_size: int, stream: int) -> DataLoader:
         # torch's DataLoader, not MONAI's: every sample is seeded explicitly, and MONAI's loader resets
         # the global torch generator when it has no workers
-        sampler: IterationBatchSampler
+        sampler: IterationBatchSampler | SwitchingBatchSampler
         if stream == LABELED_STREAM and self.labeled_labels is not None:
             sampler = ClassBalancedBatchSampler(
                 self.labeled_labels, batch_size, seed=self.seed, stream=stream, start_step=self.start_step
@@ -334,6 +426,11 @@ class SemiSupervisedLoader:
             sampler = IterationBatchSampler(
                 len(dataset), batch_size, seed=self.seed, stream=stream, start_step=self.start_step
             )
+        if stream == LABELED_STREAM and self.labeled_strata is not None and self.stratified_steps > 0:
+            stratified = StratifiedBatchSampler(
+                self.labeled_strata, batch_size, seed=self.seed, stream=stream, start_step=self.start_step
+            )
+            sampler = SwitchingBatchSampler(stratified, sampler, self.stratified_steps)
         return DataLoader(
             dataset,
             batch_sampler=sampler,

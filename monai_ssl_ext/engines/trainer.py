@@ -95,7 +95,8 @@ class SemiSupervisedTrainer(Trainer):
 
     ``train_data_loader`` is a :class:`SemiSupervisedStream` (see
     :class:`monai_ssl_ext.data.SemiSupervisedLoader`): each item is ``{"labeled": batch, "unlabeled":
-    batch}``; the trainer sets its ``use_unlabeled`` and ``start_step``. Per iteration the trainer moves both to the
+    batch}``; the trainer sets its ``use_unlabeled`` and ``start_step`` (and ``stratified_steps``, when the
+    stream has it, from the algorithm). Per iteration the trainer moves both to the
     device, calls ``algorithm.train_step`` (under autocast when ``amp``), back-propagates, drops the
     gradients of ``algorithm.frozen_parameters`` (so the optimiser leaves them unchanged), steps the
     optimizer, calls ``algorithm.after_optimizer_step`` (EMA teachers) and fires MONAI's
@@ -220,6 +221,8 @@ class SemiSupervisedTrainer(Trainer):
         algorithm.setup(
             network, total_steps=total_steps, num_unlabeled=len(unlabeled) if unlabeled is not None else None
         )
+        if hasattr(stream, "stratified_steps"):  # optional: a stream without strata has no such steps
+            stream.stratified_steps = int(algorithm.stratified_steps(total_steps))
         algorithm.to(device)
         # EPOCH_STARTED fires after every STARTED handler (checkpoint loaders included) and before ignite
         # creates the data iterator, so the loader starts at the restored iteration
