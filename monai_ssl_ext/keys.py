@@ -20,6 +20,10 @@ class DataKeys:
     IMAGE_WEAK = "image_weak"
     IMAGE_STRONG = "image_strong"
     MASK_WEAK = "mask_weak"
+    # two independently cropped and augmented views of an unlabeled image, for a contrastive (SimCLR) loss:
+    # made instead of the weak/strong pair by ModalityProfile.unlabeled_transforms(views="contrastive")
+    IMAGE_VIEW1 = "image_view1"
+    IMAGE_VIEW2 = "image_view2"
     # (2, 3) affine of a geometric strong view (strong -> weak, normalised coordinates): see
     # monai_ssl_ext.transforms.randaugment; absent when the strong view is photometric only
     STRONG_AFFINE = "strong_affine"

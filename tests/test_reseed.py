@@ -1,5 +1,7 @@
 """InPlaceReseed gives MONAI's per-sample random streams without building new generators."""
 
+import functools
+
 import pytest
 import torch
 from monai.transforms import Compose, OneOf, RandFlipd, RandGaussianNoised
@@ -19,7 +21,8 @@ def _views(transform, reseed, seed, image):
 def test_reseeding_in_place_equals_monai_set_random_state(modality, strong_view):
     profile = get_profile(modality, image_size=24, strong_view=strong_view)
     image = torch.rand(profile.channels, 24, 24, generator=torch.Generator().manual_seed(1))
-    for build in (profile.unlabeled_transforms, profile.labeled_transforms):
+    contrastive = functools.partial(profile.unlabeled_transforms, views="contrastive")
+    for build in (profile.unlabeled_transforms, profile.labeled_transforms, contrastive):
         ours, reference = build(), build()
         fast = InPlaceReseed(ours)
         for seed in (0, 5, 2**31 + 7, 5, 123456789):
@@ -27,7 +30,7 @@ def test_reseeding_in_place_equals_monai_set_random_state(modality, strong_view)
             b = _views(reference, reference.set_random_state, seed, image)
             assert a.keys() == b.keys()
             for key in a:
-                assert torch.equal(a[key], b[key]), (modality, strong_view, build.__name__, seed, key)
+                assert torch.equal(a[key], b[key]), (modality, strong_view, build, seed, key)
 
 
 def _assert_same_streams(build, seeds) -> InPlaceReseed:

@@ -31,8 +31,8 @@ def _batches(labels=(0, 1, 2, 1), seed: int = 0) -> tuple[dict, dict]:
         "mask": (torch.rand(n, 1, 32, 32, generator=g) > 0.5).float(),
     }
     unlabeled = {
-        "image_weak": torch.rand(4, 1, 32, 32, generator=g),
-        "image_strong": torch.rand(4, 1, 32, 32, generator=g),
+        "image_view1": torch.rand(4, 1, 32, 32, generator=g),
+        "image_view2": torch.rand(4, 1, 32, 32, generator=g),
         "index": torch.arange(4),
     }
     return labeled, unlabeled
@@ -179,6 +179,28 @@ def test_the_representation_phases_ask_for_stratified_labeled_batches():
     assert _semise(stratify_labeled=False).stratified_steps(TOTAL) == 0
 
 
+@pytest.mark.parametrize(
+    ("independent", "keys"), [(True, ("image_view1", "image_view2")), (False, ("image_weak", "image_strong"))]
+)
+def test_nt_xent_pairs_the_views_the_algorithm_asks_the_pipeline_for(independent, keys):
+    torch.manual_seed(0)
+    net = _net().eval()  # per-sample outputs: the term can be recomputed from the two views alone
+    algorithm = _semise(net=net, alpha=1.0, independent_views=independent)
+    assert algorithm.unlabeled_views == ("contrastive" if independent else "weak_strong")
+    labeled, _ = _batches()
+    g = torch.Generator().manual_seed(5)
+    unlabeled = {k: torch.rand(4, 1, 32, 32, generator=g) for k in keys}
+    out = algorithm.train_step(net, labeled, unlabeled, 0)
+    with torch.no_grad():
+        z = [net(unlabeled[k])["embedding"] for k in keys]
+    assert float(out.terms["loss_nt_xent"]) == pytest.approx(float(algorithm.nt_xent(*z)), abs=1e-5)
+    # the other pipeline's views: refused with the transform that makes the right ones
+    opposite = ("image_weak", "image_strong") if independent else ("image_view1", "image_view2")
+    other = {o: unlabeled[k] for o, k in zip(opposite, keys, strict=True)}
+    with pytest.raises(ValueError, match="unlabeled_transforms"):
+        algorithm.train_step(net, labeled, other, 0)
+
+
 def test_frozen_encoder_needs_a_network_with_an_encoder():
     algorithm = _semise(finetune_encoder=False)
     with pytest.raises(ValueError, match="needs a network with an 'encoder'"):
@@ -254,7 +276,7 @@ def test_collated_meta_tensor_batches_from_a_real_loader():
         item["label"] = i % 3
         item["mask"] = MetaTensor((torch.rand(1, 32, 32) > 0.5).float())
     labeled = list_data_collate(labeled)
-    unlabeled = list_data_collate(items(["image_weak", "image_strong"], 4, {"scanner": "b"}))
+    unlabeled = list_data_collate(items(["image_view1", "image_view2"], 4, {"scanner": "b"}))
     unlabeled["index"] = torch.arange(4)
     torch.manual_seed(0)
     net = _net()

@@ -304,3 +304,58 @@ def test_cutout_patch_and_option_validation():
         get_profile("ultrasound", strong_view="randaugment", strong_ops=99)
     with pytest.raises(ValueError, match="unknown"):
         get_profile("histology", strong_view="randaugment", strong_op_pool=["solarize"])
+
+
+# ---------------------------------------------------------------- contrastive views (SEMISE's NT-Xent)
+def _ramps(channels, size=(48, 56)):
+    """Each pixel holds its own coordinates (row and column in [0, 1]): a crop shows which rows and columns it kept."""
+    h, w = size
+    rows = torch.linspace(0, 1, h)[:, None].expand(h, w)
+    cols = torch.linspace(0, 1, w)[None, :].expand(h, w)
+    return torch.stack([rows, cols, (rows + cols) / 2][:channels])
+
+
+def _crop_only(name):
+    """A profile whose contrastive views skip the weak and strong augmentations: the crops alone (any channels)."""
+    profile = get_profile(name, image_size=SIZE)
+    profile.weak = lambda keys, mask_keys=(): []
+    profile.strong = lambda keys: []
+    return profile
+
+
+@pytest.mark.parametrize("name", sorted(CHANNELS))
+def test_contrastive_views_are_independent_random_crops(name):
+    crop_only = _crop_only(name)
+    image = _ramps(3)
+    kept = []
+    for seed in range(8):
+        out = _run(crop_only.unlabeled_transforms(views="contrastive"), image, seed)
+        assert set(out) == {DataKeys.IMAGE_VIEW1, DataKeys.IMAGE_VIEW2}
+        boxes = []
+        for key in (DataKeys.IMAGE_VIEW1, DataKeys.IMAGE_VIEW2):
+            view = torch.as_tensor(out[key])
+            assert view.shape == (3, *SIZE)
+            # the rows and columns the crop kept, from the coordinate ramps
+            boxes.append(
+                tuple(round(float(v), 2) for v in (view[0].min(), view[0].max(), view[1].min(), view[1].max()))
+            )
+        first, second = boxes
+        assert first != second  # the two views of one image differ geometrically
+        for low_row, high_row, low_col, high_col in boxes:  # each side at least 30 % of the image's
+            assert high_row - low_row >= 0.3 - 0.05 and high_col - low_col >= 0.3 - 0.05
+        kept.append(first)
+    assert len(set(kept)) == len(kept)  # and from one seed to the next
+
+
+@pytest.mark.parametrize("name", sorted(CHANNELS))
+def test_contrastive_views_of_the_real_profiles_are_augmented_reproducibly(name):
+    profile = get_profile(name, image_size=SIZE)
+    image = _rand((CHANNELS[name], 48, 56))
+    a = _run(profile.unlabeled_transforms(views="contrastive"), image, 3)
+    b = _run(profile.unlabeled_transforms(views="contrastive"), image, 3)
+    for key in (DataKeys.IMAGE_VIEW1, DataKeys.IMAGE_VIEW2):
+        assert torch.equal(torch.as_tensor(a[key]), torch.as_tensor(b[key]))
+        assert a[key].shape == (CHANNELS[name], *SIZE)
+    assert not torch.equal(torch.as_tensor(a[DataKeys.IMAGE_VIEW1]), torch.as_tensor(a[DataKeys.IMAGE_VIEW2]))
+    with pytest.raises(ValueError, match="views must be one of"):
+        profile.unlabeled_transforms(views="three")

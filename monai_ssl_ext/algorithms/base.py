@@ -51,8 +51,9 @@ class SemiSupervisedAlgorithm(nn.Module):
 
     Batches (already on the device):
         - ``labeled``: ``image`` ``(B, C, H, W)``, ``label`` ``(B,)`` and optionally ``mask`` ``(B, 1, H, W)``.
-        - ``unlabeled``: ``image_weak`` and ``image_strong`` ``(B_u, C, H, W)``, ``index`` ``(B_u,)``;
-          ``None`` for methods with ``uses_unlabeled = False``.
+        - ``unlabeled``: ``image_weak`` and ``image_strong`` ``(B_u, C, H, W)`` (or ``image_view1`` and
+          ``image_view2`` for ``unlabeled_views = "contrastive"``), ``index`` ``(B_u,)``; ``None`` for methods
+          with ``uses_unlabeled = False``.
 
     Networks return class logits ``(B, K)`` or a dict with ``class``, optional ``seg`` ``(B, K_s, H, W)``
     and ``features``; :meth:`forward_views` normalises both to dicts.
@@ -84,6 +85,10 @@ class SemiSupervisedAlgorithm(nn.Module):
 
     uses_unlabeled: ClassVar[bool] = True
     find_unused_parameters: ClassVar[bool] = True
+    #: what each unlabeled item must hold (``ModalityProfile.unlabeled_transforms(views=...)``, which the bundles
+    #: call with this value): ``"weak_strong"`` (``image_weak``, ``image_strong``) or ``"contrastive"``
+    #: (``image_view1``, ``image_view2``: two independently cropped views)
+    unlabeled_views: str = "weak_strong"
 
     def __init__(
         self,

@@ -85,7 +85,8 @@ class SEMISE(SemiSupervisedAlgorithm):
     Needs a network whose dict output has ``class`` ``(B, K)``, optionally ``seg`` ``(B, K_s, H, W)``,
     and ``embedding`` ``(B, D)`` (e.g. :class:`~monai_ssl_ext.networks.JointClassSegNet` with
     ``embed_dim``). Each labeled image of class ``k`` has the severity level ``l_k = class_levels[k]``.
-    With ``z`` the embeddings, ``u^w``, ``u^s`` the two views of the unlabeled batch and ``x`` the
+    With ``z`` the embeddings, ``u^w``, ``u^s`` the two views of the unlabeled batch (two independent random
+    crops, ``image_view1`` and ``image_view2``, by default; see ``independent_views``) and ``x`` the
     labeled batch, the loss at step ``t`` of a run of ``T`` steps follows the paper's combined objective
     ``L_combine = alpha L_NT-Xent + (1 - alpha) L_PrO``, whose supervised part is the margin loss in
     the paper's phase 1 and the preference loss in its phase 2 (phases 0 and 1 here; boundaries
@@ -138,6 +139,9 @@ class SEMISE(SemiSupervisedAlgorithm):
         reference_momentum: momentum of the running reference, in ``[0, 1)``.
         finetune_representation_weight: ``w_f``.
         representation_supervised_weight: ``w_s``.
+        independent_views: NT-Xent between two independently cropped views of each unlabeled image
+            (``unlabeled_views = "contrastive"``: ``image_view1``, ``image_view2``), as SimCLR; ``False``: between
+            the pixel-aligned weak and strong views (this bundle's earlier pairing).
         stratify_labeled: ask for labeled batches with every severity level in them while the representation is
             learnt (:meth:`stratified_steps`; the loader needs the levels as ``labeled_strata``), so that every
             batch has pairs of different severity for the ordering terms, however imbalanced the labels.
@@ -165,6 +169,7 @@ class SEMISE(SemiSupervisedAlgorithm):
         reference_momentum: float = 0.9,
         finetune_representation_weight: float = 0.0,
         representation_supervised_weight: float = 0.0,
+        independent_views: bool = True,
         stratify_labeled: bool = True,
         finetune_encoder: bool = True,
         supervised_loss: nn.Module | None = None,
@@ -201,6 +206,8 @@ class SEMISE(SemiSupervisedAlgorithm):
         self.representation_supervised_weight = float(representation_supervised_weight)
         self.finetune_encoder = bool(finetune_encoder)
         self.stratify_labeled = bool(stratify_labeled)
+        self.independent_views = bool(independent_views)
+        self.unlabeled_views = "contrastive" if self.independent_views else "weak_strong"
         self.reference_level = int(levels.min())
         self.nt_xent = NTXentLoss(temperature)
         self.margin_loss = HealthyAnomalyMarginLoss(margin)
@@ -296,7 +303,18 @@ class SEMISE(SemiSupervisedAlgorithm):
         if use_representation:
             if unlabeled is None:
                 raise ValueError("SEMISE needs an unlabeled batch while it learns the representation.")
-            images += [unlabeled[DataKeys.IMAGE_WEAK], unlabeled[DataKeys.IMAGE_STRONG]]
+            first, second = (
+                (DataKeys.IMAGE_VIEW1, DataKeys.IMAGE_VIEW2)
+                if self.independent_views
+                else (DataKeys.IMAGE_WEAK, DataKeys.IMAGE_STRONG)
+            )
+            if first not in unlabeled or second not in unlabeled:
+                raise ValueError(
+                    f"SEMISE (independent_views={self.independent_views}) reads '{first}' and '{second}' of the "
+                    f"unlabeled batch, which has {sorted(unlabeled)}: build the unlabeled items with "
+                    f"profile.unlabeled_transforms(views='{self.unlabeled_views}')."
+                )
+            images += [unlabeled[first], unlabeled[second]]
         outputs = self.forward_views(network, images)
         out_l = outputs[0]
         if OutputKeys.CLASS not in out_l:

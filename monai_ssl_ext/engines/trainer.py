@@ -86,6 +86,16 @@ def learning_rates(optimizer: Optimizer | OptimizerSet) -> dict[str, float]:
     return rates
 
 
+def _unlabeled_batch_size(unlabeled: Mapping[str, Any] | None) -> int:
+    """Images in an unlabeled batch, whichever views it holds (weak/strong, or two contrastive views)."""
+    if unlabeled is None:
+        return 0
+    for key in (DataKeys.IMAGE_WEAK, DataKeys.IMAGE_VIEW1):
+        if key in unlabeled:
+            return int(unlabeled[key].shape[0])
+    return 0
+
+
 def _scalar(value: Any) -> float:
     return float(value.detach().float().mean()) if isinstance(value, torch.Tensor) else float(value)
 
@@ -299,7 +309,7 @@ class SemiSupervisedTrainer(Trainer):
             engine.optimizer.step()
         engine.algorithm.after_optimizer_step(engine.network, step)
         n_labeled = int(labeled[DataKeys.IMAGE].shape[0])
-        n_unlabeled = int(unlabeled[DataKeys.IMAGE_WEAK].shape[0]) if unlabeled is not None else 0
+        n_unlabeled = _unlabeled_batch_size(unlabeled)
         engine.state.samples_seen += n_labeled + n_unlabeled
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output

@@ -15,6 +15,7 @@ from .loading import MaskMismatchError, ReadImage, ReadImaged, ReadMask, ReadMas
 from .profiles import (
     PROFILES,
     STRONG_VIEWS,
+    UNLABELED_VIEWS,
     DermoscopyProfile,
     HistologyProfile,
     ModalityProfile,
@@ -50,6 +51,7 @@ __all__ = [
     "PROFILES",
     "RUIFROK_HED_MATRIX",
     "STRONG_VIEWS",
+    "UNLABELED_VIEWS",
     "DermoscopyProfile",
     "HistologyProfile",
     "InPlaceReseed",

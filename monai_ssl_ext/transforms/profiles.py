@@ -36,6 +36,7 @@ from monai.transforms import (
     RandGaussianNoised,
     RandGaussianSmoothd,
     RandRotate90d,
+    RandScaleCropd,
     RandScaleIntensityd,
     Resized,
     ScaleIntensityRanged,
@@ -58,6 +59,7 @@ from monai_ssl_ext.transforms.stain import (
 __all__ = [
     "PROFILES",
     "STRONG_VIEWS",
+    "UNLABELED_VIEWS",
     "DermoscopyProfile",
     "HistologyProfile",
     "ModalityProfile",
@@ -70,6 +72,8 @@ __all__ = [
 PROFILES: dict[str, type[ModalityProfile]] = {}
 #: the strong views a profile can make (``strong_view``)
 STRONG_VIEWS = ("photometric", "randaugment")
+#: what an unlabeled item holds (``unlabeled_transforms(views=...)``)
+UNLABELED_VIEWS = ("weak_strong", "contrastive")
 
 
 def register_profile(cls: type[ModalityProfile]) -> type[ModalityProfile]:
@@ -146,6 +150,9 @@ class ModalityProfile:
     grey = True
     #: value of the Cutout patch of the strong views
     cutout_fill = 0.0
+    #: smallest side of a contrastive view's random crop, as a share of the image's side (each side drawn
+    #: independently in [share, 1], so the crop's area and aspect ratio both vary, as SimCLR's random resized crop)
+    contrastive_crop_min = 0.3
 
     def __init__(
         self,
@@ -230,6 +237,22 @@ class ModalityProfile:
             )
         ]
 
+    def contrastive_view(self, key: str) -> list[Transform]:
+        """One SimCLR-style view of the image under ``key``, drawn independently of any other view.
+
+        A random crop (each side a share in ``[contrastive_crop_min, 1]`` of the image's, at a random place)
+        resized back to ``image_size``, the modality's weak geometric augmentation and its strong photometric
+        one: two such views of an image differ in geometry as well as in intensity, which is what a contrastive
+        loss needs to learn more than low-level statistics (Chen et al., ICML 2020: cropping is the one
+        augmentation it cannot do without).
+        """
+        return [
+            RandScaleCropd(key, roi_scale=self.contrastive_crop_min, max_roi_scale=1.0, random_size=True),
+            Resized(key, spatial_size=self.image_size, mode="area"),
+            *self.weak([key]),
+            *self.strong([key]),
+        ]
+
     # ---------------------------------------------------------------- pipelines
     def preprocess(self, with_mask: bool = False, keep_meta: bool = False) -> Compose:
         """Deterministic loading + normalisation + resizing (what a cache can hold).
@@ -258,13 +281,28 @@ class ModalityProfile:
         masks = [DataKeys.MASK] if with_mask else []
         return Compose(self.weak([DataKeys.IMAGE], masks))
 
-    def unlabeled_transforms(self) -> Compose:
+    def unlabeled_transforms(self, views: str = "weak_strong") -> Compose:
         """``image`` -> ``image_weak`` (weak view) and ``image_strong`` (strong view of it).
 
         ``strong_view="photometric"``: :meth:`strong` (pixel-aligned). ``"randaugment"``: :meth:`randaugment`,
         which adds ``strong_affine`` (see :func:`~monai_ssl_ext.transforms.randaugment.warp_to_strong`); the
         weak view is the same as with ``"photometric"`` for the same seed.
+
+        ``views="contrastive"``: ``image`` -> ``image_view1`` and ``image_view2`` instead, two independent
+        :meth:`contrastive_view` draws (for a contrastive loss, SEMISE's NT-Xent); no weak/strong pair.
         """
+        if views not in UNLABELED_VIEWS:
+            raise ValueError(f"views must be one of {UNLABELED_VIEWS}, got {views!r}.")
+        if views == "contrastive":
+            first, second = DataKeys.IMAGE_VIEW1, DataKeys.IMAGE_VIEW2
+            return Compose(
+                [
+                    CopyItemsd(DataKeys.IMAGE, times=2, names=[first, second]),
+                    DeleteItemsd(DataKeys.IMAGE),
+                    *self.contrastive_view(first),
+                    *self.contrastive_view(second),
+                ]
+            )
         strong = self.strong if self.strong_view == "photometric" else self.randaugment
         return Compose(
             [
