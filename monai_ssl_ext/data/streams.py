@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator, Sequence
 from itertools import count
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -130,117 +130,116 @@ class IterationBatchSampler(torch.utils.data.Sampler):
             yield self.batch_at(step)
 
 
-class ClassBalancedBatchSampler(IterationBatchSampler):
+class _GroupDrawBatchSampler(IterationBatchSampler):
+    """Base of the samplers that draw each step's global batch, with replacement, from the samples' groups.
+
+    The global batch of step ``t`` (``batch_size * world_size`` draws, :meth:`draw`) comes from a generator
+    seeded with ``(seed, stream, t)`` and rank ``r`` takes its ``r``-th slice, so, as with
+    :class:`IterationBatchSampler`, a resumed run sees the same batches and the union of the per-rank batches
+    is the single-process global batch. Augmentation seeds are those of the same batch positions in
+    :class:`IterationBatchSampler`.
+    """
+
+    _draw_purpose: ClassVar[int]
+    _group_name: ClassVar[str]
+
+    def __init__(
+        self,
+        groups: Sequence[int],
+        batch_size: int,
+        seed: int = 0,
+        stream: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        start_step: int = 0,
+    ) -> None:
+        groups_arr = np.asarray([int(g) for g in groups], dtype=np.int64)
+        if groups_arr.size and groups_arr.min() < 0:
+            raise ValueError(f"{type(self).__name__} needs a {self._group_name} >= 0 for every sample.")
+        super().__init__(
+            int(groups_arr.size),
+            batch_size,
+            seed=seed,
+            stream=stream,
+            rank=rank,
+            world_size=world_size,
+            start_step=start_step,
+        )
+        self.groups = groups_arr
+
+    def draw(self, rng: np.random.Generator, global_batch: int, step: int) -> np.ndarray:
+        """The sample indices ``(global_batch,)`` of step ``step``."""
+        raise NotImplementedError
+
+    def batch_at(self, step: int) -> list[tuple[int, int]]:
+        """Indices and augmentation seeds of this rank's share of the global batch at ``step``."""
+        global_batch = self.batch_size * self.world_size
+        drawn = self.draw(
+            np.random.default_rng(derive_seed(self.seed, self.stream, self._draw_purpose, step)), global_batch, step
+        )
+        first = self.rank * self.batch_size
+        return [
+            (int(drawn[j]), derive_seed(self.seed, self.stream, _AUGMENT, step * global_batch + j))
+            for j in range(first, first + self.batch_size)
+        ]
+
+
+class ClassBalancedBatchSampler(_GroupDrawBatchSampler):
     """An endless batch sampler drawing every class equally often; batch ``t`` depends only on ``(seed, stream, t)``.
 
     Sample ``i`` of class ``y_i`` is drawn, with replacement, with probability proportional to
     ``1 / n_{y_i}`` (``n_c``: samples of class ``c``), so each class present has probability
-    ``1 / C_present`` per draw and samples are uniform within their class. The global batch of step
-    ``t`` (``batch_size * world_size`` draws) comes from a generator seeded with ``(seed, stream, t)``
-    and rank ``r`` takes its ``r``-th slice, so, as with :class:`IterationBatchSampler`, a resumed run
-    sees the same batches, and the union of the per-rank batches is the single-process global batch.
-    Augmentation seeds are those of the same batch positions in :class:`IterationBatchSampler`.
+    ``1 / C_present`` per draw and samples are uniform within their class. Sharding, resume and
+    augmentation seeds as in :class:`IterationBatchSampler`.
 
     Args:
         labels: class index (``>= 0``) of every sample, in dataset order.
         batch_size, seed, stream, rank, world_size, start_step: as in :class:`IterationBatchSampler`.
     """
 
-    def __init__(
-        self,
-        labels: Sequence[int],
-        batch_size: int,
-        seed: int = 0,
-        stream: int = 0,
-        rank: int | None = None,
-        world_size: int | None = None,
-        start_step: int = 0,
-    ) -> None:
-        labels_arr = np.asarray([int(y) for y in labels], dtype=np.int64)
-        if labels_arr.size and labels_arr.min() < 0:
-            raise ValueError("ClassBalancedBatchSampler needs a class index >= 0 for every sample.")
-        super().__init__(
-            int(labels_arr.size),
-            batch_size,
-            seed=seed,
-            stream=stream,
-            shuffle=True,
-            rank=rank,
-            world_size=world_size,
-            start_step=start_step,
-        )
-        self.labels = labels_arr
-        self.class_counts = np.bincount(labels_arr)
-        weights = 1.0 / self.class_counts[labels_arr]
+    _draw_purpose = _BALANCED
+    _group_name = "class index"
+
+    def __init__(self, labels: Sequence[int], batch_size: int, **kwargs: Any) -> None:
+        super().__init__(labels, batch_size, **kwargs)
+        self.labels = self.groups
+        self.class_counts = np.bincount(self.labels)
+        weights = 1.0 / self.class_counts[self.labels]
         self.probabilities = weights / weights.sum()
 
-    def batch_at(self, step: int) -> list[tuple[int, int]]:
-        """Indices and augmentation seeds of this rank's share of the global batch at ``step``."""
-        global_batch = self.batch_size * self.world_size
-        rng = np.random.default_rng(derive_seed(self.seed, self.stream, _BALANCED, step))
-        drawn = rng.choice(self.num_samples, size=global_batch, replace=True, p=self.probabilities)
-        first = self.rank * self.batch_size
-        return [
-            (int(drawn[j]), derive_seed(self.seed, self.stream, _AUGMENT, step * global_batch + j))
-            for j in range(first, first + self.batch_size)
-        ]
+    def draw(self, rng: np.random.Generator, global_batch: int, step: int) -> np.ndarray:
+        return rng.choice(self.num_samples, size=global_batch, replace=True, p=self.probabilities)
 
 
-class StratifiedBatchSampler(IterationBatchSampler):
+class StratifiedBatchSampler(_GroupDrawBatchSampler):
     """An endless batch sampler whose every batch holds every stratum in (nearly) equal numbers.
 
     With ``G`` strata present (severity levels, say) and a global batch of ``B`` (``batch_size *
     world_size``), each stratum gets ``B // G`` draws and the ``B % G`` left over go to strata in turn (from
     stratum ``t mod G`` at step ``t``), so no stratum is left out of a batch as long as ``B >= G``. Within a
-    stratum samples are drawn uniformly with replacement; the global batch is then shuffled and rank ``r``
-    takes its ``r``-th slice. A ranking loss over pairs of different strata (SEMISE's preference term) then
-    has pairs in every batch, however imbalanced the labeled set. Batch ``t`` depends only on
-    ``(seed, stream, t)``; augmentation seeds are those of :class:`IterationBatchSampler`.
+    stratum samples are drawn uniformly with replacement; the global batch is then shuffled. A ranking loss
+    over pairs of different strata (SEMISE's preference term) then has pairs in every batch, however
+    imbalanced the labeled set. Sharding, resume and augmentation seeds as in :class:`IterationBatchSampler`.
 
     Args:
         strata: stratum (``>= 0``) of every sample, in dataset order.
         batch_size, seed, stream, rank, world_size, start_step: as in :class:`IterationBatchSampler`.
     """
 
-    def __init__(
-        self,
-        strata: Sequence[int],
-        batch_size: int,
-        seed: int = 0,
-        stream: int = 0,
-        rank: int | None = None,
-        world_size: int | None = None,
-        start_step: int = 0,
-    ) -> None:
-        strata_arr = np.asarray([int(g) for g in strata], dtype=np.int64)
-        if strata_arr.size and strata_arr.min() < 0:
-            raise ValueError("StratifiedBatchSampler needs a stratum >= 0 for every sample.")
-        super().__init__(
-            int(strata_arr.size),
-            batch_size,
-            seed=seed,
-            stream=stream,
-            rank=rank,
-            world_size=world_size,
-            start_step=start_step,
-        )
-        self.strata = strata_arr
-        self.members = [np.flatnonzero(strata_arr == g) for g in np.unique(strata_arr)]
+    _draw_purpose = _STRATIFIED
+    _group_name = "stratum"
 
-    def batch_at(self, step: int) -> list[tuple[int, int]]:
-        """Indices and augmentation seeds of this rank's share of the global batch at ``step``."""
-        global_batch = self.batch_size * self.world_size
-        rng = np.random.default_rng(derive_seed(self.seed, self.stream, _STRATIFIED, step))
+    def __init__(self, strata: Sequence[int], batch_size: int, **kwargs: Any) -> None:
+        super().__init__(strata, batch_size, **kwargs)
+        self.strata = self.groups
+        self.members = [np.flatnonzero(self.strata == g) for g in np.unique(self.strata)]
+
+    def draw(self, rng: np.random.Generator, global_batch: int, step: int) -> np.ndarray:
         n_strata = len(self.members)
         quota = np.full(n_strata, global_batch // n_strata)
         quota[(step + np.arange(global_batch % n_strata)) % n_strata] += 1
         drawn = np.concatenate([rng.choice(m, size=q, replace=True) for m, q in zip(self.members, quota, strict=True)])
-        drawn = rng.permutation(drawn)
-        first = self.rank * self.batch_size
-        return [
-            (int(drawn[j]), derive_seed(self.seed, self.stream, _AUGMENT, step * global_batch + j))
-            for j in range(first, first + self.batch_size)
-        ]
+        return rng.permutation(drawn)
 
 
 class SwitchingBatchSampler(torch.utils.data.Sampler):
