@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -214,6 +215,7 @@ def test_semise_train_evaluate_infer_export_end_to_end(tmp_path, small_data):
     for term in ("loss_nt_xent", "loss_margin", "loss_ranking", "reference_norm", "phase"):
         assert term in log, term
     assert "val_auc_dice" in log and "val_dice" in log and "val_severity_mae" in log
+    assert "val_severity_rank_correlation" in log
     assert (tmp_path / "models" / "model.pt").is_file()
 
     evaluate = {
@@ -226,6 +228,9 @@ def test_semise_train_evaluate_infer_export_end_to_end(tmp_path, small_data):
     assert {"accuracy", "macro_f1", "auc"} <= set(metrics["classification"])
     assert {"dice", "iou"} <= set(metrics["segmentation"])
     assert metrics["severity"]["class_levels"] == [1, 2] and 0 <= metrics["severity"]["mae"] <= 1
+    # the encoder's representation is evaluated too (nan when the tiny test split lacks two images of a level)
+    rho = metrics["severity"]["rank_correlation"]
+    assert math.isnan(rho) or -1 <= rho <= 1
     assert metrics["extra"]["bundle"] == "semise_ultrasound" and metrics["extra"]["severity"] == "busi"
 
     images = sorted((small_data.parent / "images").glob("*.png"))[:5]
