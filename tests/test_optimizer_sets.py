@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from torch import nn
 
-from monai_ssl_ext.engines import OptimizerSet, SchedulerSet, branch_optimizers
+from monai_ssl_ext.engines import OptimizerSet, SchedulerSet, branch_optimizers, phase_schedule
 from monai_ssl_ext.engines.trainer import learning_rates
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -143,3 +145,28 @@ def test_branch_optimizers_refuse_a_network_without_those_branches():
         branch_optimizers(TwoBranches(), {"first": torch.optim.SGD})
     with pytest.raises(ValueError, match=r"unexpected \['third'\]"):
         branch_optimizers(TwoBranches(), {**factories, "third": torch.optim.SGD})
+
+
+def test_phase_schedule_restarts_from_the_base_rate_at_each_phase_and_resumes():
+    def build():
+        net = nn.Linear(2, 2)
+        optimizer = torch.optim.SGD(net.parameters(), lr=1.0)
+        linear = functools.partial(torch.optim.lr_scheduler.PolynomialLR, power=1.0)
+        return optimizer, phase_schedule(optimizer, linear, [4, 6])
+
+    optimizer, scheduler = build()
+    rates = []
+    for _ in range(10):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    # the second phase runs the schedule a baseline of 6 steps would have
+    assert rates == pytest.approx([1.0, 0.75, 0.5, 0.25, 1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6])
+    state = scheduler.state_dict()
+    again, restored = build()
+    restored.load_state_dict(state)
+    assert restored.last_epoch == 10
+    one_phase = phase_schedule(again, functools.partial(torch.optim.lr_scheduler.PolynomialLR, power=1.0), [0, 6])
+    assert isinstance(one_phase, torch.optim.lr_scheduler.PolynomialLR) and one_phase.total_iters == 6
+    with pytest.raises(ValueError, match="at least one step"):
+        phase_schedule(again, torch.optim.lr_scheduler.PolynomialLR, [0])

@@ -201,6 +201,17 @@ def test_nt_xent_pairs_the_views_the_algorithm_asks_the_pipeline_for(independent
         algorithm.train_step(net, labeled, other, 0)
 
 
+def test_representation_steps_fix_the_representation_phases_and_leave_the_rest_to_fine_tuning():
+    algorithm = _semise(total=32, representation_steps=12)
+    assert algorithm.phase_ends.tolist() == [6, 12]  # phase 0 takes phase1 / phase2 = half of them
+    assert [algorithm.phase_at(t) for t in (5, 6, 11, 12, 31)] == [0, 1, 1, 2, 2]
+    assert algorithm.stratified_steps(32) == 12
+    with pytest.raises(ValueError, match="no fine-tuning step"):
+        _semise(total=12, representation_steps=12)
+    with pytest.raises(ValueError, match="representation_steps must be >= 1"):
+        SEMISE(3, class_levels=[0, 1, 2], representation_steps=0)
+
+
 def test_frozen_encoder_needs_a_network_with_an_encoder():
     algorithm = _semise(finetune_encoder=False)
     with pytest.raises(ValueError, match="needs a network with an 'encoder'"):

@@ -93,6 +93,21 @@ def test_semise_runs_learn_the_representation_from_level_stratified_labeled_batc
     assert parser.get_parsed_content("train#trainer").data_loader.stratified_steps == 0
 
 
+def test_representation_iterations_come_before_the_baselines_fine_tuning_schedule(small_data):
+    overrides = {"num_iterations": 20, "val_interval": 10, "representation_iterations": 10}
+    parser = _parser(small_data, algorithm_name="semise", **overrides)
+    trainer = parser.get_parsed_content("train#trainer")
+    assert trainer.state.max_epochs * trainer.state.epoch_length == 30  # 10 representation + 20 fine-tuning
+    assert trainer.algorithm.phase_ends.tolist() == [5, 10] and trainer.data_loader.stratified_steps == 10
+    scheduler = parser.get_parsed_content("lr_scheduler")
+    assert isinstance(scheduler, torch.optim.lr_scheduler.SequentialLR) and scheduler._milestones == [10]
+    # a baseline in the same bundle is not lengthened: the extra steps are SEMISE's
+    parser = _parser(small_data, algorithm_name="fixmatch", **overrides)
+    trainer = parser.get_parsed_content("train#trainer")
+    assert trainer.state.max_epochs * trainer.state.epoch_length == 20
+    assert isinstance(parser.get_parsed_content("lr_scheduler"), torch.optim.lr_scheduler.PolynomialLR)
+
+
 def test_severity_key_accepts_a_name_groups_or_the_manifest_order(small_data):
     for severity, levels in (("busi", [1, 2]), (None, [0, 1]), ([["malignant"], ["benign"]], [1, 0])):
         parser = _parser(small_data, severity=severity)

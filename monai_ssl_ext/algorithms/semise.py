@@ -139,6 +139,11 @@ class SEMISE(SemiSupervisedAlgorithm):
         reference_momentum: momentum of the running reference, in ``[0, 1)``.
         finetune_representation_weight: ``w_f``.
         representation_supervised_weight: ``w_s``.
+        representation_steps: the representation phases last this many steps (phase 0 taking ``phase1 /
+            phase2`` of them) and fine-tuning the rest of the run, instead of shares of the run. A bundle then
+            runs ``representation_steps`` more steps than a baseline, so that fine-tuning gets the baseline's
+            supervised steps, and restarts the learning-rate schedule for them
+            (:func:`~monai_ssl_ext.engines.phase_schedule`). ``None``: ``phase1`` and ``phase2`` of the run.
         independent_views: NT-Xent between two independently cropped views of each unlabeled image
             (``unlabeled_views = "contrastive"``: ``image_view1``, ``image_view2``), as SimCLR; ``False``: between
             the pixel-aligned weak and strong views (this bundle's earlier pairing).
@@ -169,6 +174,7 @@ class SEMISE(SemiSupervisedAlgorithm):
         reference_momentum: float = 0.9,
         finetune_representation_weight: float = 0.0,
         representation_supervised_weight: float = 0.0,
+        representation_steps: int | None = None,
         independent_views: bool = True,
         stratify_labeled: bool = True,
         finetune_encoder: bool = True,
@@ -207,6 +213,9 @@ class SEMISE(SemiSupervisedAlgorithm):
         self.finetune_encoder = bool(finetune_encoder)
         self.stratify_labeled = bool(stratify_labeled)
         self.independent_views = bool(independent_views)
+        if representation_steps is not None and int(representation_steps) < 1:
+            raise ValueError(f"representation_steps must be >= 1 (or None), got {representation_steps}.")
+        self.representation_steps = None if representation_steps is None else int(representation_steps)
         self.unlabeled_views = "contrastive" if self.independent_views else "weak_strong"
         self.reference_level = int(levels.min())
         self.nt_xent = NTXentLoss(temperature)
@@ -223,12 +232,23 @@ class SEMISE(SemiSupervisedAlgorithm):
     # ------------------------------------------------------------------ schedule
     def setup(self, network: nn.Module, total_steps: int, num_unlabeled: int | None = None) -> None:
         super().setup(network, total_steps, num_unlabeled)
-        ends = [_share_of(share, total_steps) for share in (self.phase1, self.phase2)]
-        self.phase_ends.copy_(torch.tensor(ends, dtype=torch.long))
+        self.phase_ends.copy_(torch.tensor(self.phase_ends_for(total_steps), dtype=torch.long))
+
+    def phase_ends_for(self, total_steps: int) -> list[int]:
+        """The steps at which phases 0 and 1 end in a run of ``total_steps``."""
+        if self.representation_steps is None:
+            return [_share_of(share, total_steps) for share in (self.phase1, self.phase2)]
+        steps = self.representation_steps
+        if steps >= total_steps:
+            raise ValueError(
+                f"representation_steps={steps} leaves no fine-tuning step in a run of {total_steps} steps."
+            )
+        first = _share_of(self.phase1 / self.phase2, steps) if self.phase2 > 0 else 0
+        return [first, steps]
 
     def stratified_steps(self, total_steps: int) -> int:
         """The representation phases (0 and 1), when ``stratify_labeled``: their batches should mix levels."""
-        return _share_of(self.phase2, total_steps) if self.stratify_labeled else 0
+        return self.phase_ends_for(total_steps)[1] if self.stratify_labeled else 0
 
     def phase_at(self, step: int) -> int:
         """The phase of ``step``: 0 healthy/anomaly, 1 preference optimisation, 2 fine-tuning."""

@@ -12,7 +12,7 @@ from .metrics import (
     selection_metric,
 )
 from .model_loader import CheckpointMismatchError, ModelLoader, load_model_weights
-from .optimisation import OptimizerSet, SchedulerSet, branch_optimizers, parameter_groups
+from .optimisation import OptimizerSet, SchedulerSet, branch_optimizers, parameter_groups, phase_schedule
 from .prediction_writer import PredictionWriter
 from .pseudo_label_accuracy import PseudoLabelAccuracy, pseudo_label_accuracy
 from .trainer import SemiSupervisedStream, SemiSupervisedTrainer, move_to_device
@@ -46,6 +46,7 @@ __all__ = [
     "output_scalars",
     "parameter_groups",
     "peak_memory_mb",
+    "phase_schedule",
     "pseudo_label_accuracy",
     "seg_logits",
     "selection_metric",

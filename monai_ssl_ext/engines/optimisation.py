@@ -3,13 +3,13 @@ biases), and a set of optimisers and schedulers stepped as one, one per branch o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from torch import nn
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.lr_scheduler import LRScheduler, SequentialLR
 
-__all__ = ["NORM_LAYERS", "OptimizerSet", "SchedulerSet", "branch_optimizers", "parameter_groups"]
+__all__ = ["NORM_LAYERS", "OptimizerSet", "SchedulerSet", "branch_optimizers", "parameter_groups", "phase_schedule"]
 
 # the member name when one optimiser covers the whole network
 SINGLE = "network"
@@ -215,3 +215,35 @@ def _check_names(what: str, expected: Mapping, given: Mapping) -> None:
             + (f", unexpected {unexpected}" if unexpected else "")
             + "."
         )
+
+
+def phase_schedule(
+    optimizer: Optimizer,
+    scheduler: Callable[..., LRScheduler],
+    lengths: Sequence[int],
+    length_arg: str = "total_iters",
+) -> LRScheduler:
+    """A learning-rate schedule that starts again from the base rate at each phase of a run.
+
+    One ``scheduler`` per phase, each over its phase's length, chained with torch's ``SequentialLR``: a method
+    whose run has a representation phase before its supervised one (SEMISE with ``representation_steps``) then
+    gives the supervised phase the same schedule as a baseline trained for that many steps.
+
+    Args:
+        optimizer: the optimiser.
+        scheduler: builds a scheduler from the optimiser and ``length_arg=<length>`` (``PolynomialLR`` with its
+            ``power`` as a ``functools.partial``; in a bundle, ``"_mode_": "callable"``).
+        lengths: steps of each phase (at least one; zero-length phases are dropped).
+        length_arg: the name of the length argument of ``scheduler`` (``T_max`` for cosine annealing).
+
+    Returns:
+        The scheduler itself for one phase, a ``SequentialLR`` for several.
+    """
+    phases = [int(n) for n in lengths if int(n) > 0]
+    if not phases:
+        raise ValueError(f"phase_schedule needs a phase of at least one step, got lengths {list(lengths)}.")
+    schedulers = [scheduler(optimizer, **{length_arg: n}) for n in phases]
+    if len(schedulers) == 1:
+        return schedulers[0]
+    milestones = [sum(phases[: i + 1]) for i in range(len(phases) - 1)]
+    return SequentialLR(optimizer, schedulers, milestones=milestones)
