@@ -288,6 +288,8 @@ def test_find_unused_parameters_declares_which_methods_leave_parameters_without_
     }
     weak = torch.rand(4, 1, 32, 32, generator=g)
     unlabeled = {DataKeys.IMAGE_WEAK: weak, DataKeys.IMAGE_STRONG: weak.flip(-1), DataKeys.INDEX: torch.arange(4)}
+    # SEMISE's contrastive views (two independent crops in a bundle)
+    unlabeled.update({DataKeys.IMAGE_VIEW1: weak, DataKeys.IMAGE_VIEW2: weak.flip(-2)})
 
     def no_gradient(algorithm, step):
         net.zero_grad(set_to_none=True)
