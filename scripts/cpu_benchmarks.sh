@@ -10,7 +10,7 @@ set -uo pipefail
 out=${1:-benchmarks/cpu}
 data=${2:-../shared/data}
 seeds=${3:-0 1 2}
-algorithms=${4:-supervised,fixmatch,flexmatch,mean_teacher}
+algorithms=${4:-supervised,fixmatch,flexmatch,mean_teacher,freematch,softmatch}
 export OMP_NUM_THREADS=1
 mkdir -p "$out"
 bench() {
