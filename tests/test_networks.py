@@ -180,6 +180,19 @@ def test_classifier_return_dict_has_class_and_features():
     torch.testing.assert_close(out[OutputKeys.CLASS], net.head(pooled))
 
 
+def test_classifier_with_embed_dim_adds_the_projected_embedding():
+    torch.manual_seed(0)
+    net = Classifier(num_classes=4, in_channels=3, depth=10, return_dict=True, embed_dim=16).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        out = net(x)
+    assert set(out) == {OutputKeys.CLASS, OutputKeys.FEATURES, OutputKeys.EMBEDDING}
+    assert tuple(out[OutputKeys.EMBEDDING].shape) == (2, 16)
+    torch.testing.assert_close(out[OutputKeys.EMBEDDING], net.projection(out[OutputKeys.FEATURES]))
+    # without one, checkpoints keep their keys
+    assert not any(k.startswith("projection") for k in Classifier(4, depth=10).state_dict())
+
+
 # ---------------------------------------------------------------- JointClassSegNet
 
 
@@ -241,9 +254,10 @@ def test_joint_net_class_loss_reaches_encoder_not_decoder():
     "make",
     [
         lambda: Classifier(num_classes=3, depth=10, return_dict=False),
+        lambda: Classifier(num_classes=3, depth=10, return_dict=False, embed_dim=8),
         lambda: JointClassSegNet(num_classes=3, depth=10, decoder_channels=SMALL_DECODER, return_dict=False),
     ],
-    ids=["classifier", "joint"],
+    ids=["classifier", "classifier_with_projection", "joint"],
 )
 def test_torchscript_matches_eager(make):
     torch.manual_seed(0)

@@ -10,7 +10,11 @@ from .fixmatch import FixMatch
 from .flexmatch import FlexMatch
 from .freematch import FreeMatch, FreeMatchThreshold, freematch_fairness_loss
 from .hermes import Hermes
+from .hsc import HSC
 from .mean_teacher import MeanTeacher
+from .memory_bank import FeatureMemoryBank
+from .neighbourhood import NeighbourhoodCalibration, compactness_weight
+from .prototypes import ClassPrototypes
 from .schedules import RampUp, linear_rampup, sigmoid_rampup
 from .semise import SEMISE, severity_levels
 from .softmatch import SoftMatch, SoftMatchWeighting
@@ -48,10 +52,13 @@ def choose(algorithms: Mapping[str, Any], name: str, **common: Any) -> SemiSuper
 
 
 __all__ = [
+    "HSC",
     "SEMISE",
+    "ClassPrototypes",
     "DistributionAlignment",
     "DualThreshold",
     "EMATeacher",
+    "FeatureMemoryBank",
     "FixMatch",
     "FixedThreshold",
     "FlexMatch",
@@ -60,6 +67,7 @@ __all__ = [
     "FreeMatchThreshold",
     "Hermes",
     "MeanTeacher",
+    "NeighbourhoodCalibration",
     "PseudoLabelSelector",
     "RampUp",
     "SemiSupervisedAlgorithm",
@@ -68,6 +76,7 @@ __all__ = [
     "StepOutput",
     "Supervised",
     "choose",
+    "compactness_weight",
     "freematch_fairness_loss",
     "linear_rampup",
     "severity_levels",

@@ -1,5 +1,6 @@
 """Losses: supervised task losses and the unlabeled-data consistency losses."""
 
+from .calibration import prototype_alignment_loss, weighted_soft_cross_entropy
 from .consistency import masked_cross_entropy, masked_dice_loss, softmax_mse
 from .healthy_anomaly_margin import HealthyAnomalyMarginLoss
 from .inter_task import inter_task_consistency
@@ -25,6 +26,8 @@ __all__ = [
     "mask_to_index",
     "masked_cross_entropy",
     "masked_dice_loss",
+    "prototype_alignment_loss",
     "severity_representation_loss",
     "softmax_mse",
+    "weighted_soft_cross_entropy",
 ]

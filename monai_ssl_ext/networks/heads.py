@@ -48,8 +48,11 @@ class Classifier(nn.Module):
 
     Input ``(B, C_in, H, W)``. Output: class logits ``(B, num_classes)``, or, with ``return_dict``,
     ``{"class": (B, num_classes), "features": (B, F)}`` where ``features`` is the pooled embedding
-    that contrastive and prototype-based methods use. ``return_dict`` is a TorchScript constant:
-    an exported model returns a plain tensor, as MONAI Deploy's classification operator expects.
+    that contrastive and prototype-based methods use, plus ``"embedding": (B, embed_dim)`` when
+    ``embed_dim`` is set (a :class:`~monai_ssl_ext.networks.ProjectionHead` of the pooled features, for
+    losses and memory banks that work in a compact space, such as HSC's). ``return_dict`` is a
+    TorchScript constant: an exported model returns a plain tensor, as MONAI Deploy's classification
+    operator expects.
 
     Args:
         num_classes: number of classes.
@@ -64,6 +67,7 @@ class Classifier(nn.Module):
         return_dict: return the dict above instead of the logits.
         backbone: encoder name for :func:`~monai_ssl_ext.networks.build_encoder` (``"resnet10"``,
             ``"efficientnet-lite0"``...); ``None`` builds a ResNet of ``depth``.
+        embed_dim: size of the projected embedding (``None``: no projection head, no ``embedding``).
     """
 
     __constants__ = ["return_dict"]
@@ -78,12 +82,16 @@ class Classifier(nn.Module):
         return_dict: bool = False,
         normalize_input: bool | None = None,
         backbone: str | None = None,
+        embed_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.encoder = _encoder(backbone, depth, in_channels, pretrained, normalize_input)
         self.feature_dim = self.encoder.out_channels[-1]
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.feature_dim, num_classes)
+        # None rather than an identity so that checkpoints of networks without one stay unchanged
+        self.projection = ProjectionHead(self.feature_dim, embed_dim) if embed_dim is not None else None
+        self.embed_dim = embed_dim
         self.num_classes = num_classes
         self.return_dict = return_dict
 
@@ -91,7 +99,11 @@ class Classifier(nn.Module):
         features = torch.flatten(F.adaptive_avg_pool2d(self.encoder(x)[-1], 1), 1)
         logits = self.head(self.dropout(features))
         if self.return_dict:
-            return {"class": logits, "features": features}  # OutputKeys; TorchScript needs literals
+            # OutputKeys; TorchScript needs literals
+            out: dict[str, torch.Tensor] = {"class": logits, "features": features}
+            if self.projection is not None:
+                out["embedding"] = self.projection(features)
+            return out
         return logits
 
 
