@@ -4,6 +4,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from .base import SemiSupervisedAlgorithm, StepOutput
+from .capr import ClassAdaptiveThreshold
+from .clcpmt import CLCPMT
 from .distribution_alignment import DistributionAlignment
 from .ema import EMATeacher
 from .fixmatch import FixMatch
@@ -52,8 +54,10 @@ def choose(algorithms: Mapping[str, Any], name: str, **common: Any) -> SemiSuper
 
 
 __all__ = [
+    "CLCPMT",
     "HSC",
     "SEMISE",
+    "ClassAdaptiveThreshold",
     "ClassPrototypes",
     "DistributionAlignment",
     "DualThreshold",

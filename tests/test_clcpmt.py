@@ -1,0 +1,204 @@
+"""CLCP-MT and CAPR: class-adaptive thresholds, the SDE contrast of two views, state in checkpoints and across ranks."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import math
+
+import pytest
+import torch
+from conftest import run_two_ranks
+
+from monai_ssl_ext.algorithms import CLCPMT, ClassAdaptiveThreshold, FixedThreshold
+from monai_ssl_ext.networks import Classifier
+
+
+def _predicted(confidences: list[tuple[int, float]], num_classes: int = 3) -> torch.Tensor:
+    """Probabilities ``(B, C)`` whose argmax is the given class with the given confidence."""
+    rows = []
+    for cls, conf in confidences:
+        row = torch.full((num_classes,), (1 - conf) / (num_classes - 1))
+        row[cls] = conf
+        rows.append(row)
+    return torch.stack(rows)
+
+
+def _ready(**kwargs) -> ClassAdaptiveThreshold:
+    capr = ClassAdaptiveThreshold(3, **{"rampup_fraction": 0.0, **kwargs})
+    capr.set_total_steps(100)
+    return capr
+
+
+# ---------------------------------------------------------------- CAPR
+def test_progress_follows_the_momentum_update():
+    capr = _ready(momentum=0.9)
+    capr(_predicted([(0, 0.9), (0, 0.7), (2, 0.6)]))
+    expected = torch.tensor([0.9 / 3 + 0.1 * 0.8, 1 / 3, 0.9 / 3 + 0.1 * 0.6])
+    assert torch.allclose(capr.progress, expected)
+
+
+def test_threshold_falls_for_a_lagging_class_and_rises_once_it_is_learnt():
+    capr = _ready(momentum=0.8, threshold=0.95, min_threshold=0.5)
+    # class 0 is learnt (confident predictions), class 1 lags (hesitant ones)
+    for _ in range(30):
+        capr(_predicted([(0, 0.97), (0, 0.96), (1, 0.45)]))
+    lagging = capr.thresholds()
+    beta = 0.45 / 0.965
+    assert lagging[0].item() == pytest.approx(0.95, abs=1e-3)
+    assert lagging[1].item() == pytest.approx(max(0.5, 0.95 * beta / (2 - beta)), abs=1e-3)
+    assert lagging[1] < lagging[0] - 0.3
+    # a hesitant class-1 prediction that a fixed 0.95 bar would reject is accepted
+    _, mask = capr(_predicted([(1, 0.6)]))
+    assert mask.tolist() == [1.0]
+    # class 1 is learnt: its bar rises back towards tau
+    for _ in range(30):
+        capr(_predicted([(0, 0.97), (1, 0.97)]))
+    learnt = capr.thresholds()
+    assert learnt[1] > lagging[1] + 0.3
+    assert learnt[1].item() == pytest.approx(0.95, abs=0.01)
+
+
+def test_thresholds_start_equal_and_become_adaptive_along_the_ramp():
+    capr = ClassAdaptiveThreshold(3, threshold=0.95, min_threshold=0.5, momentum=0.5, rampup_fraction=0.5)
+    capr.set_total_steps(100)
+    for _ in range(10):
+        capr(_predicted([(0, 0.97), (1, 0.4)]))
+    capr.set_step(0)
+    start = capr.thresholds()
+    assert torch.all((start - 0.95).abs() < 0.01)  # r(0) = exp(-5): the bars are all still near tau
+    capr.set_step(50)
+    assert capr.thresholds()[1] < start[1] - 0.3
+
+
+def test_capr_state_round_trips_through_a_checkpoint():
+    capr = _ready(momentum=0.7)
+    for _ in range(5):
+        capr(_predicted([(0, 0.9), (1, 0.5), (2, 0.7)]))
+    capr.set_step(42)
+    buffer = io.BytesIO()
+    torch.save(capr.state_dict(), buffer)
+    restored = _ready(momentum=0.7)
+    restored.load_state_dict(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))
+    assert int(restored.current_step) == 42
+    assert torch.equal(restored.thresholds(), capr.thresholds())
+    batch = _predicted([(1, 0.6), (2, 0.65)])
+    assert [t.tolist() for t in restored(batch)] == [t.tolist() for t in capr(batch)]
+
+
+# ---------------------------------------------------------------- SDE: SupCon over student and teacher views
+def test_sde_contrast_of_two_views_equals_the_hand_computed_value():
+    # two labeled images of different classes, each seen by the student and (detached) by the teacher
+    student = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    teacher = torch.tensor([[0.6, 0.8], [0.8, 0.6]])
+    alg = CLCPMT(2, sde_temperature=0.5)
+    loss = alg.sde_loss(torch.stack([student, teacher], dim=1), torch.tensor([0, 1]))
+    # rows in sample-major order: s0, t0, s1, t1; each anchor's only positive is its other view
+    z = torch.stack([student[0], teacher[0], student[1], teacher[1]])
+    sim = (z @ z.T / 0.5).tolist()
+    by_hand = 0.0
+    for anchor, positive in ((0, 1), (1, 0), (2, 3), (3, 2)):
+        others = [a for a in range(4) if a != anchor]
+        by_hand += -(sim[anchor][positive] - math.log(sum(math.exp(sim[anchor][a]) for a in others)))
+    assert loss.item() == pytest.approx(by_hand / 4, rel=1e-5)
+
+
+# ---------------------------------------------------------------- the algorithm
+def _batches(seed: int) -> tuple[dict, dict]:
+    g = torch.Generator().manual_seed(seed)
+    labeled = {"image": torch.rand(4, 3, 32, 32, generator=g), "label": torch.tensor([0, 1, 2, 0])}
+    unlabeled = {
+        "image_weak": torch.rand(6, 3, 32, 32, generator=g),
+        "image_strong": torch.rand(6, 3, 32, 32, generator=g),
+        "index": torch.arange(6),
+    }
+    return labeled, unlabeled
+
+
+def _train(alg: CLCPMT, net: torch.nn.Module, steps: range) -> list[float]:
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    losses = []
+    for step in steps:
+        out = alg.train_step(net, *_batches(step), step)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        alg.after_optimizer_step(net, step)
+        losses.append(out.loss.item())
+    return losses
+
+
+def _network() -> Classifier:
+    return Classifier(3, in_channels=3, backbone="resnet10", return_dict=True, embed_dim=8)
+
+
+def test_clcpmt_trains_every_term_and_resumes_exactly():
+    torch.manual_seed(0)
+    net = _network()
+    alg = CLCPMT(3, threshold_rampup=0.0)
+    alg.setup(net, total_steps=10, num_unlabeled=6)
+    _train(alg, net, range(2))
+    out = alg.train_step(net, *_batches(2), 2)
+    assert {"loss_sup", "loss_consistency", "loss_capr", "loss_sde"} <= set(out.terms)
+    assert {"threshold_mean", "threshold_min", "mask_rate"} <= set(out.logs)
+    net.zero_grad()
+    out.loss.backward()
+    assert net.projection.net[0].weight.grad.abs().sum() > 0  # SDE trains the projection head
+
+    buffer = io.BytesIO()
+    torch.save({"algorithm": alg.state_dict(), "network": net.state_dict()}, buffer)
+    state = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+    resumed_net = _network()
+    resumed_net.load_state_dict(state["network"])
+    resumed = CLCPMT(3, threshold_rampup=0.0)
+    resumed.setup(resumed_net, total_steps=10, num_unlabeled=6)
+    resumed.load_state_dict(state["algorithm"])
+    original_net = copy.deepcopy(net)
+    assert _train(resumed, resumed_net, range(3, 5)) == _train(alg, original_net, range(3, 5))
+    assert torch.equal(resumed.selector.progress, alg.selector.progress)
+
+
+def test_ablations_switch_their_component_off():
+    torch.manual_seed(0)
+    no_capr = CLCPMT(3, use_capr=False, threshold=0.9)
+    assert isinstance(no_capr.selector, FixedThreshold) and no_capr.selector.threshold == 0.9
+    # without SDE a network without a projection head trains
+    net = Classifier(3, in_channels=3, backbone="resnet10", return_dict=True)
+    no_sde = CLCPMT(3, use_sde=False)
+    no_sde.setup(net, total_steps=10, num_unlabeled=6)
+    out = no_sde.train_step(net, *_batches(0), 0)
+    assert "loss_sde" not in out.terms and torch.isfinite(out.loss)
+    with_sde = CLCPMT(3)
+    with_sde.setup(net, total_steps=10, num_unlabeled=6)
+    with pytest.raises(KeyError, match="embedding"):
+        with_sde.train_step(net, *_batches(0), 0)
+
+
+# ---------------------------------------------------------------- two ranks (gloo, CPU)
+_WORKER = r"""
+import json, sys
+import torch, torch.distributed as dist
+from monai_ssl_ext.algorithms import ClassAdaptiveThreshold
+
+rank, out = int(sys.argv[1]), sys.argv[2]
+dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[3], rank=rank, world_size=2)
+capr = ClassAdaptiveThreshold(2, momentum=0.5, rampup_fraction=0.0)
+capr.set_total_steps(10)
+# rank 0 predicts class 0 confidently, rank 1 class 1 hesitantly (and class 0 once)
+probs = torch.tensor([[0.9, 0.1], [0.95, 0.05]]) if rank == 0 else torch.tensor([[0.4, 0.6], [0.7, 0.3]])
+_, mask = capr(probs)
+json.dump({"progress": capr.progress.tolist(), "thresholds": capr.thresholds().tolist(), "mask": mask.tolist()},
+          open(out + f"/rank{rank}.json", "w"))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow  # two fresh interpreters importing torch
+def test_two_ranks_share_the_class_progress(tmp_path):
+    run_two_ranks(_WORKER, tmp_path)
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert results[0]["progress"] == results[1]["progress"]
+    assert results[0]["thresholds"] == results[1]["thresholds"]
+    # class 0 over both ranks: 0.9, 0.95, 0.7 -> mean 0.85; class 1: 0.6
+    assert results[0]["progress"] == pytest.approx([0.25 + 0.5 * 0.85, 0.25 + 0.5 * 0.6])
