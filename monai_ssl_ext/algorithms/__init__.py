@@ -7,6 +7,7 @@ from .base import SemiSupervisedAlgorithm, StepOutput
 from .capr import ClassAdaptiveThreshold
 from .clcpmt import CLCPMT
 from .distribution_alignment import DistributionAlignment
+from .dsrpgc import DSRPGC
 from .ema import EMATeacher
 from .fixmatch import FixMatch
 from .flexmatch import FlexMatch
@@ -17,6 +18,7 @@ from .mean_teacher import MeanTeacher
 from .memory_bank import FeatureMemoryBank
 from .neighbourhood import NeighbourhoodCalibration, compactness_weight
 from .prototypes import ClassPrototypes
+from .reweighting import MetaReweighting, entropy_weights
 from .schedules import RampUp, linear_rampup, sigmoid_rampup
 from .semise import SEMISE, severity_levels
 from .softmatch import SoftMatch, SoftMatchWeighting
@@ -55,6 +57,7 @@ def choose(algorithms: Mapping[str, Any], name: str, **common: Any) -> SemiSuper
 
 __all__ = [
     "CLCPMT",
+    "DSRPGC",
     "HSC",
     "SEMISE",
     "ClassAdaptiveThreshold",
@@ -71,6 +74,7 @@ __all__ = [
     "FreeMatchThreshold",
     "Hermes",
     "MeanTeacher",
+    "MetaReweighting",
     "NeighbourhoodCalibration",
     "PseudoLabelSelector",
     "RampUp",
@@ -81,6 +85,7 @@ __all__ = [
     "Supervised",
     "choose",
     "compactness_weight",
+    "entropy_weights",
     "freematch_fairness_loss",
     "linear_rampup",
     "severity_levels",

@@ -7,6 +7,7 @@ from .inter_task import inter_task_consistency
 from .ntxent import NTXentLoss
 from .pixel_contrast import PixelContrastLoss
 from .preference_ranking import PreferenceRankingLoss, healthy_reference
+from .pseudo_label_contrast import pseudo_label_contrast
 from .severity_representation import severity_representation_loss
 from .supcon import SupConLoss
 from .supervised import ClassBalance, TaskLoss, class_prior, inverse_frequency_weights, mask_to_index
@@ -27,6 +28,7 @@ __all__ = [
     "masked_cross_entropy",
     "masked_dice_loss",
     "prototype_alignment_loss",
+    "pseudo_label_contrast",
     "severity_representation_loss",
     "softmax_mse",
     "weighted_soft_cross_entropy",

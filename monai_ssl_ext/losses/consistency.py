@@ -80,14 +80,22 @@ def masked_dice_loss(
     return 1.0 - dice[first:].mean()
 
 
-def softmax_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+def softmax_mse(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean squared difference of class probabilities: Mean Teacher's consistency (Tarvainen & Valpola 2017, eq. 2).
 
     ``J = mean_{i, c} (softmax(s_i)_c - softmax(t_i)_c)^2``; gradients flow into ``student_logits``
-    only (the teacher's probabilities are a constant target).
+    only (the teacher's probabilities are a constant target). With per-sample ``weights`` ``(B,)``:
+    ``J = 1/B sum_i w_i mean_c (...)^2`` (the unweighted value when every weight is 1); the weights may
+    carry a gradient of their own (a meta-learnt reweighting differentiates through them).
     """
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
             f"student {tuple(student_logits.shape)} and teacher {tuple(teacher_logits.shape)} shapes differ"
         )
-    return F.mse_loss(F.softmax(student_logits, dim=1), F.softmax(teacher_logits.detach(), dim=1))
+    if weights is None:
+        return F.mse_loss(F.softmax(student_logits, dim=1), F.softmax(teacher_logits.detach(), dim=1))
+    squared = (F.softmax(student_logits, dim=1) - F.softmax(teacher_logits.detach(), dim=1)).square()
+    per_sample = squared.flatten(1).mean(dim=1)
+    return (weights.to(per_sample.dtype) * per_sample).mean()

@@ -6,6 +6,7 @@ from .efficientnet import EfficientNetLite0Encoder, load_efficientnet_weights
 from .encoders import RESNET_LAYOUTS, InputNormalization, ResNetEncoder, load_encoder_weights
 from .heads import Classifier, JointClassSegNet, UNetDecoder, as_output_dict
 from .hermes import HermesNet, ProjectionHead
+from .medfusenet import MedFuseNet, SimilarityFusion
 
 __all__ = [
     "BACKBONES",
@@ -17,9 +18,11 @@ __all__ = [
     "InputNormalization",
     "InterTaskAttention",
     "JointClassSegNet",
+    "MedFuseNet",
     "ProjectionHead",
     "ResNetEncoder",
     "SaliencyPooling",
+    "SimilarityFusion",
     "SpatialAttention",
     "UNetDecoder",
     "as_output_dict",
