@@ -16,6 +16,9 @@ class DataKeys:
     LABEL = "label"
     MASK = "mask"
     GROUP = "group"
+    # what a split is stratified by besides the class (a source centre), salted hash like ``group``: unlike a
+    # group it spans splits on purpose, so that every split holds each class from the same mix of sources
+    STRATUM = "stratum"
     INDEX = "index"
     IMAGE_WEAK = "image_weak"
     IMAGE_STRONG = "image_strong"

@@ -368,6 +368,66 @@ def test_nct_crc_labels_csv_with_group_by_source(tmp_path):
         build_nct_crc(root)
 
 
+def _confounded_pool(root: Path, per_class: int = 20) -> dict[str, str]:
+    """Patches whose class is confounded with their source, as in crc_he_9class_samples: image -> source."""
+    names = _nct_files(root / "images", per_class=per_class, folders=True)
+    source = {}
+    for n in names:
+        cls, index = n.split("/")[0], int(n[-7:-4])
+        # MUS, NORM and STR half from a second centre, the six other classes from one centre only
+        source[f"images/{n}"] = "centre-B" if cls in ("MUS", "NORM", "STR") and index % 2 else "centre-A"
+    _write_csv(
+        root / "labels.csv",
+        ["filename", "label", "source_dataset"],
+        [[p, p.split("/")[1], s] for p, s in source.items()],
+    )
+    return source
+
+
+def test_nct_crc_stratify_by_source_puts_every_class_and_source_in_every_split(tmp_path):
+    root = tmp_path / "pool"
+    source = _confounded_pool(root)
+    manifest = build_nct_crc(root, stratify_by="source_dataset")
+    assert manifest.source["stratify_by"] == "source_dataset" and manifest.source["id_hash"]["salt"] == "default"
+    assert "stratified by class and by source_dataset" in manifest.description
+    assert "classes_missing_from" not in manifest.source
+    cells = Counter((e[DataKeys.LABEL], source[e[DataKeys.IMAGE]]) for e in _all(manifest))
+    for split, share in zip(SPLITS, (0.7, 0.1, 0.2), strict=True):
+        counts = Counter((e[DataKeys.LABEL], source[e[DataKeys.IMAGE]]) for e in manifest.split(split))
+        # each (class, source) cell is dealt 70/10/20 on its own: 10 patches -> 7/1/2, 20 -> 14/2/4
+        assert counts == {cell: round(share * n) for cell, n in cells.items()}, split
+    # the source is kept as a salted hash, like a group, and is no group: it spans the splits on purpose
+    assert {e[DataKeys.STRATUM] for e in _all(manifest)} == {hash_identifier("centre-A"), hash_identifier("centre-B")}
+    assert "centre-" not in json.dumps(manifest.to_dict()) and DataKeys.GROUP not in manifest.training[0]
+    manifest.check_group_leakage()
+    assert build_nct_crc(root, stratify_by="source_dataset").to_dict() == manifest.to_dict()  # a pure function
+    # grouping by the source instead keeps each centre whole, and a class only one centre has lands in one split
+    grouped = build_nct_crc(root, group_by="source_dataset")
+    assert sum(1 for split in SPLITS if grouped.split(split)) <= 2
+
+
+def test_nct_crc_stratify_by_names_what_is_wrong(tmp_path):
+    root = tmp_path / "pool"
+    source = _confounded_pool(root, per_class=4)
+    with pytest.raises(ManifestError, match=r"labels\.csv: no stratum column \(looked for centre"):
+        build_nct_crc(root, stratify_by="centre")
+    with pytest.raises(ManifestError, match="stratify_by='source_dataset' needs a labels CSV"):
+        build_nct_crc(root / "images", stratify_by="source_dataset")
+    rows = [[p, p.split("/")[1], s] for p, s in source.items()]
+    rows[2][2] = ""
+    _write_csv(root / "labels.csv", ["filename", "label", "source_dataset"], rows)
+    with pytest.raises(ManifestError, match=r"labels\.csv:4: images/ADI/ADI-C0002\.tif has an empty 'source_dataset'"):
+        build_nct_crc(root, stratify_by="source_dataset")
+    report = BuildReport()
+    manifest = build_nct_crc(root, stratify_by="source_dataset", on_error="skip", report=report)
+    assert [s.kind for s in report.problems] == ["missing_stratum"] and len(_all(manifest)) == len(rows) - 1
+    # a group must stay whole, so it cannot straddle two strata
+    rows[2][2] = "centre-A"
+    _write_csv(root / "labels.csv", ["filename", "label", "source_dataset", "slide"], [[*r, "slide-1"] for r in rows])
+    with pytest.raises(ValueError, match=r"group '[0-9a-f]+' lies in two 'stratum' strata"):
+        build_nct_crc(root, stratify_by="source_dataset", group_by="slide")
+
+
 # ---------------------------------------------------------------------------------------------------- class folders
 @pytest.fixture
 def class_folder(tmp_path) -> Path:
@@ -757,6 +817,22 @@ def test_nct_builder_reads_the_crc_he_labels_csv_grouped_by_source():
     _assert_groups_whole(manifest, {r["filename"]: r["source_dataset"] for r in rows})
     by_patch = build_nct_crc(root)
     assert all(len(by_patch.split(s)) > 0 for s in SPLITS)
+
+
+@pytest.mark.real_data
+def test_committed_crc_he_9class_manifest_is_what_the_builder_makes_stratified_by_source():
+    root = shared_data("histology", "crc_he_9class_samples")
+    built = build_nct_crc(root, stratify_by="source_dataset", seed=0)
+    committed = json.loads((MANIFESTS / "nct_crc_he" / "crc_he_9class_samples.json").read_text())
+    assert built.to_dict() == committed
+    source = {r["filename"]: r["source_dataset"] for r in _read_csv(root / "labels.csv")}
+    assert len(_all(built)) == len(source) == 338
+    cells = {(e[DataKeys.LABEL], source[e[DataKeys.IMAGE]]) for e in _all(built)}
+    assert len(cells) == 12  # the six one-centre classes, and MUS, NORM, STR from both centres
+    for split in SPLITS:
+        # every class from every centre that has it, in every split: the centre cannot stand in for the class
+        assert {(e[DataKeys.LABEL], source[e[DataKeys.IMAGE]]) for e in built.split(split)} == cells, split
+    built.resolve(root)
 
 
 @pytest.mark.real_data

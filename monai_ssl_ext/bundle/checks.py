@@ -17,8 +17,10 @@ What model-zoo's verification checks (its code is not used here; MONAI's own fun
   declared output is checked here by name instead;
 - TorchScript export (``ckpt_export``), loaded back and compared with the eager network.
 
-What this project adds: ``docs/data_license.txt``; ``eval_metrics`` in the metadata; README sections
-Performance, System configuration and Limitations, and a command for every workflow.
+What this project adds: ``docs/data_license.txt``; ``eval_metrics`` in the metadata, or, for a bundle
+whose figures have not been measured yet, no ``eval_metrics`` and a README Performance section that says
+so (:data:`UNMEASURED`), since a figure nobody measured must not be stated; README sections Performance,
+System configuration and Limitations, and a command for every workflow.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ logger = logging.getLogger("monai_ssl_ext.bundle")
 
 DEFAULT_SCHEMA = Path(__file__).resolve().parents[2].parent / "shared" / "schemas" / "meta_schema_20240725.json"
 LARGE_FILE_LISTS = ("large_files.yml", "large_files.yaml", "large_files.json")
+#: what the README's Performance section says (case aside) when a bundle states no ``eval_metrics`` yet
+UNMEASURED = "no figures have been measured"
 README_SECTIONS = ("Performance", "System configuration", "Limitations")
 README_WORKFLOWS = (
     "run training",
@@ -113,6 +117,25 @@ def _check_directory(bundle: Path) -> str:
     return "none committed (random weights for the export check)"
 
 
+def _performance_section(readme: str) -> str:
+    """The text of the README's Performance section (up to the next heading of the same or a higher level)."""
+    match = re.search(r"^(#+)\s+Performance\b.*$", readme, flags=re.MULTILINE)
+    if match is None:
+        return ""
+    level = len(match.group(1))
+    rest = readme[match.end() :]
+    end = re.search(rf"^#{{1,{level}}}\s", rest, flags=re.MULTILINE)
+    return rest[: end.start()] if end else rest
+
+
+def _states_unmeasured(bundle: Path) -> bool:
+    """Whether the bundle's README says, in its Performance section, that no figures have been measured."""
+    readme = bundle / "docs" / "README.md"
+    if not readme.is_file():
+        return False
+    return UNMEASURED in " ".join(_performance_section(readme.read_text()).lower().split())
+
+
 def _check_metadata(bundle: Path, schema: Path) -> dict[str, Any]:
     meta_file = bundle / "configs" / "metadata.json"
     meta = json.loads(meta_file.read_text())
@@ -124,8 +147,13 @@ def _check_metadata(bundle: Path, schema: Path) -> dict[str, Any]:
     except ValueError as e:
         raise BundleCheckError(f"{bundle.name}: metadata does not match the schema: {e}") from e
     metrics = meta.get("eval_metrics")
+    if "eval_metrics" not in meta and _states_unmeasured(bundle):
+        return meta
     if not isinstance(metrics, dict) or not metrics or not all(isinstance(v, (int, float)) for v in metrics.values()):
-        raise BundleCheckError(f"{bundle.name}: metadata needs eval_metrics, a dict of measured values")
+        raise BundleCheckError(
+            f"{bundle.name}: metadata needs eval_metrics, a dict of measured values (or none, with a README "
+            f"Performance section that says '{UNMEASURED}')"
+        )
     return meta
 
 

@@ -262,25 +262,54 @@ def stratified_group_split(
     fractions: Sequence[float] = (0.7, 0.1, 0.2),
     seed: int = 0,
     group_key: str = DataKeys.GROUP,
+    strata_key: str | None = None,
 ) -> list[list[dict]]:
     """Split ``entries`` into parts of the given fractions, stratified by class, whole groups per part.
 
     Used by data set builders for the ``training``/``validation``/``test`` split. Each class's groups
     are shuffled and dealt to the part that is furthest below its target count for that class.
+
+    With ``strata_key`` the split is also stratified by that entry key (a source centre, a scanner):
+    each ``(stratum, class)`` cell is dealt on its own, so every part holds each class from every stratum
+    that has it (when the cell is large enough), in about the proportions of the whole: where the class is
+    confounded with the source, no split can then be told apart by its sources alone. A group must lie
+    within one stratum (``ValueError`` otherwise); every entry needs the key.
     """
     if not np.isclose(sum(fractions), 1.0):
         raise ValueError(f"split fractions {list(fractions)} must sum to 1.")
     rng = np.random.default_rng(derive_seed(seed, _SPLIT_STREAM))
     parts: list[list[int]] = [[] for _ in fractions]
-    for _, groups in sorted(_groups_by_class(entries, group_key).items()):
-        total = sum(len(idx) for _, idx in groups)
-        targets = np.asarray(fractions) * total
-        filled = np.zeros(len(fractions))
-        # a random order, not big groups first: dealing the big groups first would send every one of them
-        # to the largest part (training), and the splits would differ in how many images a patient has
-        for i in rng.permutation(len(groups)):
-            idx = groups[i][1]
-            k = int(np.argmax(targets - filled))
-            parts[k].extend(idx)
-            filled[k] += len(idx)
+    for members in _strata(entries, group_key, strata_key):
+        subset = [entries[i] for i in members]
+        for _, groups in sorted(_groups_by_class(subset, group_key).items()):
+            total = sum(len(idx) for _, idx in groups)
+            targets = np.asarray(fractions) * total
+            filled = np.zeros(len(fractions))
+            # a random order, not big groups first: dealing the big groups first would send every one of them
+            # to the largest part (training), and the splits would differ in how many images a patient has
+            for i in rng.permutation(len(groups)):
+                idx = groups[i][1]
+                k = int(np.argmax(targets - filled))
+                parts[k].extend(members[j] for j in idx)
+                filled[k] += len(idx)
     return [[copy.deepcopy(entries[i]) for i in sorted(p)] for p in parts]
+
+
+def _strata(entries: Sequence[dict], group_key: str, strata_key: str | None) -> list[list[int]]:
+    """Indices of ``entries`` per value of ``strata_key``, in sorted order of the values (one stratum without it)."""
+    if strata_key is None:
+        return [list(range(len(entries)))]
+    members: dict[str, list[int]] = {}
+    stratum_of_group: dict[str, str] = {}
+    for i, e in enumerate(entries):
+        if e.get(strata_key) is None:
+            raise ValueError(f"entry {e.get(DataKeys.IMAGE, i)!r} has no '{strata_key}' to stratify by.")
+        stratum = str(e[strata_key])
+        group = e.get(group_key)
+        if group is not None and stratum_of_group.setdefault(str(group), stratum) != stratum:
+            raise ValueError(
+                f"group '{group}' lies in two '{strata_key}' strata; a group must stay whole, so it cannot be "
+                "split by stratum."
+            )
+        members.setdefault(stratum, []).append(i)
+    return [members[k] for k in sorted(members)]

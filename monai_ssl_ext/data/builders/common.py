@@ -228,6 +228,7 @@ def split_entries(
     seed: int = 0,
     report: BuildReport | None = None,
     keep: Sequence[str] | None = None,
+    strata_key: str | None = None,
 ) -> Manifest:
     """A manifest whose ``training``/``validation``/``test`` are a stratified, group-aware split of ``entries``.
 
@@ -244,12 +245,14 @@ def split_entries(
         report: the build's report; the number of files left out per kind goes to ``source["skipped"]``.
         keep: restrict the manifest to these classes, in this order, *after* splitting all of them, so an
             image is in the same split in the manifests of every class subset (``source["classes_kept"]``).
+        strata_key: an entry key to stratify by besides the class (``stratum``: a source centre), see
+            :func:`~monai_ssl_ext.data.label_budget.stratified_group_split`.
     """
     if len(fractions) != len(SPLITS):
         raise ValueError(f"give {len(SPLITS)} split fractions ({', '.join(SPLITS)}), got {list(fractions)}.")
     if not entries:
         raise ManifestError(f"{name}: no image found to build a manifest from.")
-    parts = stratified_group_split(entries, fractions, seed=seed)
+    parts = stratified_group_split(entries, fractions, seed=seed, strata_key=strata_key)
     info = {**(source or {}), "split_seed": seed, "split_fractions": list(fractions)}
     present = {int(e[DataKeys.LABEL]) for e in entries}
     missing = {}

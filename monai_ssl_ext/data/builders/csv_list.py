@@ -67,13 +67,15 @@ def read_labelled_csv(
     mask_column: str | None = None,
     group_column: str | None = None,
     salt: str | bytes | None = None,
+    stratum_column: str | None = None,
 ) -> list[dict]:
     """Entries of a labelled CSV: ``image`` and ``mask`` relative to ``root``, ``label`` as the class *name*.
 
     Checks each row (problems go to ``report``): an empty label, a label outside ``classes`` (when
     given), an empty path, a path outside ``root``, an image or mask that does not exist or is empty,
-    an image listed twice, an empty group. A column named explicitly must exist; ``mask`` and ``group``
-    columns are used when present. Each entry also carries ``"_row"`` (``"<csv>:<line>"``) for messages.
+    an image listed twice, an empty group or stratum. A column named explicitly must exist; ``mask`` and
+    ``group`` columns are used when present. ``stratum_column`` (a source centre...) is stored as a salted
+    hash under ``stratum``, as groups are. Each entry also carries ``"_row"`` (``"<csv>:<line>"``) for messages.
     """
     csv_path, root = Path(csv_path), Path(root)
     fields, rows = read_csv_rows(csv_path)
@@ -82,6 +84,7 @@ def read_labelled_csv(
     label_col = pick_column(fields, [label_column] if label_column else LABEL_COLUMNS, where, "label")
     mask_col = pick_column(fields, [mask_column or "mask"], where, "mask", required=mask_column is not None)
     group_col = pick_column(fields, [group_column or "group"], where, "group", required=group_column is not None)
+    stratum_col = pick_column(fields, [stratum_column], where, "stratum", required=True) if stratum_column else None
     seen: dict[str, str] = {}
     entries = []
     for line, row in rows:
@@ -122,6 +125,12 @@ def read_labelled_csv(
                 report.problem(at, "missing_group", f"{key} has an empty '{group_col}' cell.")
                 continue
             entry[DataKeys.GROUP] = hash_identifier(group, salt)
+        if stratum_col:
+            stratum = row[stratum_col]
+            if not stratum:
+                report.problem(at, "missing_stratum", f"{key} has an empty '{stratum_col}' cell.")
+                continue
+            entry[DataKeys.STRATUM] = hash_identifier(stratum, salt)
         entries.append(entry)
     return entries
 

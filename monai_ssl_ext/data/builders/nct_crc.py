@@ -6,7 +6,8 @@ Zenodo (2018), doi:10.5281/zenodo.1214456; Kather JN et al., PLoS Med 16(1): e10
 Three layouts are read (``layout="auto"`` picks the first that applies):
 
 - ``csv``: a ``labels.csv`` in the data root (or ``labels=``) with ``filename`` (or ``path``) and
-  ``label`` columns, and optionally others such as ``source_dataset``, which ``group_by`` can name::
+  ``label`` columns, and optionally others such as ``source_dataset``, which ``group_by`` or
+  ``stratify_by`` can name::
 
       labels.csv    filename,label,source_dataset
                     images/ADI/ADI-TCGA-AAICEQFN.tif,ADI,CRC-VAL-HE-7K
@@ -17,6 +18,14 @@ Three layouts are read (``layout="auto"`` picks the first that applies):
 In every layout a file name that starts with a class code (``MUS-...``) must agree with its label.
 The release has no slide or patient ids, so unless ``group_by`` is given the split is by patch, and
 patches of one slide may fall on both sides of it.
+
+A pool of patches from several releases (``../shared/data/histology/crc_he_9class_samples``: MUS, NORM
+and STR mostly from NCT-CRC-HE-100K, the six other classes only from CRC-VAL-HE-7K, another centre)
+confounds the class with the source. Grouping by the source would put each centre on one side of the
+split, and with it every class that only one centre has; ``stratify_by="source_dataset"`` instead deals
+each (source, class) cell 70/10/20 on its own, so that every split holds each class from the same mix
+of sources, and records the source (salted hash) under ``stratum``. The confound inside each split stays:
+such a manifest checks a pipeline, it does not measure tissue classification.
 """
 
 from __future__ import annotations
@@ -69,9 +78,18 @@ def _pick_layout(root: Path, labels: Path | None) -> str:
     return "prefix"
 
 
-def _listed(root: Path, labels: Path, group_by: str | None, report: BuildReport, salt) -> list[tuple[str, dict]]:
+def _listed(
+    root: Path, labels: Path, group_by: str | None, stratify_by: str | None, report: BuildReport, salt
+) -> list[tuple[str, dict]]:
     entries = read_labelled_csv(
-        labels, root, report, image_column=None, label_column="label", group_column=group_by, salt=salt
+        labels,
+        root,
+        report,
+        image_column=None,
+        label_column="label",
+        group_column=group_by,
+        salt=salt,
+        stratum_column=stratify_by,
     )
     return [(e.pop("_row"), e) for e in entries]
 
@@ -121,6 +139,7 @@ def build_nct_crc(
     layout: str = "auto",
     labels: str | os.PathLike | None = None,
     group_by: str | None = None,
+    stratify_by: str | None = None,
     name: str | None = None,
     on_error: str = "raise",
     report: BuildReport | None = None,
@@ -142,6 +161,9 @@ def build_nct_crc(
         group_by: a column of the labels CSV whose value keeps patches together, for example
             ``"source_dataset"`` (a whole centre on one side of the split, for a cross-centre test)
             or a slide id. The value is stored as a salted hash.
+        stratify_by: a column of the labels CSV to stratify the split by besides the class, for example
+            ``"source_dataset"`` (every split holds each class from the same mix of sources). The value is
+            stored as a salted hash under ``stratum``.
         name: manifest name (default: the folder's name).
         on_error: ``"raise"`` or ``"skip"``.
         report: a report to fill (one is made otherwise).
@@ -149,7 +171,8 @@ def build_nct_crc(
 
     Raises:
         FileNotFoundError: ``root`` or the labels CSV does not exist.
-        ManifestError: ``classes`` names a non-NCT class, ``group_by`` names a missing column, no patch
+        ManifestError: ``classes`` names a non-NCT class, ``group_by`` or ``stratify_by`` names a missing
+            column or is given without a labels CSV, no patch
             is found, or (unless ``on_error="skip"``) a file has an unknown class, a label that
             disagrees with its name's prefix, is missing or empty, or is listed twice.
     """
@@ -174,10 +197,16 @@ def build_nct_crc(
     chosen = _pick_layout(root, labels_path) if layout == "auto" else layout
     if chosen == "csv" and labels_path is None:
         raise FileNotFoundError(f"{root}: layout 'csv' needs a labels CSV (none given, no labels.csv).")
-    if group_by is not None and chosen != "csv":
-        raise ManifestError(f"{root}: group_by='{group_by}' needs a labels CSV; the '{chosen}' layout has no columns.")
+    for option, column in (("group_by", group_by), ("stratify_by", stratify_by)):
+        if column is not None and chosen != "csv":
+            raise ManifestError(
+                f"{root}: {option}='{column}' needs a labels CSV; the '{chosen}' layout has no columns."
+            )
 
-    found = _listed(root, labels_path, group_by, report, salt) if chosen == "csv" else _files(root, chosen, report)
+    if chosen == "csv":
+        found = _listed(root, labels_path, group_by, stratify_by, report, salt)
+    else:
+        found = _files(root, chosen, report)
     entries = []
     for where, entry in found:
         image, label = entry[DataKeys.IMAGE], entry[DataKeys.LABEL]
@@ -207,7 +236,11 @@ def build_nct_crc(
         source["labels"] = labels_path.name
     if group_by is not None:
         source.update(group=group_by, id_hash=hash_policy(salt))
+    if stratify_by is not None:
+        source.update(stratify_by=stratify_by, id_hash=hash_policy(salt))
     grouping = f"grouped by {group_by} (salted hash)" if group_by else "split by patch (the release has no slide ids)"
+    if stratify_by is not None:
+        grouping += f", stratified by class and by {stratify_by} (salted hash under 'stratum')"
     return split_entries(
         entries,
         NCT_CLASSES,
@@ -221,4 +254,5 @@ def build_nct_crc(
         seed=seed,
         report=report,
         keep=kept,
+        strata_key=DataKeys.STRATUM if stratify_by is not None else None,
     )
