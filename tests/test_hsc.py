@@ -322,3 +322,73 @@ def test_two_ranks_hold_the_same_bank_and_prototypes(tmp_path):
     assert results[0]["pointer"] == int(bank.pointer) == 2
     assert torch.allclose(torch.tensor(results[0]["prototypes"]), protos.prototypes)
     assert results[0]["seen"] == [True, True]
+
+
+# ---------------------------------------------------------------- labeled prototype classification
+class _Linear(nn.Module):
+    """Logits and a 2-d embedding, both linear in a flat input: ``embedding = W x`` starts nearly one line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logits = nn.Linear(2, 2, bias=False)
+        self.embed = nn.Linear(2, 2, bias=False)
+        with torch.no_grad():
+            self.logits.weight.zero_()
+            # both inputs map close to (1, 0): the two classes' embeddings start at cosine 0.995
+            self.embed.weight.copy_(torch.tensor([[1.0, 1.0], [0.0, 0.1]]))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = x.flatten(1)
+        return {"class": self.logits(x), "embedding": self.embed(x)}
+
+
+def _two_class_batches() -> tuple[dict, dict]:
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).repeat(2, 1)[:, :, None, None]
+    labeled = {"image": x, "label": torch.tensor([0, 1, 0, 1])}
+    unlabeled = {"image_weak": x.clone(), "image_strong": x.clone(), "index": torch.arange(4)}
+    return labeled, unlabeled
+
+
+def _prototype_cosine_after_training(lambda_s: float) -> float:
+    """Cosine between the two prototypes after 60 steps in which no pseudo label is accepted (frozen, uniform
+    logits) and the consistency term is off: what the embedding learns then comes from ``L_S`` alone."""
+    net = _Linear()
+    net.logits.weight.requires_grad_(False)
+    hsc = HSC(2, embed_dim=2, bank_size=16, k=2, rampup_fraction=0.0, lambda_s=lambda_s, use_consistency=False)
+    hsc.setup(net, total_steps=60, num_unlabeled=4)
+    opt = torch.optim.SGD(net.embed.parameters(), lr=0.5)
+    for step in range(60):
+        out = hsc.train_step(net, *_two_class_batches(), step)
+        assert out.logs["mask_rate"] == 0.0
+        opt.zero_grad()
+        if out.loss.requires_grad:
+            out.loss.backward()
+        opt.step()
+    c = hsc.prototypes.prototypes
+    return float(F.cosine_similarity(c[0], c[1], dim=0))
+
+
+def test_labeled_prototype_term_separates_the_prototypes_the_other_terms_leave_together():
+    # the collapse seen on HAM10000: while no pseudo label is accepted, prototypes that start together stay
+    # together without L_S, so the prototype distribution stays near uniform and a 0.95 threshold on the
+    # calibrated distribution keeps accepting nothing
+    assert _prototype_cosine_after_training(0.0) > 0.99
+    assert _prototype_cosine_after_training(1.0) < 0.5
+
+
+def test_labeled_prototype_term_by_hand():
+    net = _Given(2)
+    hsc = HSC(2, embed_dim=2, bank_size=16, k=2, rampup_fraction=0.0, use_neighbourhood=False, use_consistency=False)
+    hsc.setup(net, total_steps=10, num_unlabeled=2)
+    hsc.prototypes.update(torch.stack([E0[:2], E1[:2]]), torch.tensor([0, 1]))  # prototypes (1, 0) and (0, 1)
+    z = torch.tensor([[0.6, 0.8], [1.0, 0.0], [0.0, 1.0]])
+    labeled = {"image": _inputs(torch.zeros(3, 2), z), "label": torch.tensor([0, 0, 1])}
+    weak, strong = _inputs(torch.zeros(2, 2), z[:2]), _inputs(torch.zeros(2, 2), z[:2])
+    unlabeled = {"image_weak": weak, "image_strong": strong, "index": torch.arange(2)}
+    out = hsc.train_step(net, labeled, unlabeled, 0)
+    expected = F.cross_entropy(F.normalize(z, dim=1) @ torch.eye(2) / 0.1, labeled["label"])
+    assert out.terms["loss_prototype_labeled"].item() == pytest.approx(expected.item(), rel=1e-5)
+    off = HSC(2, embed_dim=2, rampup_fraction=0.0, lambda_s=0.0, use_neighbourhood=False, use_consistency=False)
+    off.setup(net, total_steps=10, num_unlabeled=2)
+    off.prototypes.update(torch.stack([E0[:2], E1[:2]]), torch.tensor([0, 1]))
+    assert "loss_prototype_labeled" not in off.train_step(net, labeled, unlabeled, 0).terms

@@ -58,7 +58,7 @@ def test_every_algorithm_key_builds_on_the_same_network(small_data):
         "softmatch": SoftMatch,
     }
     assert parser["algorithm_name"] == "hsc"
-    assert set(parser["algorithms"]) == {*ABLATIONS, *baselines}
+    assert set(parser["algorithms"]) == {*ABLATIONS, "hsc_no_labeled_prototypes", *baselines}
     for name, off in ABLATIONS.items():
         parser["algorithm_name"] = name
         parser.parse()
@@ -66,6 +66,11 @@ def test_every_algorithm_key_builds_on_the_same_network(small_data):
         assert type(algorithm) is HSC and algorithm.embed_dim == 128 and algorithm.num_classes == 2, name
         # each ablation switches exactly its own component off, and only that one
         assert {s: getattr(algorithm, s) for s in SWITCHES} == {s: s != off for s in SWITCHES}, name
+        assert algorithm.lambda_s == 1.0, name
+    parser["algorithm_name"] = "hsc_no_labeled_prototypes"
+    parser.parse()
+    algorithm = parser.get_parsed_content("algorithm")
+    assert type(algorithm) is HSC and algorithm.lambda_s == 0.0 and all(getattr(algorithm, s) for s in SWITCHES)
     for name, cls in baselines.items():
         parser["algorithm_name"] = name
         parser.parse()

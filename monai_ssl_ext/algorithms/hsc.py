@@ -49,8 +49,14 @@ class HSC(SemiSupervisedAlgorithm):
       strong view's prototype distribution follows the neighbourhood-calibrated one, weighted by the
       compactness of the neighbourhood ``w_b = max(kappa_b, 0)^gamma``, ``kappa_b`` the mean cosine
       similarity of the ``k`` neighbours (:func:`compactness_weight`).
+    - **Labeled prototype classification**: ``L_S = 1/B_l sum_b H(y_b, a(z_l(b)))`` over the labeled images
+      whose class has a prototype. Without it nothing but ``L_P`` and ``L_C`` trains the embedding, and the
+      prototypes need not separate: on HAM10000 (``cpu`` profile, seed 0) they ended at cosine 0.80-0.99 to
+      each other, ``max a`` stayed below 0.45, so ``max q`` could not reach 0.95 and no pseudo label was ever
+      accepted (mask rate 0 for 1500 iterations). ``L_S`` is this implementation's addition (the outline
+      names none); ``lambda_s = 0`` gives the method without it.
 
-    ``L = L_sup + lambda_u 1/B sum_b m_b H(argmax q_b, f(x_b^s)) + r (lambda_p L_P + lambda_c L_C)``.
+    ``L = L_sup + lambda_u 1/B sum_b m_b H(argmax q_b, f(x_b^s)) + lambda_s L_S + r (lambda_p L_P + lambda_c L_C)``.
 
     After the losses, the bank receives the weak-view embeddings with ``p`` and, with ``bank_labeled``,
     the labeled embeddings with their one-hot labels. Neighbourhood terms wait until the bank holds ``k``
@@ -75,6 +81,7 @@ class HSC(SemiSupervisedAlgorithm):
         prototype_temperature: ``T_p`` of the prototype distribution (0.1).
         lambda_p: weight of the prototype alignment across views (1.0).
         lambda_c: weight of the neighbourhood-prototype consistency (1.0).
+        lambda_s: weight of the labeled prototype classification ``L_S`` (1.0; 0 switches it off).
         compactness_power: ``gamma`` of the compactness weight (1.0).
         rampup_fraction: share of the run over which ``r`` rises from 0 to 1 (sigmoid; 0.1).
         bank_labeled: also store the labeled embeddings, with their labels, in the bank (True).
@@ -103,6 +110,7 @@ class HSC(SemiSupervisedAlgorithm):
         prototype_temperature: float = 0.1,
         lambda_p: float = 1.0,
         lambda_c: float = 1.0,
+        lambda_s: float = 1.0,
         compactness_power: float = 1.0,
         rampup_fraction: float = 0.1,
         bank_labeled: bool = True,
@@ -132,6 +140,7 @@ class HSC(SemiSupervisedAlgorithm):
         self.prototype_temperature = float(prototype_temperature)
         self.lambda_p = float(lambda_p)
         self.lambda_c = float(lambda_c)
+        self.lambda_s = float(lambda_s)
         self.compactness_power = float(compactness_power)
         self.bank_labeled = bool(bank_labeled)
         self.use_neighbourhood = bool(use_neighbourhood)
@@ -204,6 +213,13 @@ class HSC(SemiSupervisedAlgorithm):
             a_s = self.prototypes.assign(z_s, self.prototype_temperature)
             extra["loss_consistency"] = weighted_soft_cross_entropy(q_local, a_s, weights)
             loss = loss + self.lambda_c * ramp * extra["loss_consistency"]
+        if have_prototypes and self.lambda_s > 0:
+            # labeled images of a class without a prototype yet have no target: weight 0
+            known = self.prototypes.seen[labels].float()
+            a_l = self.prototypes.assign(z_l, self.prototype_temperature)
+            targets = F.one_hot(labels, self.num_classes).float()
+            extra["loss_prototype_labeled"] = weighted_soft_cross_entropy(targets, a_l, known)
+            loss = loss + self.lambda_s * extra["loss_prototype_labeled"]
         self.update_context(z_l, labels, z_w, probs, pseudo, mask)
         return StepOutput(
             loss=loss,
