@@ -19,6 +19,7 @@ from monai_ssl_ext.algorithms import (
     NeighbourhoodCalibration,
     compactness_weight,
 )
+from monai_ssl_ext.algorithms.hsc import pool_evidence
 from monai_ssl_ext.losses import prototype_alignment_loss, weighted_soft_cross_entropy
 from monai_ssl_ext.networks import Classifier
 
@@ -115,9 +116,20 @@ def test_a_mislabelled_point_among_confident_neighbours_is_corrected():
     q_nb, kappa = calibration(bank, z)
     assert q_nb[0].argmax() == 0 and q_nb[0, 0] == pytest.approx(0.95)
     assert kappa.item() > 0.9  # a tight neighbourhood
-    alpha = 0.3
-    q = (1 - alpha) * p + alpha * q_nb
+    q = pool_evidence(p, q_nb, 0.3)
     assert q.argmax(1).item() == 0
+
+
+def test_agreeing_context_raises_the_confidence_and_disagreeing_context_lowers_it():
+    p = torch.tensor([[0.90, 0.05, 0.05]])
+    agree, disagree = torch.tensor([[0.8, 0.1, 0.1]]), torch.tensor([[0.1, 0.8, 0.1]])
+    assert pool_evidence(p, agree, 0.5)[0, 0] > 0.95 > p[0, 0]  # FixMatch's bar, passed with the context's support
+    assert pool_evidence(p, disagree, 0.5)[0, 0] < p[0, 0]
+    assert torch.equal(pool_evidence(p, agree, 0.0), p)
+    # a linear mixture never exceeds the larger maximum: with these numbers it stays below the bar
+    assert (0.5 * p + 0.5 * agree).max() < 0.95
+    by_hand = p * agree.sqrt() / (p * agree.sqrt()).sum()
+    assert torch.allclose(pool_evidence(p, agree, 0.5), by_hand)
 
 
 def test_hsc_pseudo_label_follows_the_neighbourhood_and_plain_fixmatch_does_not():

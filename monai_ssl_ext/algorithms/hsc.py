@@ -20,7 +20,26 @@ from monai_ssl_ext.losses.calibration import prototype_alignment_loss, weighted_
 from monai_ssl_ext.losses.consistency import masked_cross_entropy
 from monai_ssl_ext.losses.supervised import ClassBalance
 
-__all__ = ["HSC"]
+__all__ = ["HSC", "pool_evidence"]
+
+#: the smallest probability pooled: a class that the context gives 0 (no neighbour votes for it, no prototype yet)
+#: is made improbable, not impossible
+_FLOOR = 1e-6
+
+
+def pool_evidence(probs: torch.Tensor, context: torch.Tensor, weight: float) -> torch.Tensor:
+    """``q = p * c^w / sum_k p_k c_k^w`` (log-linear pooling): ``probs`` and ``context`` ``(B, K)``.
+
+    The context's evidence multiplies the prediction: where it agrees, ``max q`` rises above ``max p``; where it
+    disagrees, ``q`` falls or changes class. ``weight`` in ``[0, 1]`` is how much the context counts (``0``:
+    ``q = p``). A linear mixture ``(1 - w) p + w c`` cannot do the first: its maximum never exceeds the larger of
+    the two maxima, so a threshold of 0.95 on it accepts only images on which the model and its context are both
+    near certain (on HAM10000 it accepted none).
+    """
+    if weight == 0:
+        return probs
+    log_q = torch.log(probs.clamp_min(_FLOOR)) + weight * torch.log(context.clamp_min(_FLOOR))
+    return torch.softmax(log_q, dim=1)
 
 
 def _detached(terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -38,9 +57,9 @@ class HSC(SemiSupervisedAlgorithm):
 
     - **Semantic neighbourhood alignment** (local): ``q_nb`` the similarity-weighted vote of the ``k``
       nearest bank entries of ``z_w`` (:class:`NeighbourhoodCalibration`), and
-      ``q_N = (1 - alpha r) p + alpha r q_nb``.
+      ``q_N = p * q_nb^(alpha r)``, normalised (:func:`pool_evidence`).
     - **Cluster-prototype calibration** (global): ``a(z) = softmax_k(z . c_k / T_p)`` and the calibrated
-      distribution ``q = (1 - beta r) q_N + beta r a(z_w)``; the pseudo label is ``argmax q``, kept where
+      distribution ``q = q_N * a(z_w)^(beta r)``, normalised; the pseudo label is ``argmax q``, kept where
       the selector accepts ``q`` (FixMatch's ``max q >= tau`` by default). The prototypes are momentum
       means of the labeled embeddings (true labels) and of the accepted weak-view embeddings (pseudo
       labels) (:class:`ClassPrototypes`); across views, the strong view's class centroids of the batch
@@ -75,8 +94,8 @@ class HSC(SemiSupervisedAlgorithm):
         bank_size: entries of the memory bank (4096).
         k: neighbours per sample (10).
         neighbour_temperature: temperature of the neighbours' similarity weights (0.1).
-        alpha: weight of the neighbours' vote in ``q_N`` (0.3).
-        beta: weight of the prototype distribution in ``q`` (0.2).
+        alpha: exponent of the neighbours' vote in ``q_N`` (0.3).
+        beta: exponent of the prototype distribution in ``q`` (0.2).
         prototype_momentum: momentum of the prototypes (0.9).
         prototype_temperature: ``T_p`` of the prototype distribution (0.1).
         lambda_p: weight of the prototype alignment across views (1.0).
@@ -186,7 +205,7 @@ class HSC(SemiSupervisedAlgorithm):
         if (self.use_neighbourhood or self.use_consistency) and self.neighbourhood.ready(self.bank):
             q_nb, kappa = self.neighbourhood(self.bank, z_w)
             alpha = self.alpha * ramp if self.use_neighbourhood else 0.0
-            q_local = (1.0 - alpha) * probs + alpha * q_nb
+            q_local = pool_evidence(probs, q_nb, alpha)
             logs["compactness"] = float(kappa.mean())
             if self.use_neighbourhood:
                 logs["neighbour_agreement"] = float((q_nb.argmax(1) == probs.argmax(1)).float().mean())
@@ -195,7 +214,7 @@ class HSC(SemiSupervisedAlgorithm):
         calibrated = q_local
         if self.use_prototypes and have_prototypes:
             a_w = self.prototypes.assign(z_w.detach(), self.prototype_temperature)
-            calibrated = (1.0 - self.beta * ramp) * q_local + self.beta * ramp * a_w
+            calibrated = pool_evidence(q_local, a_w, self.beta * ramp)
         pseudo, mask = self.selector(calibrated, self.unlabeled_indices(unlabeled))
         logs["mask_rate"] = float(mask.mean())
         logs["calibration_changed"] = float((pseudo != probs.argmax(1)).float().mean())
