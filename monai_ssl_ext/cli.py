@@ -10,6 +10,7 @@
     monai-ssl check_bundle BUNDLE        model-zoo checks: files, metadata, properties, shapes, TorchScript export
     monai-ssl render_bundles [--check]   write the bundle folders from their one definition
     monai-ssl export CKPT OUT            TorchScript export described by the trained configuration
+    monai-ssl deploy_app DIR --model TS  a MONAI Deploy application folder (SR, and SEG for a model that segments)
     monai-ssl manifest SOURCE PATH OUT   build a manifest (busi, ham10000, nct_crc, folder, csv, dicom, medmnist)
     monai-ssl inspect PATH [--json]      what the pipeline sees of a file or a folder (DICOM, NIfTI, PNG...)
 
@@ -524,6 +525,32 @@ class Commands:
             find_bundle(bundle), ckpt, output, configs=_as_list(configs), metadata=_as_list(metadata), **overrides
         )
         return str(path)
+
+    @staticmethod
+    @_friendly
+    def deploy_app(
+        output: str, model: str | None = None, kind: str = "auto", vendor: bool = True, name: str | None = None
+    ) -> str:
+        """Write a MONAI Deploy application folder for a model exported by ``monai-ssl export``.
+
+        The folder holds ``app.py`` (runnable as ``python app.py -i DICOM_FOLDER -o OUT -m model.ts``),
+        ``__main__.py``, ``app.yaml``, ``requirements.txt``, a copy of this package and a README; package it as a
+        MONAI Application Package with the command printed (``monai-deploy package``, which needs Docker).
+
+        Args:
+            output: the application folder to write.
+            model: the exported model (``model.ts``); it decides the kind of application and names it.
+            kind: ``classification`` (a DICOM SR per image), ``segmentation`` (SR and SEG) or ``auto`` (from the
+                model).
+            vendor: copy this package into the folder (the package image then needs no index that holds it).
+            name: the application's name (default: the model's bundle).
+        """
+        from monai_ssl_ext.deploy.app_package import write_app_folder
+
+        written = write_app_folder(output, model=model, kind=kind, vendor=vendor, name=name)
+        print(f"{written['kind']} application written to {written['folder']}; package it (Docker needed) with:")
+        print(written["package_command"])
+        return written["folder"]
 
     @staticmethod
     @_friendly

@@ -463,6 +463,21 @@ def test_dicom_inputs_get_an_sr_and_a_seg_in_their_study(tmp_path):
     assert np.array_equal(pixels[5:21, 4:31] > 0, written) and not pixels[:5].any() and written.any()
 
 
+def test_a_batch_mixing_cropped_and_uncropped_images_keeps_each_region(tmp_path):
+    # collating a region-cropped DICOM with a PNG used to lose the region of both: the cropped image got no SR/SEG
+    pytest.importorskip("highdicom", reason="the DICOM outputs need the 'dicom' extra (highdicom)")
+    from monai_ssl_ext.deploy.dicom_results import DicomResultWriter, ModelDescription
+
+    paths = [_region_dicom(tmp_path), _png(tmp_path / "plain.png", (40, 40), (5, 20, 5, 20))]
+    out = tmp_path / "out"
+    model = ModelDescription("hermes_ultrasound", "0.3.0", "hermes", tuple(CLASSES))
+    writer = PredictionWriter(out, CLASSES, result_sinks=[DicomResultWriter(out, model)])
+    region_row, plain_row = _run(paths, writer, batch_size=2, crop_to_region=True)
+    assert json.loads(region_row["mask_region"]) == [4, 5, 30, 20] and json.loads(region_row["mask_shape"]) == [16, 27]
+    assert region_row["dicom_sr"] and region_row["dicom_seg"]
+    assert plain_row["mask_region"] == "" and plain_row["dicom_sr"] == ""
+
+
 def test_a_mask_goes_back_to_the_stored_grid():
     from monai_ssl_ext.deploy.dicom_results import mask_on_source_grid
 

@@ -238,7 +238,10 @@ def run_workflow(
     """
     log_file = Path(log_file)
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    from monai_ssl_ext import HOLOSCAN_IMPORT_WARNING
+
+    python_warnings = ",".join(w for w in (os.environ.get("PYTHONWARNINGS"), HOLOSCAN_IMPORT_WARNING) if w)
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": python_warnings, **(env or {})}
     start = time.perf_counter()
     with open(log_file, "w", encoding="utf-8") as log:
         log.write("$ " + " ".join(cmd) + "\n")

@@ -34,7 +34,7 @@ from monai_ssl_ext.io.reader import IMAGE_SUFFIXES, image_format
 from monai_ssl_ext.keys import DataKeys
 from monai_ssl_ext.utils.errors import innermost_cause
 
-__all__ = ["IMAGE_SUFFIXES", "InferenceInputs", "SkippedInput", "list_inputs", "scan_inputs"]
+__all__ = ["IMAGE_SUFFIXES", "InferenceInputs", "SkippedInput", "list_inputs", "read_failure", "scan_inputs"]
 
 logger = logging.getLogger("monai_ssl_ext.inference")
 
@@ -103,6 +103,7 @@ def scan_inputs(
     data_root: str | os.PathLike | None = None,
     split: str = "test",
     frames: FrameSpec = "first",
+    require_images: bool = True,
 ) -> tuple[list[dict], list[SkippedInput]]:
     """The entries ``{"image": path}`` to predict on, and the files of a folder that are not inputs.
 
@@ -114,9 +115,11 @@ def scan_inputs(
         split: manifest split to use.
         frames: frame policy of multi-frame files, as in training; with ``"every:k"`` each k-th frame
             is an entry of its own (``{"image": path, "frame": index}``), as the model was trained.
+        require_images: a folder without any image is an error; ``False`` returns no entries instead (a
+            study sent to an application may hold only objects it does not read).
 
     Raises:
-        FileNotFoundError: ``path`` does not exist or a folder holds no image.
+        FileNotFoundError: ``path`` does not exist or (``require_images``) a folder holds no image.
     """
     p = Path(path).expanduser()
     if not p.exists():
@@ -135,7 +138,7 @@ def scan_inputs(
                 entries.append({DataKeys.IMAGE: str(f)})
             elif reason != "hidden file":  # .DS_Store and the like: not worth a line
                 ignored.append(SkippedInput(str(f), reason, failed=False))
-        if not entries:
+        if not entries and require_images:
             others = (
                 f"; {len(ignored)} other files, e.g. {Path(ignored[0].path).name}: {ignored[0].reason}"
                 if ignored
@@ -217,14 +220,19 @@ class InferenceInputs(Dataset):
         super().__init__(readable, transform)
 
 
+def read_failure(err: BaseException) -> str:
+    """The reason an input whose reading raised ``err`` is skipped: ``cannot be read (<the reader's message>)``."""
+    cause = innermost_cause(err)  # MONAI wraps a transform's error: the reader's own says what is wrong
+    text = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    return f"cannot be read ({text})"
+
+
 def _unreadable(entry: dict, transform: Callable, accepted: set[str]) -> str | None:
     """Why ``entry`` cannot be predicted on (read error, refused modality), or ``None``."""
     try:
         item = transform(dict(entry))
     except Exception as err:  # any failure to read one file must not stop the others
-        cause = innermost_cause(err)  # MONAI wraps a transform's error: the reader's own says what is wrong
-        text = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        return f"cannot be read ({text})"
+        return read_failure(err)
     meta: Any = getattr(item.get(DataKeys.IMAGE), "meta", None) or {}
     modality = str(meta.get("modality") or "").upper()
     if accepted and meta.get("format") == "dicom" and modality and modality not in accepted:

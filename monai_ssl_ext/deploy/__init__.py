@@ -1,8 +1,14 @@
-"""Export and deployment: TorchScript export of a trained bundle model, and results as DICOM.
+"""Export and deployment: TorchScript export of a trained bundle model, results as DICOM, MONAI Deploy.
 
-- :mod:`.export`: ``model.ts`` described by the trained settings (``monai-ssl export``).
+- :mod:`.export`: ``model.ts`` described by the trained settings (``monai-ssl export``), with what an inference
+  application needs embedded (a reader, a preprocessing without file loaders, the DICOM images it reads).
 - :mod:`.dicom_results`: a classification as DICOM SR, a lesion mask as DICOM SEG (needs the ``dicom`` extra,
   highdicom; imported on use).
+- :mod:`.selection`: the DICOM instances a model reads (Modality, SOP Class) and why every other file is not read.
+- :mod:`.runtime`: an exported model run on a DICOM folder step by step, as ``monai-ssl predict`` runs a bundle.
+- :mod:`.operators`, :mod:`.app`: MONAI Deploy App SDK operators and applications over :mod:`.runtime` (need the
+  ``deploy`` extra; imported only by name, so this package imports without the SDK).
+- :mod:`.app_package`: an application folder for ``monai-deploy package`` (``monai-ssl deploy_app``).
 """
 
 from __future__ import annotations

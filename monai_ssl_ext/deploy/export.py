@@ -11,7 +11,12 @@ a 224 px ResNet-18 and metadata that declares one. :func:`export_bundle` instead
 3. embeds one merged inference config with the settings written in as values (no file lookups:
    MONAI Deploy runs it as it is), and metadata whose input channels, spatial shape, modality and
    class names are the trained ones. Metadata files are merged in order (later files win; ``a::b::c``
-   keys set one nested entry) for descriptive overlays such as ``ham10000_metadata.json``.
+   keys set one nested entry) for descriptive overlays such as ``ham10000_metadata.json``;
+4. adds what an inference application needs to run the model on pixels it has read itself, with no file
+   loader in its pipeline (:data:`DEPLOY_ENTRIES`: the reader of the modality profile, and the preprocessing
+   after it), the bundle's name (``bundle_name``), and the DICOM images the model reads, as metadata
+   ``network_data_format.inputs.image.dicom_selection`` (Modality and SOP Class UID values, see
+   :class:`~monai_ssl_ext.deploy.selection.DicomSelection`).
 
 The TorchScript file is replaced only once the export has succeeded.
 """
@@ -29,11 +34,19 @@ from monai.bundle import ConfigParser, ckpt_export
 
 from monai_ssl_ext.bundle.literal import inert
 from monai_ssl_ext.bundle.trained import describe_network_io, freeze_settings, read_trained_config
+from monai_ssl_ext.deploy.selection import DicomSelection
 from monai_ssl_ext.engines.model_loader import load_model_weights
 from monai_ssl_ext.utils import atomic_path
 from monai_ssl_ext.utils.weights import load_weights_file
 
-__all__ = ["export_bundle", "merged_metadata"]
+__all__ = ["DEPLOY_ENTRIES", "export_bundle", "merged_metadata"]
+
+#: config entries embedded for MONAI Deploy: the profile's reader (a file in, the image in memory out: the
+#: application's loader runs it) and the rest of the preprocessing, which opens no file
+DEPLOY_ENTRIES = {
+    "deploy_reader": {"_target_": "Compose", "transforms": "$@profile.read(False)"},
+    "deploy_preprocessing": "$@profile.preprocess(keep_meta=True, read=False)",
+}
 
 
 def _bundle_files(bundle: Path, names: str | Sequence[str], kind: str) -> list[str]:
@@ -110,6 +123,14 @@ def export_bundle(
     if {"image_size", "modality", "class_names"} <= set(settings):
         meta["network_data_format"] = describe_network_io(meta["network_data_format"], settings)
     frozen = freeze_settings(parser.config, settings)
+    if "profile" in parser:
+        profile = parser.get_parsed_content("profile")
+        accept = parser.get_parsed_content("accept_modalities") if "accept_modalities" in parser else None
+        selection = DicomSelection.for_profile(profile, accept)
+        image_in = meta.get("network_data_format", {}).get("inputs", {}).get("image")
+        if isinstance(image_in, dict):
+            image_in["dicom_selection"] = selection.to_metadata()
+        frozen.update({**DEPLOY_ENTRIES, "bundle_name": inert(bundle.resolve().name)})
     target = Path(filepath)
     with tempfile.TemporaryDirectory() as tmp, atomic_path(target) as tmp_ts:
         meta_file = Path(tmp) / "metadata.json"

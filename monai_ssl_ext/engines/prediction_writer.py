@@ -238,7 +238,27 @@ class PredictionWriter:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
         engine.add_event_handler(Events.COMPLETED, self._write)
 
-    def _reset(self, engine: Engine) -> None:
+    # the same steps without an engine, for a pipeline that runs the network itself (MONAI Deploy operators)
+    def start(self) -> None:
+        """Begin a run: forget a previous one (rows, mask names, result sinks)."""
+        self._reset(None)
+
+    def add(self, output: Mapping, item: Mapping) -> dict[str, Any]:
+        """Write the results of one image and keep its row; returns the row.
+
+        Args:
+            output: the post-processed output of the image (``probs``, and ``seg`` for a network that segments).
+            item: the preprocessed item (its image carries the reader's metadata).
+        """
+        self._add(output, item)
+        return self.rows[-1]
+
+    def complete(self) -> None:
+        """End the run: ``predictions.csv``, ``predictions.json``, ``skipped.csv`` (see the class description;
+        raises :class:`SkippedInputsError` after writing them when an input failed)."""
+        self._write(None)
+
+    def _reset(self, engine: Engine | None) -> None:
         self.rows.clear()
         self._names.clear()
         self._overlays.clear()
@@ -250,25 +270,28 @@ class PredictionWriter:
         outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
         batch = engine.state.batch if isinstance(engine.state.batch, list) else [engine.state.batch] * len(outputs)
         for out, item in zip(outputs, batch, strict=True):
-            probs = torch.as_tensor(out[self.probs_key]).detach().float().reshape(-1).cpu()
-            if probs.numel() != len(self.class_names):
-                raise ValueError(
-                    f"the network gives {probs.numel()} class probabilities but {len(self.class_names)} class names "
-                    f"are configured ({self.class_names})"
-                )
-            source = _source(item, self.image_key) or _source(out, self.image_key)
-            meta = _meta(item, self.image_key) or _meta(out, self.image_key)
-            row = self._row(source, probs.tolist(), _frame_of(meta))
-            index = int(row["class_index"])
-            labels, region = None, None
-            if self.seg_key is not None and out.get(self.seg_key) is not None:
-                title = f"{row['prediction']} {float(probs[index]):.2f}"
-                fields, labels = self._write_mask(out, item, meta, source, title)
-                row.update(fields)
-                region = fields["mask_region"]
-            for sink in self.result_sinks:
-                row.update(sink(source=source, meta=meta, probs=probs.tolist(), mask=labels, region=region))
-            self.rows.append(row)
+            self._add(out, item)
+
+    def _add(self, out: Mapping, item: Mapping) -> None:
+        probs = torch.as_tensor(out[self.probs_key]).detach().float().reshape(-1).cpu()
+        if probs.numel() != len(self.class_names):
+            raise ValueError(
+                f"the network gives {probs.numel()} class probabilities but {len(self.class_names)} class names "
+                f"are configured ({self.class_names})"
+            )
+        source = _source(item, self.image_key) or _source(out, self.image_key)
+        meta = _meta(item, self.image_key) or _meta(out, self.image_key)
+        row = self._row(source, probs.tolist(), _frame_of(meta))
+        index = int(row["class_index"])
+        labels, region = None, None
+        if self.seg_key is not None and out.get(self.seg_key) is not None:
+            title = f"{row['prediction']} {float(probs[index]):.2f}"
+            fields, labels = self._write_mask(out, item, meta, source, title)
+            row.update(fields)
+            region = fields["mask_region"]
+        for sink in self.result_sinks:
+            row.update(sink(source=source, meta=meta, probs=probs.tolist(), mask=labels, region=region))
+        self.rows.append(row)
 
     def _row(self, source: str, probs: Sequence[float], frame: int | str | None) -> dict[str, Any]:
         """A row of ``predictions.csv``: the image (its frame, for a multi-frame file), the class, the probabilities."""
@@ -359,9 +382,13 @@ class PredictionWriter:
                 self._overlays.append((_tensor(shown).numpy(), net_labels.numpy(), label))
 
         region = None
-        us_region = meta.get("us_region")
-        if bool(_plain(meta.get("cropped", False))) and isinstance(us_region, Mapping):
-            region = [int(_plain(v)) for v in _plain(us_region.get("bbox")) or []] or None
+        if bool(_plain(meta.get("cropped", False))):
+            # crop_box: stated by every image the package reads, so it survives a batch that mixes cropped and
+            # uncropped images, which loses us_region for all of them
+            box = _plain(meta.get("crop_box"))
+            if box is None and isinstance(meta.get("us_region"), Mapping):
+                box = _plain(meta["us_region"].get("bbox"))
+            region = [int(_plain(v)) for v in box or []] or None
         lesion = int(np.count_nonzero(labels_np))
         try:
             shown_path = str(path.relative_to(self.output_dir))
@@ -404,7 +431,7 @@ class PredictionWriter:
         return save_figure(fig, self.output_dir / "predictions_overlay.png", close=False)
 
     # ---------------------------------------------------------------- end of run
-    def _write(self, engine: Engine) -> None:
+    def _write(self, engine: Engine | None) -> None:
         for sink in self.result_sinks:
             for source, probs, fields in sink.finish() if hasattr(sink, "finish") else ():
                 self.rows.append({**self._row(source, probs, "all"), **fields})

@@ -99,7 +99,9 @@ class ReadImage(Transform):
     Any format :func:`monai_ssl_ext.io.read_image` reads: PNG/JPEG/TIFF, DICOM (rendered as a viewer
     shows it: photometric, palette, modality/VOI LUT, MONOCHROME1), NIfTI (one slice).
     The meta dict keeps the source (``filename_or_obj``), the stored mode and the pixel spacing, so
-    inference can write its outputs beside the input and error messages can name the file. The affine
+    inference can write its outputs beside the input and error messages can name the file; ``cropped`` and
+    ``crop_box`` (``[x0, y0, x1, y1]``, inclusive, of the image in the stored frame: the ultrasound region it was
+    cropped to, else the whole frame) say where it lies in the file, for every image. The affine
     scales rows and columns by the spacing (mm for DICOM and NIfTI, 1 when unknown).
 
     Args:
@@ -144,6 +146,12 @@ class ReadImage(Transform):
         scales = [*scales, 1.0] if array.ndim == 3 else [1.0, *scales]  # (C, T, H, W): time first
         affine = torch.diag(torch.tensor([*scales, 1.0], dtype=torch.float64))
         meta = {k: v for k, v in meta.items() if v is not None}
+        # every image states its crop with the same keys, so that a batch mixing cropped and uncropped images
+        # (collated, then decollated by an evaluator) keeps them: an entry some images lack is lost for all
+        box = meta.get("us_region", {}).get("bbox") if meta.get("cropped") else None
+        rows, columns = array.shape[-2:]
+        meta["cropped"] = box is not None
+        meta["crop_box"] = [int(v) for v in box] if box is not None else [0, 0, int(columns) - 1, int(rows) - 1]
         return MetaTensor(torch.from_numpy(np.ascontiguousarray(array)), affine=affine, meta=meta)
 
 

@@ -130,6 +130,9 @@ class ModalityProfile:
     #: DICOM Modality values (0008,0060) of the images this profile is for; the first is the one a bundle's
     #: metadata declares. Inference refuses a DICOM input of another modality.
     dicom_modalities: tuple[str, ...] = ("OT",)
+    #: SOP Class UIDs (0008,0016) of the DICOM images this profile is for; empty: any SOP class that holds an
+    #: image. With :attr:`dicom_modalities` they are the selection an exported model declares (MONAI Deploy).
+    dicom_sop_classes: tuple[str, ...] = ()
     #: whether ``crop_to_region=None`` crops DICOM to its ultrasound imaging region
     crop_by_default = False
     #: the pool of RandAugment operations: what is physically sensible for the modality. The base pool is
@@ -254,13 +257,16 @@ class ModalityProfile:
         ]
 
     # ---------------------------------------------------------------- pipelines
-    def preprocess(self, with_mask: bool = False, keep_meta: bool = False) -> Compose:
+    def preprocess(self, with_mask: bool = False, keep_meta: bool = False, read: bool = True) -> Compose:
         """Deterministic loading + normalisation + resizing (what a cache can hold).
 
         Args:
             with_mask: also read the ``mask`` entry (missing masks become empty masks).
             keep_meta: keep ``MetaTensor`` metadata (inference writes outputs beside the input);
                 training drops it, which makes the random transforms faster.
+            read: start by reading the files the entry names (:meth:`read`). ``False``: the entry already holds
+                the image as :meth:`read` returns it, a ``MetaTensor`` in memory, and no file is opened (MONAI
+                Deploy, whose loader reads the pixels: ``Compose(read(False))`` then this is the whole pipeline).
         """
         keys = [DataKeys.IMAGE, DataKeys.MASK] if with_mask else [DataKeys.IMAGE]
         # an unread mask entry is a path or a list of paths, which cannot be collated into a batch; its rules
@@ -269,7 +275,7 @@ class ModalityProfile:
         return Compose(
             [
                 *drop,
-                *self.read(with_mask),
+                *(self.read(with_mask) if read else []),
                 *self.normalise(),
                 *self.resize(with_mask),
                 EnsureTyped(keys, track_meta=keep_meta, allow_missing_keys=True),
@@ -405,6 +411,13 @@ class UltrasoundProfile(_GreyPositionedProfile):
 
     name = "ultrasound"
     dicom_modalities = ("US",)
+    # Ultrasound Image Storage and Ultrasound Multi-frame Image Storage, with their retired predecessors
+    dicom_sop_classes = (
+        "1.2.840.10008.5.1.4.1.1.6.1",
+        "1.2.840.10008.5.1.4.1.1.3.1",
+        "1.2.840.10008.5.1.4.1.1.6",
+        "1.2.840.10008.5.1.4.1.1.3",
+    )
     crop_by_default = True
     randaugment_ops = (
         *GEOMETRIC_OPS,
@@ -451,6 +464,14 @@ class XRayProfile(_GreyPositionedProfile):
     name = "xray"
     # digital and computed radiography; RG: radiographic imaging (conventional film/screen, digitised)
     dicom_modalities = ("DX", "CR", "RG")
+    # CR Image Storage; Digital X-Ray Image Storage for presentation and for processing; secondary capture
+    # (digitised film)
+    dicom_sop_classes = (
+        "1.2.840.10008.5.1.4.1.1.1",
+        "1.2.840.10008.5.1.4.1.1.1.1",
+        "1.2.840.10008.5.1.4.1.1.1.1.1",
+        "1.2.840.10008.5.1.4.1.1.7",
+    )
 
     def weak(self, keys: Sequence[str], mask_keys: Sequence[str] = ()) -> list[Transform]:
         return [self.positioning(list(keys), list(mask_keys))]
@@ -534,6 +555,8 @@ class DermoscopyProfile(ModalityProfile):
     name = "dermoscopy"
     # external-camera photography, and other (secondary capture) for photographs converted to DICOM
     dicom_modalities = ("XC", "OT")
+    # VL Photographic Image Storage; single- and multi-frame true colour secondary capture
+    dicom_sop_classes = ("1.2.840.10008.5.1.4.1.1.77.1.4", "1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.7.4")
     default_channels = 3
     randaugment_ops = (
         *GEOMETRIC_OPS,
@@ -643,6 +666,14 @@ class HistologyProfile(ModalityProfile):
 
     name = "histology"
     dicom_modalities = ("SM", "OT")  # slide microscopy
+    # VL Microscopic and VL Slide-Coordinates Microscopic Image Storage; secondary capture (tiles exported as
+    # images). Whole-slide images (VL Whole Slide Microscopy) are pyramids of tiles, which the reader does not read.
+    dicom_sop_classes = (
+        "1.2.840.10008.5.1.4.1.1.77.1.2",
+        "1.2.840.10008.5.1.4.1.1.77.1.3",
+        "1.2.840.10008.5.1.4.1.1.7",
+        "1.2.840.10008.5.1.4.1.1.7.4",
+    )
     default_channels = 3
     randaugment_ops = (
         *GEOMETRIC_OPS,
