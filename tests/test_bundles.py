@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from bundle_helpers import (
+    build_algorithm,
+    bundle_parser,
+    exception_chain_messages,
+    inference_overrides,
+    read_predictions,
+    run_bundle,
+    run_evaluation,
+    train_in_two_processes,
+    trained_config,
+    workflow_overrides,
+)
 from conftest import export_torchscript, shared_data
-from monai.bundle import ConfigParser
 
-from monai_ssl_ext.bundle import BundleRunError, bundle_command, run_workflow
 from monai_ssl_ext.bundle.checks import check_bundle
 from monai_ssl_ext.cli import main
 from monai_ssl_ext.data.synthetic import ensure_synthetic_dataset
@@ -21,7 +30,6 @@ REPO = Path(__file__).resolve().parents[1]
 BUNDLES = sorted(p for p in (REPO / "bundles").iterdir() if (p / "configs").is_dir())
 SCHEMA = REPO.parent / "shared" / "schemas" / "meta_schema_20240725.json"
 BASELINES = REPO / "bundles" / "baselines_ultrasound"
-TINY = {"image_size": 32, "backbone": "resnet10", "num_workers": 0, "labeled_batch_size": 4, "unlabeled_batch_size": 8}
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=[b.name for b in BUNDLES])
@@ -37,21 +45,9 @@ def test_bundle_passes_model_zoo_checks(bundle):
 
 def test_every_algorithm_key_of_the_bundle_instantiates(tmp_path):
     data = ensure_synthetic_dataset(tmp_path / "data", num_images=40, image_size=32)
-    parser = ConfigParser()
-    parser.read_config(str(BASELINES / "configs" / "train.json"))
-    parser.update(
-        {
-            "bundle_root": str(BASELINES),
-            "datalist": str(data),
-            "data_root": str(data.parent),
-            "device": "$torch.device('cpu')",
-            **TINY,
-        }
-    )
+    parser = bundle_parser(BASELINES, data=data)
     for name in ("supervised", "mean_teacher", "fixmatch", "flexmatch", "freematch", "softmatch"):
-        parser["algorithm_name"] = name
-        parser.parse()
-        algorithm = parser.get_parsed_content("algorithm")
+        algorithm = build_algorithm(parser, name)
         assert type(algorithm).__name__.lower().replace("_", "") == name.replace("_", "")
     # one key selects the modality; the network's input channels follow its profile
     for modality, channels in (("ultrasound", 1), ("dermoscopy", 3), ("histology", 3)):
@@ -66,26 +62,17 @@ def test_every_algorithm_key_of_the_bundle_instantiates(tmp_path):
     with pytest.raises(Exception) as err:
         parser.get_parsed_content("algorithm")
     # monai.bundle wraps the error of a config expression; the cause names the choices
-    messages = []
-    cause: BaseException | None = err.value
-    while cause is not None:
-        messages.append(str(cause))
-        cause = cause.__cause__ or cause.__context__
+    messages = exception_chain_messages(err.value)
     assert any("choose one of" in m and "flexmatch" in m for m in messages), messages
 
 
 def _run(tmp_path, run_id, configs, overrides, expect_fail=False):
-    cmd = bundle_command(BASELINES, run_id, configs, overrides)
-    if expect_fail:
-        with pytest.raises(BundleRunError) as err:
-            run_workflow(cmd, tmp_path / f"{run_id}.log")
-        return str(err.value)
-    run_workflow(cmd, tmp_path / f"{run_id}.log")
-    return (tmp_path / f"{run_id}.log").read_text()
+    return run_bundle(BASELINES, tmp_path, run_id, configs, overrides, expect_fail=expect_fail)
 
 
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
+    # 60 images rather than conftest's 40: the end-to-end run's test split is 12 of them
     root = tmp_path_factory.mktemp("synthetic")
     return ensure_synthetic_dataset(root, num_images=60, image_size=48)
 
@@ -122,7 +109,7 @@ def test_train_resume_evaluate_infer_export_end_to_end(tmp_path, small_data):
     assert (tmp_path / "models" / "checkpoint_epoch=2.pt").is_file()
     for name in ("history.json", "training_curves.png", "train_summary.json"):
         assert (tmp_path / "run" / name).is_file(), name
-    trained = json.loads((tmp_path / "models" / "train_config.json").read_text())
+    trained = trained_config(tmp_path)
     assert (trained["image_size"], trained["backbone"], trained["in_channels"]) == (64, "resnet10", 1)
     assert trained["class_names"] == ["benign", "malignant"] and trained["algorithm_name"] == "mean_teacher"
     # TensorBoard: training scalars and learning rate per iteration, validation metrics at each validation
@@ -134,9 +121,7 @@ def test_train_resume_evaluate_infer_export_end_to_end(tmp_path, small_data):
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert history["validation"]["epoch"] == [1, 2, 3, 4]
 
-    where = {"ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "run")}
-    _run(tmp_path, "evaluating", ["train.json", "evaluate.json"], {**where, "eval_output_dir": str(tmp_path / "eval")})
-    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    metrics = run_evaluation(BASELINES, tmp_path)
     assert metrics["split"] == "test" and metrics["num_samples"] == 12
     assert metrics["extra"]["algorithm"] == "mean_teacher" and metrics["extra"]["bundle"] == "baselines_ultrasound"
     assert {"accuracy", "balanced_accuracy", "macro_f1", "auc", "sensitivity", "specificity", "ece"} <= set(
@@ -147,10 +132,9 @@ def test_train_resume_evaluate_infer_export_end_to_end(tmp_path, small_data):
 
     images = small_data.parent / "images"
     checkpoint = str(tmp_path / "models" / "model.pt")
-    infer = {"input_dir": str(images), "checkpoint": checkpoint, "output_dir": str(tmp_path / "infer")}
+    infer = inference_overrides(tmp_path, images)
     _run(tmp_path, "run", ["inference.json"], infer)
-    with open(tmp_path / "infer" / "predictions.csv") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_predictions(tmp_path / "infer")
     assert len(rows) == len(list(images.glob("*.png")))
     assert abs(float(rows[0]["prob_benign"]) + float(rows[0]["prob_malignant"]) - 1) < 1e-5
     assert all(r["image"] == Path(r["image"]).name for r in rows)  # named relative to the input folder
@@ -161,8 +145,7 @@ def test_train_resume_evaluate_infer_export_end_to_end(tmp_path, small_data):
     second = {**infer, "input_dir": str(export), "output_dir": str(tmp_path / "infer2")}
     error = _run(tmp_path, "run", ["inference.json"], second, expect_fail=True)
     assert "1 input(s) got no prediction (corrupt.png: cannot be read" in error.splitlines()[0]
-    with open(tmp_path / "infer2" / "predictions.csv") as f:
-        assert len(list(csv.DictReader(f))) == len(rows)
+    assert len(read_predictions(tmp_path / "infer2")) == len(rows)
     assert "DOE" not in (tmp_path / "infer2" / "predictions.csv").read_text()
     assert "corrupt.png,failed,cannot be read" in (tmp_path / "infer2" / "skipped.csv").read_text()
     # a DICOM export through monai-ssl predict: an SR in the image's study, linked from the row by its UIDs
@@ -173,8 +156,7 @@ def test_train_resume_evaluate_infer_export_end_to_end(tmp_path, small_data):
     scanner.mkdir()
     shutil.copy(shared_data("dicom", "US1_UNCR.dcm"), scanner / "IM0001")  # as a PACS names them: no suffix
     main(["predict", str(scanner), "--checkpoint", checkpoint, "--output", str(tmp_path / "dicom_out")])
-    with open(tmp_path / "dicom_out" / "predictions.csv") as f:
-        (row,) = list(csv.DictReader(f))
+    (row,) = read_predictions(tmp_path / "dicom_out")
     source = pydicom.dcmread(scanner / "IM0001", stop_before_pixels=True)
     assert (row["image"], row["sop_uid"]) == ("IM0001", source.SOPInstanceUID)
     assert row["study_uid"] == source.StudyInstanceUID
@@ -206,22 +188,9 @@ def test_train_resume_evaluate_infer_export_end_to_end(tmp_path, small_data):
 
 @pytest.mark.slow
 def test_two_process_torchrun_training_completes(tmp_path, small_data):
-    overrides = {
-        **TINY,
-        "datalist": str(small_data),
-        "data_root": str(small_data.parent),
-        "ckpt_dir": str(tmp_path / "models"),
-        "output_dir": str(tmp_path / "run"),
-        "algorithm_name": "flexmatch",
-        "num_iterations": 4,
-        "val_interval": 2,
-    }
-    cmd = bundle_command(BASELINES, "training", ["train.json", "multi_gpu_train.json"], overrides, nproc=2)
-    run_workflow(cmd, tmp_path / "ddp.log")
-    log = (tmp_path / "ddp.log").read_text()
-    assert "[train] 4/4 (100%)" in log
+    train_in_two_processes(BASELINES, small_data, tmp_path, algorithm_name="flexmatch")
     assert (tmp_path / "models" / "model.pt").is_file()
-    assert json.loads((tmp_path / "models" / "train_config.json").read_text())["algorithm_name"] == "flexmatch"
+    assert trained_config(tmp_path)["algorithm_name"] == "flexmatch"
     # TensorBoard from rank 0 only: every events file comes from one process
     writers = {p.name.split(".")[-2] for p in (tmp_path / "run").glob("events.out.tfevents.*")}
     assert len(writers) == 1, sorted(p.name for p in (tmp_path / "run").glob("events.out.tfevents.*"))
@@ -241,14 +210,7 @@ def test_two_process_torchrun_training_completes(tmp_path, small_data):
     ids=["missing-data-root", "budget-too-large", "budget-below-classes", "algorithm-typo"],
 )
 def test_bad_input_fails_before_training_with_a_clear_message(tmp_path, small_data, overrides, message):
-    base = {
-        **TINY,
-        "datalist": str(small_data),
-        "data_root": str(small_data.parent),
-        "ckpt_dir": str(tmp_path / "models"),
-        "output_dir": str(tmp_path / "run"),
-        "num_iterations": 2,
-    }
+    base = workflow_overrides(small_data, tmp_path, num_iterations=2)
     text = _run(tmp_path, "training", ["train.json"], {**base, **overrides}, expect_fail=True)
     assert message in text
     assert "[train]" not in (tmp_path / "training.log").read_text()  # nothing trained
@@ -269,17 +231,8 @@ def test_missing_manifest_file_is_named(tmp_path, small_data):
 @pytest.mark.slow
 def test_tracking_mlflow_records_the_run_that_mlflow_reads_back(tmp_path, small_data):
     mlflow = pytest.importorskip("mlflow")
-    overrides = {
-        **TINY,
-        "datalist": str(small_data),
-        "data_root": str(small_data.parent),
-        "ckpt_dir": str(tmp_path / "models"),
-        "output_dir": str(tmp_path / "run"),
-        "num_iterations": 4,
-        "val_interval": 2,
-        "tracking": "mlflow",
-        "experiment_name": "baselines_test",
-    }
+    tracking = {"tracking": "mlflow", "experiment_name": "baselines_test"}
+    overrides = workflow_overrides(small_data, tmp_path, num_iterations=4, val_interval=2, **tracking)
     _run(tmp_path, "training", ["train.json"], overrides)
     client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'run' / 'mlruns.db'}")
     experiment = client.get_experiment_by_name("baselines_test")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import copy
-import io
 import json
 import math
+from functools import partial
 
 import pytest
 import torch
-from conftest import run_two_ranks
+from conftest import check_resumes_exactly, checkpoint_round_trip, run_two_ranks, three_class_batches, train_steps
 
 from monai_ssl_ext.algorithms import CLCPMT, ClassAdaptiveThreshold, FixedThreshold
 from monai_ssl_ext.networks import Classifier
@@ -77,10 +76,8 @@ def test_capr_state_round_trips_through_a_checkpoint():
     for _ in range(5):
         capr(_predicted([(0, 0.9), (1, 0.5), (2, 0.7)]))
     capr.set_step(42)
-    buffer = io.BytesIO()
-    torch.save(capr.state_dict(), buffer)
     restored = _ready(momentum=0.7)
-    restored.load_state_dict(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))
+    restored.load_state_dict(checkpoint_round_trip(capr.state_dict()))
     assert int(restored.current_step) == 42
     assert torch.equal(restored.thresholds(), capr.thresholds())
     batch = _predicted([(1, 0.6), (2, 0.65)])
@@ -105,30 +102,6 @@ def test_sde_contrast_of_two_views_equals_the_hand_computed_value():
 
 
 # ---------------------------------------------------------------- the algorithm
-def _batches(seed: int) -> tuple[dict, dict]:
-    g = torch.Generator().manual_seed(seed)
-    labeled = {"image": torch.rand(4, 3, 32, 32, generator=g), "label": torch.tensor([0, 1, 2, 0])}
-    unlabeled = {
-        "image_weak": torch.rand(6, 3, 32, 32, generator=g),
-        "image_strong": torch.rand(6, 3, 32, 32, generator=g),
-        "index": torch.arange(6),
-    }
-    return labeled, unlabeled
-
-
-def _train(alg: CLCPMT, net: torch.nn.Module, steps: range) -> list[float]:
-    opt = torch.optim.SGD(net.parameters(), lr=0.01)
-    losses = []
-    for step in steps:
-        out = alg.train_step(net, *_batches(step), step)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        alg.after_optimizer_step(net, step)
-        losses.append(out.loss.item())
-    return losses
-
-
 def _network() -> Classifier:
     return Classifier(3, in_channels=3, backbone="resnet10", return_dict=True, embed_dim=8)
 
@@ -136,26 +109,18 @@ def _network() -> Classifier:
 def test_clcpmt_trains_every_term_and_resumes_exactly():
     torch.manual_seed(0)
     net = _network()
-    alg = CLCPMT(3, threshold_rampup=0.0)
+    new_clcpmt = partial(CLCPMT, 3, threshold_rampup=0.0)
+    alg = new_clcpmt()
     alg.setup(net, total_steps=10, num_unlabeled=6)
-    _train(alg, net, range(2))
-    out = alg.train_step(net, *_batches(2), 2)
+    train_steps(alg, net, range(2))
+    out = alg.train_step(net, *three_class_batches(2), 2)
     assert {"loss_sup", "loss_consistency", "loss_capr", "loss_sde"} <= set(out.terms)
     assert {"threshold_mean", "threshold_min", "mask_rate"} <= set(out.logs)
     net.zero_grad()
     out.loss.backward()
     assert net.projection.net[0].weight.grad.abs().sum() > 0  # SDE trains the projection head
 
-    buffer = io.BytesIO()
-    torch.save({"algorithm": alg.state_dict(), "network": net.state_dict()}, buffer)
-    state = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
-    resumed_net = _network()
-    resumed_net.load_state_dict(state["network"])
-    resumed = CLCPMT(3, threshold_rampup=0.0)
-    resumed.setup(resumed_net, total_steps=10, num_unlabeled=6)
-    resumed.load_state_dict(state["algorithm"])
-    original_net = copy.deepcopy(net)
-    assert _train(resumed, resumed_net, range(3, 5)) == _train(alg, original_net, range(3, 5))
+    resumed = check_resumes_exactly(alg, net, new_clcpmt, _network, range(3, 5))
     assert torch.equal(resumed.selector.progress, alg.selector.progress)
 
 
@@ -167,12 +132,12 @@ def test_ablations_switch_their_component_off():
     net = Classifier(3, in_channels=3, backbone="resnet10", return_dict=True)
     no_sde = CLCPMT(3, use_sde=False)
     no_sde.setup(net, total_steps=10, num_unlabeled=6)
-    out = no_sde.train_step(net, *_batches(0), 0)
+    out = no_sde.train_step(net, *three_class_batches(0), 0)
     assert "loss_sde" not in out.terms and torch.isfinite(out.loss)
     with_sde = CLCPMT(3)
     with_sde.setup(net, total_steps=10, num_unlabeled=6)
     with pytest.raises(KeyError, match="embedding"):
-        with_sde.train_step(net, *_batches(0), 0)
+        with_sde.train_step(net, *three_class_batches(0), 0)
 
 
 # ---------------------------------------------------------------- two ranks (gloo, CPU)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import copy
-import io
 import math
+from functools import partial
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import check_resumes_exactly, three_class_batches, train_steps
 from torch import nn
 
 from monai_ssl_ext.algorithms import DSRPGC, MetaReweighting, entropy_weights
@@ -142,58 +142,27 @@ def test_medfusenet_torchscript_matches_eager(fuse):
 
 
 # ---------------------------------------------------------------- the algorithm
-def _batches(seed: int) -> tuple[dict, dict]:
-    g = torch.Generator().manual_seed(seed)
-    labeled = {"image": torch.rand(4, 3, 32, 32, generator=g), "label": torch.tensor([0, 1, 2, 0])}
-    unlabeled = {
-        "image_weak": torch.rand(6, 3, 32, 32, generator=g),
-        "image_strong": torch.rand(6, 3, 32, 32, generator=g),
-        "index": torch.arange(6),
-    }
-    return labeled, unlabeled
-
-
 def _network() -> MedFuseNet:
     return MedFuseNet(3, in_channels=3, backbone="resnet10", channels=16, embed_dim=8, return_dict=True)
-
-
-def _train(alg: DSRPGC, net: nn.Module, steps: range) -> list[float]:
-    opt = torch.optim.SGD(net.parameters(), lr=0.01)
-    losses = []
-    for step in steps:
-        out = alg.train_step(net, *_batches(step), step)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        alg.after_optimizer_step(net, step)
-        losses.append(out.loss.item())
-    return losses
 
 
 def test_dsrpgc_trains_every_term_fills_its_queue_and_resumes_exactly():
     torch.manual_seed(0)
     net = _network()
-    alg = DSRPGC(3, embed_dim=8, queue_size=16, meta_interval=2)
+    new_dsrpgc = partial(DSRPGC, 3, embed_dim=8, queue_size=16, meta_interval=2)
+    alg = new_dsrpgc()
     alg.setup(net, total_steps=10, num_unlabeled=6)
-    _train(alg, net, range(2))
-    out = alg.train_step(net, *_batches(2), 2)
+    train_steps(alg, net, range(2))
+    out = alg.train_step(net, *three_class_batches(2), 2)
     assert {"loss_sup", "loss_consistency", "loss_pgc"} <= set(out.terms)
     assert {"entropy_weight_mean", "meta_grad_abs_mean", "weight_mean"} <= set(out.logs)
-    assert "meta_grad_abs_mean" not in alg.train_step(net, *_batches(3), 3).logs  # refined every 2nd step only
+    # the weights are refined every 2nd step only
+    assert "meta_grad_abs_mean" not in alg.train_step(net, *three_class_batches(3), 3).logs
     # the queue is a ring of the teacher's keys with one-hot pseudo labels: 4 steps x 6 keys in 16 slots
     assert len(alg.queue) == 16 and int(alg.queue.pointer) == 24 % 16
     assert torch.all(alg.queue.probs.sum(dim=1) == 1) and set(alg.queue.probs.unique().tolist()) <= {0.0, 1.0}
 
-    buffer = io.BytesIO()
-    torch.save({"algorithm": alg.state_dict(), "network": net.state_dict()}, buffer)
-    state = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
-    resumed_net = _network()
-    resumed_net.load_state_dict(state["network"])
-    resumed = DSRPGC(3, embed_dim=8, queue_size=16, meta_interval=2)
-    resumed.setup(resumed_net, total_steps=10, num_unlabeled=6)
-    resumed.load_state_dict(state["algorithm"])
-    original_net = copy.deepcopy(net)
-    assert _train(resumed, resumed_net, range(4, 6)) == _train(alg, original_net, range(4, 6))
+    resumed = check_resumes_exactly(alg, net, new_dsrpgc, _network, range(4, 6))
     assert torch.equal(resumed.queue.features, alg.queue.features)
 
 
@@ -202,19 +171,19 @@ def test_each_component_switches_off():
     net = _network()
     no_dsr = DSRPGC(3, embed_dim=8, use_dsr=False)
     no_dsr.setup(net, total_steps=10, num_unlabeled=6)
-    out = no_dsr.train_step(net, *_batches(0), 0)
+    out = no_dsr.train_step(net, *three_class_batches(0), 0)
     assert torch.all(out.pseudo_mask == 1) and "meta_grad_abs_mean" not in out.logs
     no_meta = DSRPGC(3, embed_dim=8, use_meta=False)
     no_meta.setup(net, total_steps=10, num_unlabeled=6)
-    out = no_meta.train_step(net, *_batches(0), 0)
+    out = no_meta.train_step(net, *three_class_batches(0), 0)
     assert out.logs["weight_mean"] == out.logs["entropy_weight_mean"] and "meta_grad_abs_mean" not in out.logs
     # without PGC a network without a projection head trains
     plain = MedFuseNet(3, in_channels=3, backbone="resnet10", channels=16, return_dict=True)
     no_pgc = DSRPGC(3, embed_dim=8, use_pgc=False)
     no_pgc.setup(plain, total_steps=10, num_unlabeled=6)
-    out = no_pgc.train_step(plain, *_batches(0), 0)
+    out = no_pgc.train_step(plain, *three_class_batches(0), 0)
     assert "loss_pgc" not in out.terms and torch.isfinite(out.loss)
     with_pgc = DSRPGC(3, embed_dim=8)
     with_pgc.setup(plain, total_steps=10, num_unlabeled=6)
     with pytest.raises(KeyError, match="embedding"):
-        with_pgc.train_step(plain, *_batches(0), 0)
+        with_pgc.train_step(plain, *three_class_batches(0), 0)

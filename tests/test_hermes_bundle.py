@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import json
 from pathlib import Path
@@ -10,13 +9,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from bundle_helpers import (
+    build_algorithm,
+    bundle_parser,
+    copy_images,
+    run_bundle,
+    run_evaluation,
+    run_inference,
+    train_in_two_processes,
+    workflow_overrides,
+)
 from monai.bundle import ConfigParser
 from PIL import Image
 
 from monai_ssl_ext.algorithms import FixMatch, Hermes, MeanTeacher
-from monai_ssl_ext.bundle import bundle_command, run_workflow
 from monai_ssl_ext.cli import main
-from monai_ssl_ext.data.synthetic import ensure_synthetic_dataset
 from monai_ssl_ext.engines import OptimizerSet
 from monai_ssl_ext.networks import EfficientNetLite0Encoder, HermesNet
 
@@ -26,24 +33,7 @@ TINY = {"image_size": 32, "backbone": "resnet10", "num_workers": 0, "labeled_bat
 
 
 def _parser(data: Path, **overrides) -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / "train.json"))
-    parser.update(
-        {
-            "bundle_root": str(BUNDLE),
-            "datalist": str(data),
-            "data_root": str(data.parent),
-            "device": "$torch.device('cpu')",
-            **TINY,
-            **overrides,
-        }
-    )
-    return parser
-
-
-@pytest.fixture(scope="module")
-def small_data(tmp_path_factory):
-    return ensure_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), num_images=40, image_size=48)
+    return bundle_parser(BUNDLE, data=data, settings=TINY, **overrides)
 
 
 def test_every_algorithm_and_ablation_of_the_bundle_instantiates_with_its_switches(small_data):
@@ -60,22 +50,16 @@ def test_every_algorithm_and_ablation_of_the_bundle_instantiates_with_its_switch
         "hermes_no_consistency": {"use_consistency": False},
     }
     for name, switches in expected.items():
-        parser["algorithm_name"] = name
-        parser.parse()
-        algorithm = parser.get_parsed_content("algorithm")
+        algorithm = build_algorithm(parser, name)
         for switch, value in switches.items():
             assert getattr(algorithm, switch) is value, (name, switch)
         if name.startswith("hermes"):
             assert isinstance(algorithm, Hermes)
     for name, use_entropy, span in (("hermes_confidence_only", False, 0.45), ("hermes_fixed_threshold", False, 0.0)):
-        parser["algorithm_name"] = name
-        parser.parse()
-        algorithm = parser.get_parsed_content("algorithm")
+        algorithm = build_algorithm(parser, name)
         assert algorithm.selector.use_entropy is use_entropy and algorithm.seg_selector.span == span
     for name, cls in (("mean_teacher", MeanTeacher), ("fixmatch", FixMatch)):
-        parser["algorithm_name"] = name
-        parser.parse()
-        assert type(parser.get_parsed_content("algorithm")) is cls
+        assert type(build_algorithm(parser, name)) is cls
     # the same two-branch network for every algorithm; the couplings are network switches
     net = parser.get_parsed_content("network_def")
     assert isinstance(net, HermesNet) and len(net.attention) == 4 and net.pool.enabled
@@ -126,25 +110,10 @@ def test_pretrained_efficientnet_from_the_installed_package(small_data):
     assert out["class"].shape == (2, 2) and out["seg"].shape == (2, 2, 32, 32)
 
 
-def _run(tmp_path: Path, run_id: str, configs: list[str], overrides: dict) -> str:
-    cmd = bundle_command(BUNDLE, run_id, configs, overrides)
-    run_workflow(cmd, tmp_path / f"{run_id}.log")
-    return (tmp_path / f"{run_id}.log").read_text()
-
-
 @pytest.mark.slow
 def test_hermes_train_evaluate_infer_export_end_to_end(tmp_path, small_data):
-    base = {
-        **TINY,
-        "datalist": str(small_data),
-        "data_root": str(small_data.parent),
-        "ckpt_dir": str(tmp_path / "models"),
-        "output_dir": str(tmp_path / "run"),
-        "num_iterations": 4,
-        "val_interval": 2,
-        "label_budget": 12,
-    }
-    log = _run(tmp_path, "training", ["train.json"], base)
+    base = workflow_overrides(small_data, tmp_path, settings=TINY, num_iterations=4, val_interval=2, label_budget=12)
+    log = run_bundle(BUNDLE, tmp_path, "training", ["train.json"], base)
     assert "[train] 4/4 (100%)" in log
     for term in ("loss_supcon", "loss_pixel_contrast", "loss_consistency", "mask_rate_seg", "entropy_threshold"):
         assert term in log, term
@@ -152,30 +121,14 @@ def test_hermes_train_evaluate_infer_export_end_to_end(tmp_path, small_data):
     assert (tmp_path / "models" / "model.pt").is_file()
 
     # evaluation and inference read the trained settings (32 px, ResNet-10) from beside the checkpoint
-    evaluate = {
-        "ckpt_dir": base["ckpt_dir"],
-        "output_dir": base["output_dir"],
-        "eval_output_dir": str(tmp_path / "eval"),
-    }
-    _run(tmp_path, "evaluating", ["train.json", "evaluate.json"], evaluate)
-    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    metrics = run_evaluation(BUNDLE, tmp_path)
     assert {"accuracy", "macro_f1", "auc"} <= set(metrics["classification"])
     assert {"dice", "iou"} <= set(metrics["segmentation"])
     assert (tmp_path / "eval" / "mask_overlays.png").is_file()
 
-    images = sorted((small_data.parent / "images").glob("*.png"))[:5]
     inputs = tmp_path / "inputs"
-    inputs.mkdir()
-    for img in images:
-        (inputs / img.name).write_bytes(img.read_bytes())
-    infer = {
-        "input_dir": str(inputs),
-        "checkpoint": str(tmp_path / "models" / "model.pt"),
-        "output_dir": str(tmp_path / "infer"),
-    }
-    _run(tmp_path, "run", ["inference.json"], infer)
-    with open(tmp_path / "infer" / "predictions.csv") as f:
-        rows = list(csv.DictReader(f))
+    images = copy_images(small_data, 5, inputs)
+    rows = run_inference(BUNDLE, tmp_path, inputs)
     assert len(rows) == len(images)
     for row in rows:
         assert abs(float(row["prob_benign"]) + float(row["prob_malignant"]) - 1) < 1e-5
@@ -202,18 +155,5 @@ def test_hermes_train_evaluate_infer_export_end_to_end(tmp_path, small_data):
 def test_two_process_training_with_heads_some_algorithms_do_not_use(tmp_path, small_data, algorithm):
     # FixMatch never reads the projection heads and Hermes reads its contrastive heads only after the
     # warm-up: DistributedDataParallel must be told that some parameters get no gradient
-    overrides = {
-        **TINY,
-        "datalist": str(small_data),
-        "data_root": str(small_data.parent),
-        "ckpt_dir": str(tmp_path / "models"),
-        "output_dir": str(tmp_path / "run"),
-        "algorithm_name": algorithm,
-        "num_iterations": 4,
-        "val_interval": 2,
-        "label_budget": 12,
-    }
-    cmd = bundle_command(BUNDLE, "training", ["train.json", "multi_gpu_train.json"], overrides, nproc=2)
-    run_workflow(cmd, tmp_path / "ddp.log")
-    assert "[train] 4/4 (100%)" in (tmp_path / "ddp.log").read_text()
+    train_in_two_processes(BUNDLE, small_data, tmp_path, settings=TINY, algorithm_name=algorithm, label_budget=12)
     assert (tmp_path / "models" / "model.pt").is_file()

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import copy
-import io
 import json
+from functools import partial
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import run_two_ranks
+from conftest import check_resumes_exactly, checkpoint_round_trip, run_two_ranks, three_class_batches, train_steps
 from torch import nn
 
 from monai_ssl_ext.algorithms import (
@@ -91,10 +90,8 @@ def test_bank_neighbours_are_the_most_similar_valid_entries():
 
 def test_bank_round_trips_through_a_checkpoint():
     bank = _two_cluster_bank()
-    buffer = io.BytesIO()
-    torch.save(bank.state_dict(), buffer)
     restored = FeatureMemoryBank(size=64, dim=3, num_classes=2)
-    restored.load_state_dict(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))
+    restored.load_state_dict(checkpoint_round_trip(bank.state_dict()))
     assert len(restored) == len(bank) and int(restored.pointer) == int(bank.pointer)
     query = _cluster(E1, 3, 7)
     for a, b in zip(restored.neighbours(query, 4), bank.neighbours(query, 4), strict=True):
@@ -209,36 +206,15 @@ def test_weighted_soft_cross_entropy_by_hand():
 
 
 # ---------------------------------------------------------------- the algorithm
-def _batches(seed: int) -> tuple[dict, dict]:
-    g = torch.Generator().manual_seed(seed)
-    labeled = {"image": torch.rand(4, 3, 32, 32, generator=g), "label": torch.tensor([0, 1, 2, 0])}
-    unlabeled = {
-        "image_weak": torch.rand(6, 3, 32, 32, generator=g),
-        "image_strong": torch.rand(6, 3, 32, 32, generator=g),
-        "index": torch.arange(6),
-    }
-    return labeled, unlabeled
-
-
-def _train(hsc: HSC, net: nn.Module, steps: range) -> list[float]:
-    opt = torch.optim.SGD(net.parameters(), lr=0.01)
-    losses = []
-    for step in steps:
-        out = hsc.train_step(net, *_batches(step), step)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        losses.append(out.loss.item())
-    return losses
-
-
 def test_hsc_trains_every_term_and_resumes_exactly():
     torch.manual_seed(0)
-    net = Classifier(3, in_channels=3, backbone="resnet10", return_dict=True, embed_dim=8)
-    hsc = HSC(3, embed_dim=8, bank_size=32, k=4, threshold=0.0, rampup_fraction=0.0)
+    new_network = partial(Classifier, 3, in_channels=3, backbone="resnet10", return_dict=True, embed_dim=8)
+    new_hsc = partial(HSC, 3, embed_dim=8, bank_size=32, k=4, threshold=0.0, rampup_fraction=0.0)
+    net = new_network()
+    hsc = new_hsc()
     hsc.setup(net, total_steps=10, num_unlabeled=6)
-    _train(hsc, net, range(3))
-    out = hsc.train_step(net, *_batches(3), 3)
+    train_steps(hsc, net, range(3))
+    out = hsc.train_step(net, *three_class_batches(3), 3)
     assert {"loss_sup", "loss_unsup", "loss_prototype", "loss_consistency"} <= set(out.terms)
     assert {"neighbour_agreement", "compactness", "mask_rate", "calibration_changed"} <= set(out.logs)
     net.zero_grad()
@@ -247,16 +223,7 @@ def test_hsc_trains_every_term_and_resumes_exactly():
     assert len(hsc.bank) == 32  # 4 steps x (4 labeled + 6 unlabeled), a full ring
 
     # a checkpoint of the algorithm's state (and the network's) continues as an uninterrupted run does
-    buffer = io.BytesIO()
-    torch.save({"algorithm": hsc.state_dict(), "network": net.state_dict()}, buffer)
-    resumed_net = Classifier(3, in_channels=3, backbone="resnet10", return_dict=True, embed_dim=8)
-    resumed = HSC(3, embed_dim=8, bank_size=32, k=4, threshold=0.0, rampup_fraction=0.0)
-    resumed.setup(resumed_net, total_steps=10, num_unlabeled=6)
-    state = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
-    resumed.load_state_dict(state["algorithm"])
-    resumed_net.load_state_dict(state["network"])
-    original_net = copy.deepcopy(net)
-    assert _train(resumed, resumed_net, range(4, 6)) == _train(hsc, original_net, range(4, 6))
+    resumed = check_resumes_exactly(hsc, net, new_hsc, new_network, range(4, 6))
     assert torch.equal(resumed.prototypes.prototypes, hsc.prototypes.prototypes)
     assert torch.equal(resumed.bank.features, hsc.bank.features)
 
@@ -274,8 +241,8 @@ def test_each_component_switches_off(switch, absent):
     net = Classifier(3, in_channels=3, backbone="resnet10", return_dict=True, embed_dim=8)
     hsc = HSC(3, embed_dim=8, bank_size=32, k=4, threshold=0.0, rampup_fraction=0.0, **{switch: False})
     hsc.setup(net, total_steps=10, num_unlabeled=6)
-    _train(hsc, net, range(2))
-    out = hsc.train_step(net, *_batches(2), 2)
+    train_steps(hsc, net, range(2))
+    out = hsc.train_step(net, *three_class_batches(2), 2)
     present = set(out.terms) | set(out.logs)
     assert not absent & present
     assert {"loss_sup", "loss_unsup"} <= present
@@ -285,10 +252,10 @@ def test_hsc_refuses_a_network_without_embeddings():
     hsc = HSC(3, embed_dim=4)
     net = Classifier(3, in_channels=3, backbone="resnet10", return_dict=False)
     with pytest.raises(KeyError, match="embedding"):
-        hsc.train_step(net, *_batches(0), 0)
+        hsc.train_step(net, *three_class_batches(0), 0)
     with pytest.raises(ValueError, match=r"\(B, 4\)"):
         hsc.train_step(
-            Classifier(3, in_channels=3, backbone="resnet10", return_dict=True, embed_dim=8), *_batches(0), 0
+            Classifier(3, in_channels=3, backbone="resnet10", return_dict=True, embed_dim=8), *three_class_batches(0), 0
         )
 
 

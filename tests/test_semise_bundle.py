@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
@@ -10,13 +9,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from bundle_helpers import (
+    build_algorithm,
+    bundle_parser,
+    copy_images,
+    exception_chain_messages,
+    run_bundle,
+    run_evaluation,
+    run_inference,
+    workflow_overrides,
+)
 from monai.bundle import ConfigParser
 
 from monai_ssl_ext.algorithms import SEMISE, FixMatch, FlexMatch, FreeMatch, MeanTeacher, SoftMatch, Supervised
-from monai_ssl_ext.bundle import bundle_command, run_workflow, write_trained_config
+from monai_ssl_ext.bundle import write_trained_config
 from monai_ssl_ext.cli import main
 from monai_ssl_ext.data import HAM10000_SEVERITY
-from monai_ssl_ext.data.synthetic import ensure_synthetic_dataset
 from monai_ssl_ext.metrics import evaluate_predictions, format_report, headline_metrics, per_class_recall
 from monai_ssl_ext.networks import JointClassSegNet
 
@@ -30,24 +38,7 @@ TINY = {"image_size": 32, "backbone": "resnet10", "num_workers": 0, "labeled_bat
 
 
 def _parser(data: Path, configs: tuple[str, ...] = ("train.json",), **overrides) -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_config([str(BUNDLE / "configs" / c) for c in configs])
-    parser.update(
-        {
-            "bundle_root": str(BUNDLE),
-            "datalist": str(data),
-            "data_root": str(data.parent),
-            "device": "$torch.device('cpu')",
-            **TINY,
-            **overrides,
-        }
-    )
-    return parser
-
-
-@pytest.fixture(scope="module")
-def small_data(tmp_path_factory):
-    return ensure_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), num_images=40, image_size=48)
+    return bundle_parser(BUNDLE, configs, data, settings=TINY, **overrides)
 
 
 def test_every_algorithm_key_instantiates_on_the_same_network(small_data):
@@ -65,9 +56,7 @@ def test_every_algorithm_key_instantiates_on_the_same_network(small_data):
     }
     assert set(parser["algorithms"]) == set(expected)
     for name, (cls, alpha) in expected.items():
-        parser["algorithm_name"] = name
-        parser.parse()
-        algorithm = parser.get_parsed_content("algorithm")
+        algorithm = build_algorithm(parser, name)
         assert type(algorithm) is cls, name
         if alpha is not None:
             assert algorithm.alpha == alpha
@@ -115,11 +104,7 @@ def test_severity_key_accepts_a_name_groups_or_the_manifest_order(small_data):
     parser = _parser(small_data, severity="ham10000")
     with pytest.raises(Exception) as err:  # monai.bundle wraps the expression's error
         parser.get_parsed_content("severity_classes")
-    messages = []
-    cause: BaseException | None = err.value
-    while cause is not None:
-        messages.append(str(cause))
-        cause = cause.__cause__ or cause.__context__
+    messages = exception_chain_messages(err.value)
     assert any("benign" in m and "ham10000" in m for m in messages), messages
 
 
@@ -207,25 +192,10 @@ def test_evaluation_report_has_a_severity_section(tmp_path):
     assert per_class_recall(report) == pytest.approx({"normal": 1.0, "benign": 0.0, "malignant": 0.5})
 
 
-def _run(tmp_path: Path, run_id: str, configs: list[str], overrides: dict) -> str:
-    cmd = bundle_command(BUNDLE, run_id, configs, overrides)
-    run_workflow(cmd, tmp_path / f"{run_id}.log")
-    return (tmp_path / f"{run_id}.log").read_text()
-
-
 @pytest.mark.slow
 def test_semise_train_evaluate_infer_export_end_to_end(tmp_path, small_data):
-    base = {
-        **TINY,
-        "datalist": str(small_data),
-        "data_root": str(small_data.parent),
-        "ckpt_dir": str(tmp_path / "models"),
-        "output_dir": str(tmp_path / "run"),
-        "num_iterations": 4,
-        "val_interval": 2,
-        "label_budget": 12,
-    }
-    log = _run(tmp_path, "training", ["train.json"], base)
+    base = workflow_overrides(small_data, tmp_path, settings=TINY, num_iterations=4, val_interval=2, label_budget=12)
+    log = run_bundle(BUNDLE, tmp_path, "training", ["train.json"], base)
     assert "[train] 4/4 (100%)" in log
     for term in ("loss_nt_xent", "loss_margin", "loss_ranking", "reference_norm", "phase"):
         assert term in log, term
@@ -233,13 +203,7 @@ def test_semise_train_evaluate_infer_export_end_to_end(tmp_path, small_data):
     assert "val_severity_rank_correlation" in log
     assert (tmp_path / "models" / "model.pt").is_file()
 
-    evaluate = {
-        "ckpt_dir": base["ckpt_dir"],
-        "output_dir": base["output_dir"],
-        "eval_output_dir": str(tmp_path / "eval"),
-    }
-    _run(tmp_path, "evaluating", ["train.json", "evaluate.json"], evaluate)
-    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    metrics = run_evaluation(BUNDLE, tmp_path)
     assert {"accuracy", "macro_f1", "auc"} <= set(metrics["classification"])
     assert {"dice", "iou"} <= set(metrics["segmentation"])
     assert metrics["severity"]["class_levels"] == [1, 2] and 0 <= metrics["severity"]["mae"] <= 1
@@ -248,21 +212,11 @@ def test_semise_train_evaluate_infer_export_end_to_end(tmp_path, small_data):
     assert math.isnan(rho) or -1 <= rho <= 1
     assert metrics["extra"]["bundle"] == "semise_ultrasound" and metrics["extra"]["severity"] == "busi"
 
-    images = sorted((small_data.parent / "images").glob("*.png"))[:5]
     inputs = tmp_path / "inputs"
-    inputs.mkdir()
-    for img in images:
-        (inputs / img.name).write_bytes(img.read_bytes())
+    images = copy_images(small_data, 5, inputs)
     # the synthetic data set has two classes (the bundle's declared default is BUSI's three): inference
     # takes them, the image size and the backbone from the trained configuration
-    infer = {
-        "input_dir": str(inputs),
-        "checkpoint": str(tmp_path / "models" / "model.pt"),
-        "output_dir": str(tmp_path / "infer"),
-    }
-    _run(tmp_path, "run", ["inference.json"], infer)
-    with open(tmp_path / "infer" / "predictions.csv") as f:
-        rows = list(csv.DictReader(f))
+    rows = run_inference(BUNDLE, tmp_path, inputs)
     assert len(rows) == len(images)
     for row in rows:
         assert abs(float(row["prob_benign"]) + float(row["prob_malignant"]) - 1) < 1e-5
