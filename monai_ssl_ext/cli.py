@@ -5,6 +5,7 @@
     monai-ssl evaluate BUNDLE ...        test the selected checkpoint
     monai-ssl infer BUNDLE --input PATH  predict on images
     monai-ssl benchmark ...              algorithms x seeds at a label budget and a profile
+    monai-ssl benchmark_merge A B --output C   one table for bundles that train the same network
     monai-ssl split MANIFEST ...         write a label-budget split
     monai-ssl synthetic --output DIR     generate the synthetic ultrasound data set
     monai-ssl check_bundle BUNDLE        model-zoo checks: files, metadata, properties, shapes, TorchScript export
@@ -388,6 +389,23 @@ class Commands:
         )
         run_benchmark(spec)
         return str(Path(spec.output_dir) / "results.md")
+
+    @staticmethod
+    @_friendly
+    def benchmark_merge(*results: str, output: str, baselines: Any = "supervised") -> str:
+        """One table from the benchmark folders of bundles that train the same network (the baselines run once).
+
+        Args:
+            results: benchmark output folders, each with its results.json; a run found in two must have
+                predicted every test image identically, or the merge is refused.
+            output: folder for the merged results.json and results.md.
+            baselines: comma-separated algorithms that every other one is compared with (a table each).
+        """
+        from monai_ssl_ext.benchmark.merge import merge_results
+
+        command = "monai-ssl " + " ".join(sys.argv[1:])
+        merge_results(list(results), output, command=command, baselines=_as_list(baselines))
+        return str(Path(output) / "results.md")
 
     @staticmethod
     @_friendly

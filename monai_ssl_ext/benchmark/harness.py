@@ -109,16 +109,21 @@ def load_results(path: str | os.PathLike) -> list[dict]:
 
 
 def save_results(path: str | os.PathLike, records: Sequence[dict]) -> None:
-    """Write the run records to ``results.json`` (atomically), folders inside its folder made relative to it."""
+    """Write the run records to ``results.json`` (atomically), their folders made relative to its folder.
+
+    Relative with ``..`` too (the records of a merged table point at the benchmark folders beside it), as
+    long as the two share a folder below the file system's root; otherwise the path stays absolute.
+    """
     path = Path(path)
+    base = path.parent.resolve()
     portable = []
     for record in records:
         record = dict(record)
         for key in _RECORD_PATHS:
             if record.get(key):
-                folder = Path(record[key])
-                if folder.resolve().is_relative_to(path.parent.resolve()):
-                    record[key] = folder.resolve().relative_to(path.parent.resolve()).as_posix()
+                folder = Path(record[key]).resolve()
+                if Path(os.path.commonpath([folder, base])) != Path(base.anchor):
+                    record[key] = Path(os.path.relpath(folder, base)).as_posix()
         portable.append(record)
     write_json(path, portable)
 
@@ -137,6 +142,13 @@ def run_benchmark(spec: BenchmarkSpec) -> list[dict]:
     dataset = _dataset_name(spec)
     results_path = out_dir / "results.json"
     results = load_results(results_path)
+    others = sorted({r["bundle"] for r in results if r.get("bundle", bundle.name) != bundle.name})
+    if others:
+        # the runs are keyed by algorithm and seed: a second bundle would take the first one's runs as its own
+        raise ValueError(
+            f"{results_path} holds runs of the bundle {', '.join(others)}, not {bundle.name}: give each bundle its "
+            "own --output (monai-ssl benchmark_merge puts bundles that train the same network in one table)"
+        )
     done = {(r["algorithm"], r["seed"], str(r["labels"]), r["profile"], r["dataset"]) for r in results}
     runs = [(a, s) for a in spec.algorithms for s in spec.seeds]
     started = time.perf_counter()

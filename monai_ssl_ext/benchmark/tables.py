@@ -159,7 +159,12 @@ def difference_lines(
                     rows.append((f"{algorithm} (seed {s})", [s], paired_difference(r, b, None, n_resamples, seed)))
         except (OSError, KeyError, ValueError) as err:  # PairingError is a ValueError
             notes.append(f"{algorithm}: not compared, {err}")
-    lines = [f"{DIFFERENCE_TITLE}, in points:", ""]
+    title = (
+        DIFFERENCE_TITLE
+        if baseline == BASELINE_ALGORITHM
+        else f"Difference to {baseline} (paired, 95 % bootstrap interval)"
+    )
+    lines = [f"{title}, in points:", ""]
     if rows:
         present = [c for c in _COLUMNS if any(c[0] in diffs for _, _, diffs in rows)]
         header = ["Algorithm", "Seeds", *[name for _, name, _ in present]]
@@ -195,13 +200,19 @@ def difference_lines(
 
 
 def results_markdown(
-    results: Sequence[dict], command: str = "", n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED
+    results: Sequence[dict],
+    command: str = "",
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+    baselines: Sequence[str] = (BASELINE_ALGORITHM,),
 ) -> str:
     """One table per (dataset, labels, profile): a row per algorithm, mean ± std over its seeds.
 
     Rates are in %, severity MAE in levels; runs that record ``per_class_recall`` add a table of
-    recall per class, and a ``supervised`` run with others the table of :func:`difference_lines`
-    (paired differences with bootstrap intervals, ``n_resamples`` resamples from RNG seed ``seed``).
+    recall per class, and each of ``baselines`` that has runs, with others beside it, the table of
+    :func:`difference_lines` (paired differences with bootstrap intervals, ``n_resamples`` resamples
+    from RNG seed ``seed``): supervised-only by default; a method is also compared with the strongest
+    semi-supervised baseline by naming it too.
     """
     groups: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in results:
@@ -228,7 +239,8 @@ def results_markdown(
             cells += [f"{speed:.1f}", f"{memory:.0f}", f"{wall / 60:.1f} min"]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-        lines += difference_lines(by_algorithm, n_resamples=n_resamples, seed=seed)
+        for baseline in baselines:
+            lines += difference_lines(by_algorithm, baseline=baseline, n_resamples=n_resamples, seed=seed)
         lines += _per_class_recall_lines(by_algorithm)
     lines.append("Metrics on the test split, in % (severity MAE in levels), mean ± sample standard deviation over")
     lines.append("seeds; the checkpoint evaluated is the one with the best validation key metric.")
