@@ -27,6 +27,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 
 from monai_ssl_ext.cli import main
 from monai_ssl_ext.deploy.selection import DicomSelection, load_instances
+from monai_ssl_ext.io.dicom_writer import write_ultrasound_instance
 from monai_ssl_ext.transforms import get_profile
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -42,24 +43,7 @@ needs_sdk = pytest.mark.skipif(
 
 # ---------------------------------------------------------------- DICOM made for the tests
 def _image_dicom(path: Path, pixels: np.ndarray, study: str, series: str, number: int, **attributes) -> Path:
-    """An 8-bit greyscale Ultrasound Image Storage instance of ``pixels`` in the given study and series."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
-    ds.SOPClassUID = uid.UltrasoundImageStorage
-    ds.SOPInstanceUID = uid.generate_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "", "", "", ""
-    ds.StudyDate, ds.StudyTime, ds.ReferringPhysicianName, ds.StudyID, ds.AccessionNumber = "", "", "", "", ""
-    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "US", 1, number
-    ds.set_pixel_data(pixels, photometric_interpretation="MONOCHROME2", bits_stored=8)
-    for key, value in attributes.items():
-        setattr(ds, key, value)
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return write_ultrasound_instance(path, pixels, study, series, number, **attributes)
 
 
 def _report(path: Path, study: str) -> Path:
