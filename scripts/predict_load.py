@@ -20,6 +20,8 @@ DICOM SRs written so far. Printed, and saved as ``summary.json`` and ``load.png`
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
 import os
 import statistics
@@ -71,8 +73,9 @@ def train_checkpoint(work: Path, bundle: str, profile: str, iterations: int) -> 
     if (ckpt_dir / "model.pt").is_file():
         return ckpt_dir / "model.pt"
     data = ["--datalist", str(REPO / "data_manifests/busi/busi_binary.json"), "--data_root", str(BUSI)]
-    cmd = [sys.executable, "-m", "monai_ssl_ext.cli", "train", bundle, "--algorithm", "supervised", "--profile", profile]
-    cmd += [*(data if BUSI.is_dir() else []), "--num_iterations", str(iterations), "--val_interval", str(iterations)]
+    cmd = [sys.executable, "-m", "monai_ssl_ext.cli", "train", bundle, "--algorithm", "supervised"]
+    cmd += ["--profile", profile, *(data if BUSI.is_dir() else [])]
+    cmd += ["--num_iterations", str(iterations), "--val_interval", str(iterations)]
     cmd += ["--output_dir", str(work / "train"), "--ckpt_dir", str(ckpt_dir)]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return ckpt_dir / "model.pt"
@@ -81,10 +84,8 @@ def train_checkpoint(work: Path, bundle: str, profile: str, iterations: int) -> 
 def _tree_rss(process: psutil.Process) -> int:
     total = 0
     for p in [process, *process.children(recursive=True)]:
-        try:
+        with contextlib.suppress(psutil.Error):  # a child that has just exited
             total += p.memory_info().rss
-        except psutil.Error:
-            pass
     return total
 
 
@@ -119,7 +120,7 @@ def batch_latencies(sr_files: list[Path], batch_size: int) -> tuple[list[float],
     first batch's last write since the first SR (its own spread)."""
     times = sorted(p.stat().st_mtime for p in sr_files)
     batches = [times[i : i + batch_size] for i in range(0, len(times), batch_size)]
-    latencies = [t - previous[-1] for previous, batch in zip(batches, batches[1:]) for t in batch]
+    latencies = [t - previous[-1] for previous, batch in itertools.pairwise(batches) for t in batch]
     return latencies, batches[0][-1] - batches[0][0]
 
 

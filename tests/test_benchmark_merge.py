@@ -67,7 +67,7 @@ def test_merge_keeps_a_repeated_identical_run_once_and_compares_every_method_in_
 def test_merge_refuses_bundles_whose_shared_run_predicts_differently(tmp_path):
     a = _bench(tmp_path / "a", "method_a", {"supervised": 1, "method_a": 3})
     b = _bench(tmp_path / "b", "method_b", {"supervised": 5, "method_b": 4})
-    with pytest.raises(ValueError, match="supervised seed 0: .* predict the test images differently"):
+    with pytest.raises(ValueError, match=r"supervised seed 0: .* predict the test images differently"):
         merge_results([a, b], tmp_path / "merged")
     assert not (tmp_path / "merged" / "results.md").exists()
 
@@ -77,7 +77,7 @@ def test_merge_refuses_a_folder_that_shares_no_run(tmp_path):
     b = _bench(tmp_path / "b", "method_b", {"method_b": 4})
     with pytest.raises(ValueError, match="shares no run"):
         merge_results([a, b], tmp_path / "merged")
-    with pytest.raises(FileNotFoundError, match="no results.json"):
+    with pytest.raises(FileNotFoundError, match=r"no results\.json"):
         merge_results([a, tmp_path / "missing"], tmp_path / "merged")
 
 
