@@ -6,6 +6,7 @@
     monai-ssl infer BUNDLE --input PATH  predict on images
     monai-ssl benchmark ...              algorithms x seeds at a label budget and a profile
     monai-ssl benchmark_merge A B --output C   one table for bundles that train the same network
+    monai-ssl fl_job SITES OUT ...       a NVIDIA FLARE FedAvg/FedProx job of a bundle across sites
     monai-ssl split MANIFEST ...         write a label-budget split
     monai-ssl synthetic --output DIR     generate the synthetic ultrasound data set
     monai-ssl check_bundle BUNDLE        model-zoo checks: files, metadata, properties, shapes, TorchScript export
@@ -406,6 +407,51 @@ class Commands:
         command = "monai-ssl " + " ".join(sys.argv[1:])
         merge_results(list(results), output, command=command, baselines=_as_list(baselines))
         return str(Path(output) / "results.md")
+
+    @staticmethod
+    @_friendly
+    def fl_job(
+        sites: str,
+        output: str,
+        bundle: str = _DEFAULT_BUNDLE,
+        algorithm: str | None = None,
+        rounds: int = 10,
+        local_iterations: int = 150,
+        profile: str | None = None,
+        overlays: Any = None,
+        classes: Any = None,
+        teacher: str = "global",
+        fedprox_mu: float = 0.0,
+        **overrides: Any,
+    ) -> str:
+        """Write a NVIDIA FLARE FedAvg job (FedProx with ``--fedprox_mu``) that trains a bundle across sites.
+
+        Run it with FLARE's simulator, ``nvflare simulator OUTPUT -w WORKSPACE -n N -t N -c SITE,...``, or submit
+        it to a federation; every site needs this package (the ``fl`` extra) and its entry in the sites file.
+
+        Args:
+            sites: the sites file: per site name its manifest, data root and label budget (docs/federated.md).
+            output: the job folder to write (its name is the job's).
+            bundle: bundle folder or name.
+            algorithm: value of ``algorithm_name``.
+            rounds: FedAvg rounds.
+            local_iterations: iterations each site trains per round.
+            profile: ``smoke``, ``cpu`` or ``full``.
+            overlays: further configs of the bundle, comma-separated.
+            classes: the class names, comma-separated (default: those of the first site's manifest).
+            teacher: ``global`` (an EMA teacher starts each round from the global model) or ``local``.
+            fedprox_mu: FedProx's proximal weight (0: FedAvg).
+        """
+        from monai_ssl_ext.fl.job import write_job
+
+        settings = {**overrides, **({"algorithm_name": algorithm} if algorithm else {})}
+        configs = ["train.json", *([f"profiles/{profile}.json"] if profile else []), *_as_list(overlays)]
+        job = write_job(
+            bundle, sites, output, rounds=rounds, local_iterations=local_iterations, configs=configs,
+            settings=settings, class_names=_as_list(classes) or None, teacher=teacher, fedprox_mu=fedprox_mu,
+        )  # fmt: skip
+        print(f"job: {job}\nrun it: nvflare simulator {job} -w runs/fl_workspace -n N -t N -c SITE,SITE,...")
+        return str(job)
 
     @staticmethod
     @_friendly

@@ -1,0 +1,222 @@
+"""Federated training with NVIDIA FLARE: sites file, the site's client algorithm, FedProx, the job, the simulator."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from monai.fl.utils.exchange_object import ExchangeObject
+
+from monai_ssl_ext.bundle.runner import find_bundle
+from monai_ssl_ext.fl import check_site, load_sites
+from monai_ssl_ext.fl.algo import SemiSupervisedMonaiAlgo
+from monai_ssl_ext.fl.fedprox import FedProxTerm
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+needs_flare = pytest.mark.skipif(
+    importlib.util.find_spec("nvflare") is None, reason="NVIDIA FLARE is not installed: pip install -e '.[fl]'"
+)
+TINY = {"image_size": 32, "backbone": "resnet10", "unlabeled_batch_size": 8, "val_interval": 3, "num_iterations": 6}
+CLASSES = ["benign", "malignant"]
+
+
+def _sites(folder: Path, manifest: Path, **entries) -> Path:
+    sites = {
+        name: {"datalist": str(manifest), "data_root": str(manifest.parent), "label_budget": budget}
+        for name, budget in (entries or {"site-1": 10, "site-2": 16}).items()
+    }
+    path = folder / "sites.json"
+    path.write_text(json.dumps(sites))
+    return path
+
+
+# ---------------------------------------------------------------- the sites file
+def test_sites_file_is_read_relative_to_itself_and_its_mistakes_are_named(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "list.json").write_text("{}")
+    good = {"site-1": {"datalist": "a/list.json", "data_root": "a", "label_budget": 40, "settings": {"seed": 1}}}
+    (tmp_path / "sites.json").write_text(json.dumps(good))
+    site = load_sites(tmp_path / "sites.json")["site-1"]
+    assert site.datalist == str(tmp_path / "a" / "list.json") and site.data_root == str(tmp_path / "a")
+    assert site.bundle_settings() == {"seed": 1, "datalist": site.datalist, "data_root": site.data_root,
+                                      "label_budget": 40}  # fmt: skip
+    check_site(site)
+    for entry, message in [
+        ({"site 1": good["site-1"]}, "site name 'site 1' must be"),
+        ({"s": {"datalist": "x", "data_root": "y"}}, r"site s: missing \['label_budget'\]"),
+        ({"s": {**good["site-1"], "label_budget": 0}}, "label_budget must be a positive"),
+        ({"s": {**good["site-1"], "labels": 3}}, r"unknown \['labels'\]"),
+    ]:
+        (tmp_path / "bad.json").write_text(json.dumps(entry))
+        with pytest.raises(ValueError, match=message):
+            load_sites(tmp_path / "bad.json")
+    (tmp_path / "gone.json").write_text(json.dumps({"site-9": {**good["site-1"], "data_root": "missing"}}))
+    with pytest.raises(FileNotFoundError, match=r"site site-9: data root .*missing does not exist"):
+        check_site(load_sites(tmp_path / "gone.json")["site-9"])
+
+
+# ---------------------------------------------------------------- FedProx
+def test_fedprox_adds_mu_times_the_distance_to_the_global_weights_to_each_gradient():
+    net = torch.nn.Linear(3, 2)
+    global_weights = {k: v.detach().clone() - 0.5 for k, v in net.state_dict().items()}
+    term = FedProxTerm(mu=0.1)
+    term.set_anchor(net, global_weights)
+    net.weight.grad = torch.ones_like(net.weight)  # the bias has no gradient this step (a frozen parameter)
+    term(type("Engine", (), {"network": net, "scaler": None})())
+    assert torch.allclose(net.weight.grad, torch.full_like(net.weight, 1 + 0.1 * 0.5))
+    assert net.bias.grad is None
+    with pytest.raises(KeyError, match="no bias"):
+        term.set_anchor(net, {"weight": global_weights["weight"]})
+
+
+# ---------------------------------------------------------------- the site's client algorithm
+@pytest.fixture(scope="module")
+def site_algo(small_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("site")
+    settings = {**TINY, "algorithm_name": "mean_teacher", "datalist": str(small_data),
+                "data_root": str(small_data.parent), "label_budget": 10, "output_dir": str(out / "runs"),
+                "ckpt_dir": str(out / "models")}  # fmt: skip
+    algo = SemiSupervisedMonaiAlgo(find_bundle("baselines_ultrasound"), ["configs/train.json"], settings)
+    algo.initialize({"fl_client_name": "site-1"})
+    return algo
+
+
+def _global(algo: SemiSupervisedMonaiAlgo, shift: float) -> dict:
+    return {k: v.detach().clone() + shift if v.is_floating_point() else v.clone()
+            for k, v in algo.trainer.network.state_dict().items()}  # fmt: skip
+
+
+def test_a_round_trains_from_the_global_weights_and_sends_their_difference(site_algo):
+    global_weights = _global(site_algo, 0.01)
+    metrics = site_algo.evaluate(ExchangeObject(weights=global_weights)).metrics
+    assert "val_auc" in metrics and 0.0 <= metrics["val_auc"] <= 1.0  # the key metric the server selects on
+    site_algo.train(ExchangeObject(weights=global_weights))
+    update = site_algo.get_weights()
+    assert update.statistics["num_executed_iterations"] == TINY["val_interval"]
+    assert set(update.weights) == set(global_weights)
+    state = site_algo.trainer.network.state_dict()
+    for name, diff in update.weights.items():  # the server adds the difference to its global weights
+        assert torch.allclose(global_weights[name] + diff, state[name].cpu()), name
+    assert float(update.weights[next(iter(update.weights))].abs().sum()) > 0  # it trained
+
+
+def test_the_teacher_starts_each_round_from_the_global_weights_or_keeps_its_own(site_algo):
+    (teacher,) = site_algo.teachers()
+    global_weights = _global(site_algo, 0.02)
+    site_algo.start_round(global_weights)
+    for name, param in teacher.network.named_parameters():
+        assert torch.equal(param, global_weights[name])
+    site_algo.teacher_policy = "local"
+    try:
+        kept = {k: v.clone() for k, v in teacher.network.state_dict().items()}
+        site_algo.start_round(_global(site_algo, 5.0))
+        assert all(torch.equal(kept[k], v) for k, v in teacher.network.state_dict().items())
+    finally:
+        site_algo.teacher_policy = "global"
+    before = site_algo.trainer.state.iteration
+    site_algo.train(ExchangeObject(weights=global_weights))
+    assert site_algo.trainer.state.iteration == before + TINY["val_interval"]  # rounds continue one run
+
+
+def test_a_bundle_with_another_trainer_is_refused_by_name(tmp_path):
+    bundle = tmp_path / "bundle"
+    (bundle / "configs").mkdir(parents=True)
+    (bundle / "configs" / "train.json").write_text(json.dumps({
+        "network": "$torch.nn.Linear(2, 2)",
+        "train": {"trainer": {"_target_": "monai.engines.SupervisedTrainer", "device": "cpu", "max_epochs": 1,
+                              "train_data_loader": "$[]", "network": "@network",
+                              "optimizer": "$torch.optim.SGD(@network.parameters(), lr=0.1)",
+                              "loss_function": "$torch.nn.MSELoss()"}},
+        "validate": {"evaluator": None},
+    }))  # fmt: skip
+    algo = SemiSupervisedMonaiAlgo(bundle, ["configs/train.json"])
+    with pytest.raises(TypeError, match=r"not a SemiSupervisedTrainer; use monai\.fl\.client\.MonaiAlgo"):
+        algo.initialize({})
+
+
+# ---------------------------------------------------------------- the job and the simulator
+@needs_flare
+def test_the_job_names_the_package_by_import_path_and_copies_none_of_it(tmp_path, small_data):
+    from monai_ssl_ext.fl.job import LAUNCHER, bundle_network, write_job
+
+    sites = _sites(tmp_path, small_data)
+    job = write_job("baselines_ultrasound", sites, tmp_path / "jobs" / "fixmatch_fedavg", rounds=4,
+                    local_iterations=5, settings={**TINY, "algorithm_name": "fixmatch"})  # fmt: skip
+    custom = sorted(p.relative_to(job).as_posix() for p in job.rglob("*") if p.is_file() and "custom" in p.parts)
+    assert custom == ["app/custom/site_train.py"]  # the launcher only; monai_ssl_ext comes from the installation
+    assert (job / "app" / "custom" / "site_train.py").read_text() == LAUNCHER
+    client = json.loads((job / "app" / "config" / "config_fed_client.json").read_text())
+    args = client["executors"][0]["executor"]["args"]["task_script_args"].split(" ")
+    settings = json.loads(args[args.index("--settings") + 1])
+    assert (settings["val_interval"], settings["num_iterations"], settings["algorithm_name"]) == (5, 20, "fixmatch")
+    server = json.dumps(json.loads((job / "app" / "config" / "config_fed_server.json").read_text()))
+    assert '"num_rounds": 4' in server and "monai_ssl_ext.fl.job.bundle_network" in server and "val_auc" in server
+    # the server's model is the sites' training network: the same state_dict keys and shapes
+    net = bundle_network("baselines_ultrasound", ["train.json"], {**TINY, "class_names": CLASSES})
+    site = SemiSupervisedMonaiAlgo(find_bundle("baselines_ultrasound"), ["configs/train.json"],
+                                   {**TINY, "datalist": str(small_data), "data_root": str(small_data.parent),
+                                    "label_budget": 10, "output_dir": str(tmp_path / "o"),
+                                    "ckpt_dir": str(tmp_path / "m")})  # fmt: skip
+    site.initialize({})
+    assert {k: v.shape for k, v in net.state_dict().items()} == {
+        k: v.shape for k, v in site.trainer.network.state_dict().items()
+    }
+    with pytest.raises(ValueError, match="without spaces"):
+        write_job("baselines_ultrasound", sites, tmp_path / "jobs" / "x", rounds=1, local_iterations=1,
+                  settings={"algorithm_name": "a b"})  # fmt: skip
+
+
+def _simulate(job: Path, workspace: Path, sites: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "nvflare.cli", "simulator", str(job), "-w", str(workspace), "-n", str(len(sites)),
+           "-t", str(len(sites)), "-c", ",".join(sites)]  # fmt: skip
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@needs_flare
+@pytest.mark.slow
+def test_two_sites_two_rounds_in_the_simulator_give_a_global_model(tmp_path, small_data):
+    from monai_ssl_ext.fl.job import bundle_network, write_job
+
+    sites = _sites(tmp_path, small_data)
+    job = write_job("baselines_ultrasound", sites, tmp_path / "jobs" / "fixmatch_fedavg", rounds=2,
+                    local_iterations=3, settings={**TINY, "algorithm_name": "fixmatch"})  # fmt: skip
+    done = _simulate(job, tmp_path / "ws", ["site-1", "site-2"])
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-4000:]
+    for site in ("site-1", "site-2"):
+        for round_ in (0, 1):
+            assert f"site {site}, round {round_}: global model {{'val_auc'" in log
+        # each site trained 2 rounds of 3 iterations in its own workspace
+        summary = json.loads((tmp_path / "ws" / site / "runs" / "fixmatch" / "train_summary.json").read_text())
+        assert (summary["iterations"], summary["best_metric_name"]) == (6, "val_auc")
+    server = tmp_path / "ws" / "server" / "simulate_job" / "app_server"
+    final = torch.load(server / "FL_global_model.pt", weights_only=False)
+    weights = final.get("model", final)
+    net = bundle_network("baselines_ultrasound", ["train.json"], {**TINY, "class_names": CLASSES})
+    assert set(weights) == set(net.state_dict())
+    net.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()})
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+
+
+@needs_flare
+@pytest.mark.slow
+def test_a_site_whose_data_root_is_missing_fails_its_task_and_the_job_says_why(tmp_path, small_data):
+    from monai_ssl_ext.fl.job import write_job
+
+    sites = _sites(tmp_path, small_data)
+    entries = json.loads(sites.read_text())
+    entries["site-2"]["data_root"] = str(tmp_path / "not_here")
+    sites.write_text(json.dumps(entries))
+    job = write_job("baselines_ultrasound", sites, tmp_path / "jobs" / "j", rounds=1, local_iterations=2,
+                    settings=TINY, class_names=CLASSES)  # fmt: skip
+    done = _simulate(job, tmp_path / "ws", ["site-1", "site-2"])
+    log = done.stdout + done.stderr
+    assert f"site site-2: data root {tmp_path / 'not_here'} does not exist" in log
+    assert "FedAvg exiting" in log or done.returncode != 0
