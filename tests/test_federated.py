@@ -153,6 +153,7 @@ def test_the_job_names_the_package_by_import_path_and_copies_none_of_it(tmp_path
     assert (job / "app" / "custom" / "site_train.py").read_text() == LAUNCHER
     client = json.loads((job / "app" / "config" / "config_fed_client.json").read_text())
     args = client["executors"][0]["executor"]["args"]["task_script_args"].split(" ")
+    assert args[args.index("--bundle") + 1] == "baselines_ultrasound"  # each site's own installed copy
     settings = json.loads(args[args.index("--settings") + 1])
     assert (settings["val_interval"], settings["num_iterations"], settings["algorithm_name"]) == (5, 20, "fixmatch")
     server = json.dumps(json.loads((job / "app" / "config" / "config_fed_server.json").read_text()))

@@ -18,13 +18,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from monai_ssl_ext.bundle.runner import find_bundle
 from monai_ssl_ext.fl.sites import check_site, load_sites
 
-__all__ = ["main"]
+__all__ = ["SITES_ENV", "main"]
+
+#: environment variable that names the sites file at a site, in place of the path written into the job
+SITES_ENV = "MONAI_SSL_FL_SITES"
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +36,7 @@ logger = logging.getLogger(__name__)
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="a FLARE site's training of a monai_ssl_ext bundle")
     parser.add_argument("--bundle", required=True)
-    parser.add_argument("--sites", required=True, help="the sites file (see monai_ssl_ext.fl.sites)")
+    parser.add_argument("--sites", required=True, help=f"the sites file (monai_ssl_ext.fl.sites); ${SITES_ENV} wins")
     parser.add_argument("--configs", default="train.json", help="comma-separated files under the bundle's configs/")
     parser.add_argument("--local_epochs", type=int, default=1)
     parser.add_argument("--teacher", default="global", choices=("global", "local"))
@@ -49,9 +53,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     flare.init()
     name = flare.get_site_name()
-    sites = load_sites(args.sites)
+    sites_file = os.environ.get(SITES_ENV) or args.sites  # a hospital points at its own copy of the file
+    sites = load_sites(sites_file)
     if name not in sites:
-        raise KeyError(f"site {name}: not in {args.sites} (sites there: {', '.join(sites)})")
+        raise KeyError(f"site {name}: not in {sites_file} (sites there: {', '.join(sites)})")
     site = sites[name]
     check_site(site)
     settings = {**json.loads(args.settings), **site.bundle_settings()}

@@ -102,8 +102,10 @@ def write_job(
         class_names = load_manifest(first.datalist, first.data_root).classes
     lengths = {"val_interval": local_iterations, "num_iterations": rounds * local_iterations}
     common = {**dict(settings or {}), **lengths, "class_names": list(class_names)}
+    # a bundle of this package is named, so that each site finds its own installation's copy
+    bundle_ref = root.name if root.parent == Path(__file__).resolve().parents[2] / "bundles" else str(root)
     client_args = [
-        "--bundle", str(root), "--sites", str(sites_path), "--configs", ",".join(configs),
+        "--bundle", bundle_ref, "--sites", str(sites_path), "--configs", ",".join(configs),
         "--teacher", teacher, "--fedprox_mu", str(fedprox_mu),
         "--settings", json.dumps({**dict(settings or {}), **lengths}, separators=(",", ":")),
     ]  # fmt: skip
