@@ -178,6 +178,16 @@ def test_the_export_declares_what_it_reads_and_embeds_a_pipeline_without_file_lo
         DeployedModel(raw)
 
 
+def test_a_hospital_widens_the_sop_classes_a_model_reads_at_export(tmp_path, classifier):
+    from monai_ssl_ext.deploy.runtime import DeployedModel
+
+    secondary_capture = "1.2.840.10008.5.1.4.1.1.7"
+    bundle = str(REPO / "bundles" / "baselines_ultrasound")
+    main(["export", str(classifier.parent / "model.pt"), str(tmp_path / "model.ts"), "--bundle", bundle,
+          "--accept_sop_classes", f"['{secondary_capture}']"])  # fmt: skip
+    assert DeployedModel(tmp_path / "model.ts").selection == DicomSelection(("US",), (secondary_capture,))
+
+
 def test_an_application_folder_holds_what_the_packager_needs(tmp_path, classifier):
     yaml = pytest.importorskip("yaml", reason="reading app.yaml back needs PyYAML")
 

@@ -427,6 +427,15 @@ def test_a_pacs_export_folder_is_read_for_what_it_holds(tmp_path):
     assert failed["broken.png"].startswith("cannot be read (") and "broken.png" in failed["broken.png"]
     assert failed["series2/IM0001"].startswith("DICOM modality CT, the model reads US images")
     assert inputs.root == root.resolve()
+    # the SOP classes the exported model declares for Deploy: the Secondary Capture image is refused too
+    declared = InferenceInputs(root, profile.preprocess(with_mask=False, keep_meta=True), modalities=("US",),
+                               sop_classes=profile.dicom_sop_classes)  # fmt: skip
+    assert [Path(e["image"]).name for e in declared.data] == ["case.png"]
+    refused = {Path(s.path).relative_to(root).as_posix(): s.reason for s in declared.skipped if s.failed}
+    assert refused["series1/IM0001"] == (
+        "SOP class Secondary Capture Image Storage, the model reads Ultrasound Image Storage, Ultrasound Multi-frame "
+        "Image Storage (set accept_sop_classes to [] to predict anyway)"
+    )
     # the explicit override: every modality
     anything = InferenceInputs(root, profile.preprocess(with_mask=False, keep_meta=True), modalities=())
     assert len(anything.data) == 3

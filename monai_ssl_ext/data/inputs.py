@@ -183,6 +183,8 @@ class InferenceInputs(Dataset):
         transform: the inference preprocessing (its images must carry their metadata, ``keep_meta``).
         modalities: DICOM Modality values (0008,0060) the model accepts; a DICOM input of another
             modality is refused. Empty: every modality (the explicit override).
+        sop_classes: SOP Class UIDs (0008,0016) the model accepts, as the exported model declares them for
+            MONAI Deploy; a DICOM input of another SOP class is refused. Empty: every SOP class.
 
     Attributes:
         skipped: the :class:`SkippedInput` of the run, failed and ignored.
@@ -200,13 +202,15 @@ class InferenceInputs(Dataset):
         split: str = "test",
         frames: FrameSpec = "first",
         modalities: Sequence[str] = (),
+        sop_classes: Sequence[str] = (),
     ) -> None:
         entries, self.skipped = scan_inputs(path, data_root, split, frames)
         self.root = input_root(path, data_root)
         accepted = {str(m).upper() for m in modalities}
+        classes = tuple(str(u) for u in sop_classes)
         readable = []
         for entry in entries:
-            reason = _unreadable(entry, transform, accepted)
+            reason = _unreadable(entry, transform, accepted, classes)
             if reason is None:
                 readable.append(entry)
             else:
@@ -227,8 +231,14 @@ def read_failure(err: BaseException) -> str:
     return f"cannot be read ({text})"
 
 
-def _unreadable(entry: dict, transform: Callable, accepted: set[str]) -> str | None:
-    """Why ``entry`` cannot be predicted on (read error, refused modality), or ``None``."""
+def _uid_names(uids: Sequence[str]) -> str:
+    from pydicom.uid import UID
+
+    return ", ".join(dict.fromkeys(UID(u).name or u for u in uids))
+
+
+def _unreadable(entry: dict, transform: Callable, accepted: set[str], sop_classes: tuple[str, ...] = ()) -> str | None:
+    """Why ``entry`` cannot be predicted on (read error, refused modality or SOP class), or ``None``."""
     try:
         item = transform(dict(entry))
     except Exception as err:  # any failure to read one file must not stop the others
@@ -239,5 +249,11 @@ def _unreadable(entry: dict, transform: Callable, accepted: set[str]) -> str | N
         return (
             f"DICOM modality {modality}, the model reads {'/'.join(sorted(accepted))} images "
             "(set accept_modalities to [] to predict anyway)"
+        )
+    sop_class = meta.get("sop_class_uid")
+    if sop_classes and meta.get("format") == "dicom" and sop_class and sop_class not in sop_classes:
+        return (
+            f"SOP class {meta.get('sop_class') or sop_class}, the model reads {_uid_names(sop_classes)} "
+            "(set accept_sop_classes to [] to predict anyway)"
         )
     return None

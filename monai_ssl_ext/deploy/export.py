@@ -49,6 +49,10 @@ DEPLOY_ENTRIES = {
 }
 
 
+#: inference settings that replace the DICOM images a profile reads (Modality, SOP Class UID values)
+_ACCEPT = ("accept_modalities", "accept_sop_classes")
+
+
 def _bundle_files(bundle: Path, names: str | Sequence[str], kind: str) -> list[str]:
     names = [names] if isinstance(names, str) else list(names)
     if not names:
@@ -125,8 +129,8 @@ def export_bundle(
     frozen = freeze_settings(parser.config, settings)
     if "profile" in parser:
         profile = parser.get_parsed_content("profile")
-        accept = parser.get_parsed_content("accept_modalities") if "accept_modalities" in parser else None
-        selection = DicomSelection.for_profile(profile, accept)
+        accept = {k: parser.get_parsed_content(k) if k in parser else None for k in _ACCEPT}
+        selection = DicomSelection.for_profile(profile, accept["accept_modalities"], accept["accept_sop_classes"])
         image_in = meta.get("network_data_format", {}).get("inputs", {}).get("image")
         if isinstance(image_in, dict):
             image_in["dicom_selection"] = selection.to_metadata()

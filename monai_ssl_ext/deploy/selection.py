@@ -64,11 +64,14 @@ class DicomSelection:
         object.__setattr__(self, "sop_classes", tuple(str(u).strip() for u in self.sop_classes))
 
     @classmethod
-    def for_profile(cls, profile: Any, modalities: Sequence[str] | None = None) -> DicomSelection:
-        """The selection of a modality profile; ``modalities`` (an inference config's ``accept_modalities``)
-        replaces its Modality values when given."""
+    def for_profile(
+        cls, profile: Any, modalities: Sequence[str] | None = None, sop_classes: Sequence[str] | None = None
+    ) -> DicomSelection:
+        """The selection of a modality profile; ``modalities`` and ``sop_classes`` (an inference config's
+        ``accept_modalities`` and ``accept_sop_classes``) replace its values when given."""
         chosen = profile.dicom_modalities if modalities is None else modalities
-        return cls(tuple(chosen), tuple(getattr(profile, "dicom_sop_classes", ())))
+        classes = getattr(profile, "dicom_sop_classes", ()) if sop_classes is None else sop_classes
+        return cls(tuple(chosen), tuple(classes))
 
     def to_metadata(self) -> dict[str, list[str]]:
         """As written into a model's metadata: DICOM keywords and their accepted values."""

@@ -288,6 +288,11 @@ def _sop_class_name(ds: Any) -> str:
     return name if name and name != str(sop) else str(sop)
 
 
+def _sop_class_uid(ds: Any) -> str | None:
+    sop = ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID")
+    return str(sop) if sop else None
+
+
 def _has_pixels(ds: Any) -> bool:
     return any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
 
@@ -533,7 +538,7 @@ def read_dicom(
         voi: ``True`` (the file's window or VOI LUT, else a viewer's default), ``"minmax"``,
             ``(center, width)`` or ``False``.
 
-    Meta keys: ``filename_or_obj``, ``format`` ("dicom"), ``modality``, ``sop_class``,
+    Meta keys: ``filename_or_obj``, ``format`` ("dicom"), ``modality``, ``sop_class`` (its name), ``sop_class_uid``,
     ``photometric_interpretation`` (as stored), ``stored_mode`` (same), ``transfer_syntax`` (name),
     ``frames``, ``frame`` (index, ``None`` for all), ``spatial_shape``, ``spacing`` (mm along rows,
     columns), ``spacing_source``, ``us_region`` (the imaging region: index, bbox ``(x0, y0, x1, y1)``,
@@ -611,6 +616,7 @@ def read_dicom(
         "format": "dicom",
         "modality": str(modality) if modality else None,
         "sop_class": _sop_class_name(ds),
+        "sop_class_uid": _sop_class_uid(ds),
         "photometric_interpretation": photometric,
         "stored_mode": photometric,
         "transfer_syntax": ds.file_meta.TransferSyntaxUID.name,
