@@ -157,14 +157,18 @@ def run_inference(bundle: Path, work_dir: Path, inputs: Path) -> list[dict[str, 
 def train_in_two_processes(
     bundle: Path, data: Path, work_dir: Path, *, settings: dict | None = None, **overrides: object
 ) -> str:
-    """A training of 4 iterations (validated every 2) in two processes under torchrun: ``train.json`` and
-    ``multi_gpu_train.json`` with :func:`workflow_overrides` and ``overrides``; checks that all 4 iterations ran and
+    """A training budget of 8 iterations (validated every 4) in two processes under torchrun: ``train.json`` and
+    ``multi_gpu_train.json`` with :func:`workflow_overrides` and ``overrides``. Checks that the budget is shared: each
+    process runs 4 steps (validating every 2) and the two together see the images one process sees in 8 steps;
     returns the log (``work_dir/ddp.log``)."""
-    overrides = workflow_overrides(data, work_dir, settings=settings, num_iterations=4, val_interval=2, **overrides)
+    overrides = workflow_overrides(data, work_dir, settings=settings, num_iterations=8, val_interval=4, **overrides)
     cmd = bundle_command(bundle, "training", ["train.json", "multi_gpu_train.json"], overrides, nproc=2)
     run_workflow(cmd, work_dir / "ddp.log")
     log = (work_dir / "ddp.log").read_text()
-    assert "[train] 4/4 (100%)" in log
+    assert "[train] 4/4 (100%)" in log and "[train] 4 iterations (2 x 2)" in log
+    summary = json.loads((Path(overrides["output_dir"]) / "train_summary.json").read_text())
+    one_step = overrides["labeled_batch_size"] + overrides["unlabeled_batch_size"]  # images of one process's step
+    assert (summary["processes"], summary["iterations"], summary["images_this_run"]) == (2, 4, 8 * one_step)
     return log
 
 

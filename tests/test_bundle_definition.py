@@ -211,7 +211,7 @@ def test_check_names_a_missing_readme_section_and_missing_eval_metrics(bundle_co
 
 
 @pytest.mark.parametrize("name", bundle_names())
-def test_multi_gpu_overlay_keeps_tensorboard_to_rank_zero_by_its_handler_index(name):
+def test_multi_gpu_overlay_finds_tensorboard_and_validation_by_their_handler_index(name):
     files = render_bundle(name)
     handlers = json.loads(files["configs/train.json"])["train"]["handlers"]
     overlay = json.loads(files["configs/multi_gpu_train.json"])
@@ -219,6 +219,9 @@ def test_multi_gpu_overlay_keeps_tensorboard_to_rank_zero_by_its_handler_index(n
     assert handlers[int(key.split("#")[2])]["_target_"] == "TensorBoardStatsHandler"
     validator = next(h for h in handlers if h["_target_"] == "ValidationHandler")
     assert validator["interval"] == "@val_interval" and validator["epoch_level"] is False
+    # under torchrun each process validates every val_interval / world_size of its steps (the budget is shared)
+    (key,) = [k for k in overlay if k.startswith("train#handlers#") and k.endswith("#interval")]
+    assert handlers[int(key.split("#")[2])] is validator and overlay[key] == "@steps_per_validation"
 
 
 # where each bundle's eval_metrics come from: the default algorithm's row of a table in docs/benchmarks.md
