@@ -43,11 +43,21 @@ _DEBUG = contextvars.ContextVar("monai_ssl_debug", default=False)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from monai_ssl_ext.benchmark.harness import OutputFolderBusyError
     from monai_ssl_ext.bundle import BundleRunError
     from monai_ssl_ext.data import LabelBudgetError, ManifestError
     from monai_ssl_ext.io import ImageReadError
 
-    return (FileNotFoundError, ManifestError, LabelBudgetError, ImageReadError, BundleRunError, KeyError, ValueError)
+    return (
+        FileNotFoundError,
+        ManifestError,
+        LabelBudgetError,
+        ImageReadError,
+        BundleRunError,
+        OutputFolderBusyError,
+        KeyError,
+        ValueError,
+    )
 
 
 #: the JSON literals a bundle user writes in configs; Fire would pass them on as the strings "true", "false", "null"

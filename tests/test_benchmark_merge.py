@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -94,3 +95,15 @@ def test_benchmark_refuses_an_output_folder_holding_another_bundles_runs(tmp_pat
     )
     with pytest.raises(ValueError, match="holds runs of the bundle hermes_busi, not baselines_ultrasound"):
         run_benchmark(spec)
+
+
+def test_a_second_benchmark_on_the_same_folder_is_refused_while_the_first_writes(tmp_path):
+    from monai_ssl_ext.benchmark.harness import OutputFolderBusyError, _only_writer
+
+    spec = BenchmarkSpec(bundle="baselines_ultrasound", algorithms=["supervised"], seeds=[0], labels=16,
+                         profile="smoke", datalist="synthetic", output_dir=str(tmp_path / "bench"))  # fmt: skip
+    (tmp_path / "bench").mkdir()
+    busy = rf"another benchmark \(pid {os.getpid()}\) is writing"
+    with _only_writer(tmp_path / "bench"), pytest.raises(OutputFolderBusyError, match=busy):  # the first one runs
+        run_benchmark(spec)
+    assert not (tmp_path / "bench" / "results.json").exists()

@@ -10,11 +10,12 @@ goes and can be resumed (finished runs are skipped).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,11 +129,49 @@ def save_results(path: str | os.PathLike, records: Sequence[dict]) -> None:
     write_json(path, portable)
 
 
+class OutputFolderBusyError(RuntimeError):
+    """Another benchmark is writing to the output folder."""
+
+
+@contextlib.contextmanager
+def _only_writer(out_dir: Path) -> Iterator[None]:
+    """Hold ``out_dir/.lock`` for the benchmark's whole run: a second benchmark on the same folder would read
+    ``results.json`` before the first adds to it, and its save would drop the first one's new records."""
+    import fcntl
+
+    with open(out_dir / ".lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise OutputFolderBusyError(
+                f"{out_dir}: another benchmark ({holder}) is writing its results there; wait for it or give another "
+                "--output"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()}")
+        lock.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def run_benchmark(spec: BenchmarkSpec) -> list[dict]:
-    """Run the benchmark described by ``spec``; return the list of run records (also in ``results.json``)."""
-    bundle = find_bundle(spec.bundle)
+    """Run the benchmark described by ``spec``; return the list of run records (also in ``results.json``).
+
+    One benchmark at a time writes to an output folder (a second one is refused, naming the first's process).
+    """
     out_dir = Path(spec.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    with _only_writer(out_dir):
+        return _run_benchmark(spec, out_dir)
+
+
+def _run_benchmark(spec: BenchmarkSpec, out_dir: Path) -> list[dict]:
+    bundle = find_bundle(spec.bundle)
     profile_cfg = f"profiles/{spec.profile}.json"
     if not (bundle / "configs" / profile_cfg).is_file():
         available = sorted(p.stem for p in (bundle / "configs" / "profiles").glob("*.json"))
