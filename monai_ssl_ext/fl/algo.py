@@ -97,7 +97,9 @@ class SemiSupervisedMonaiAlgo(MonaiAlgo):
         """Build the site's training workflow (datasets, network, trainer, validation) from the bundle.
 
         The bundle's logging file is not applied (as in ``MonaiAlgo``: a provisioned INI file is evaluated), and
-        checkpoint loaders are left out: the weights come from the server.
+        the ``run`` section is not executed, so no checkpoint is loaded or saved periodically: the weights come
+        from the server. The validation's best-model saver stays: the site keeps, in ``ckpt_dir``, the best model
+        its validation split has seen, global or local.
         """
         extra = extra or {}
         self.client_name = extra.get(ExtraItems.CLIENT_NAME, "noname")
