@@ -25,6 +25,7 @@ from torch import nn
 
 from monai_ssl_ext.bundle.literal import inert
 from monai_ssl_ext.bundle.runner import find_bundle
+from monai_ssl_ext.fl.algo import TEACHER_POLICIES
 from monai_ssl_ext.fl.sites import load_sites
 
 __all__ = ["LAUNCHER", "bundle_network", "write_job"]
@@ -92,6 +93,8 @@ def write_job(
 
     if rounds < 1 or local_iterations < 1:
         raise ValueError(f"rounds and local_iterations must be >= 1, got {rounds} and {local_iterations}")
+    if teacher not in TEACHER_POLICIES:
+        raise ValueError(f"teacher must be one of {TEACHER_POLICIES}, got {teacher!r}")
     root = find_bundle(bundle)
     sites_path = Path(sites_file).resolve()
     sites = load_sites(sites_path)
@@ -102,7 +105,7 @@ def write_job(
         class_names = load_manifest(first.datalist, first.data_root).classes
     lengths = {"val_interval": local_iterations, "num_iterations": rounds * local_iterations}
     common = {**dict(settings or {}), **lengths, "class_names": list(class_names)}
-    # a bundle of this package is named, so that each site finds its own installation's copy
+    # a bundle of this package is named, so that the server and each site find their own installation's copy
     bundle_ref = root.name if root.parent == Path(__file__).resolve().parents[2] / "bundles" else str(root)
     client_args = [
         "--bundle", bundle_ref, "--sites", str(sites_path), "--configs", ",".join(configs),
@@ -120,7 +123,7 @@ def write_job(
             name=output.name,
             model={
                 "path": f"{__name__}.bundle_network",
-                "args": {"bundle": str(root), "configs": list(configs), "settings": common},
+                "args": {"bundle": bundle_ref, "configs": list(configs), "settings": common},
             },
             min_clients=len(sites),
             num_rounds=rounds,
