@@ -92,11 +92,49 @@ def test_busi_builder_rejects_unknown_class_and_missing_folder(busi_folder, tmp_
         build_busi(tmp_path)
 
 
+def test_near_duplicate_captures_are_grouped_and_kept_in_one_split(tmp_path):
+    from PIL import Image
+
+    from monai_ssl_ext.data.near_duplicates import near_duplicate_groups
+
+    rng = np.random.default_rng(0)
+    scene = (rng.random((60, 80)) * 255).astype(np.uint8)
+    twin = scene.copy()
+    twin[50:58, 5:30] = 255  # a caption burnt in: the same capture otherwise
+    files = []
+    for name, pixels in [("a", scene), ("b", (rng.random((60, 80)) * 255).astype(np.uint8)), ("c", twin)]:
+        Image.fromarray(pixels).save(tmp_path / f"{name}.png")
+        files.append(tmp_path / f"{name}.png")
+    assert near_duplicate_groups(files, max_bits=32) == [0, 1, 0]
+    assert near_duplicate_groups(files, max_bits=0) == [0, 1, 2]
+    # in a BUSI folder, a malignant image's twin lands in the same split whatever the seed
+    root = tmp_path / "BUSI"
+    for cls, n in (("benign", 10), ("malignant", 6)):
+        (root / cls).mkdir(parents=True)
+        for i in range(1, n + 1):
+            Image.fromarray((rng.random((40, 48)) * 255).astype(np.uint8)).save(root / cls / f"{cls} ({i}).png")
+            _png(root / cls / f"{cls} ({i})_mask.png", value=255)
+    (root / "malignant" / "malignant (6).png").write_bytes((root / "malignant" / "malignant (1).png").read_bytes())
+    for seed in range(4):
+        built = build_busi(root, seed=seed, near_duplicate_bits=32)
+        where = {e[DataKeys.IMAGE]: split for split in ("training", "validation", "test") for e in built.split(split)}
+        assert where["malignant/malignant (1).png"] == where["malignant/malignant (6).png"]
+        assert "near-duplicate" in built.source["group"]
+
+
 @pytest.mark.real_data
-@pytest.mark.parametrize(("name", "classes"), [("busi.json", None), ("busi_binary.json", ["benign", "malignant"])])
-def test_committed_busi_manifests_are_what_the_builder_makes_from_the_release(name, classes):
+@pytest.mark.parametrize(
+    ("name", "classes", "bits"),
+    [
+        ("busi.json", None, None),
+        ("busi_binary.json", ["benign", "malignant"], None),
+        ("busi_grouped.json", None, 32),
+        ("busi_binary_grouped.json", ["benign", "malignant"], 32),
+    ],
+)
+def test_committed_busi_manifests_are_what_the_builder_makes_from_the_release(name, classes, bits):
     root = shared_data("busi")
-    built = build_busi(root, classes=classes, seed=0, name=Path(name).stem)
+    built = build_busi(root, classes=classes, seed=0, name=Path(name).stem, near_duplicate_bits=bits)
     committed = json.loads((MANIFESTS / name).read_text())
     for split in ("training", "validation", "test"):
         assert built.to_dict()[split] == committed[split], f"{name}: {split} differs from a fresh build"

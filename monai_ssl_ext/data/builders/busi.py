@@ -20,6 +20,7 @@ from pathlib import Path
 
 from monai_ssl_ext.data.builders.common import DEFAULT_FRACTIONS, BuildReport, split_entries
 from monai_ssl_ext.data.manifest import Manifest, ManifestError
+from monai_ssl_ext.data.near_duplicates import near_duplicate_groups
 from monai_ssl_ext.keys import DataKeys
 
 __all__ = ["BUSI_CLASSES", "build_busi"]
@@ -69,8 +70,14 @@ def build_busi(
     name: str | None = None,
     on_error: str = "raise",
     report: BuildReport | None = None,
+    near_duplicate_bits: int | None = None,
 ) -> Manifest:
     """A manifest of a BUSI folder, split 70/10/20 (stratified by class) with ``seed``.
+
+    BUSI has no patient identifiers, and several of its images are captures of one lesion a moment apart: with
+    ``near_duplicate_bits`` such images (difference hashes within that many of 256 bits,
+    :func:`~monai_ssl_ext.data.near_duplicates.near_duplicate_groups`) form a ``group`` that the split keeps
+    whole, so no test image has its twin in training. ``None`` splits by image, as the manifests committed before.
 
     The split is drawn over every class found, then restricted to ``classes``: the benign-vs-malignant
     manifest and the three-class manifest built with the same seed put every image in the same split,
@@ -87,6 +94,8 @@ def build_busi(
         on_error: ``"raise"``, or ``"skip"`` to leave out an image without a mask (and ignore masks
             without an image), recording them in ``report``.
         report: a report to fill (one is made otherwise).
+        near_duplicate_bits: group near-duplicate images within this Hamming distance (32 separates BUSI's
+            same-lesion pairs from unrelated images), or ``None``.
 
     Raises:
         FileNotFoundError: ``root`` does not exist.
@@ -116,6 +125,13 @@ def build_busi(
                 continue
             entries.append(entry)
     logger.info("BUSI: %d images in %s (%s)", len(entries), root, ", ".join(present))
+    source: dict = {"builder": "busi", "classes_found": present}
+    if near_duplicate_bits is not None:
+        groups = near_duplicate_groups([root / e[DataKeys.IMAGE] for e in entries], max_bits=int(near_duplicate_bits))
+        for entry, group in zip(entries, groups, strict=True):
+            entry[DataKeys.GROUP] = f"capture{group}"
+        source["group"] = f"near-duplicate captures (difference hash within {near_duplicate_bits} of 256 bits)"
+        logger.info("BUSI: %d images in %d groups of near-duplicates", len(entries), len(set(groups)))
     kept = list(classes) if classes is not None else present
     default_name = "busi" if kept == list(BUSI_CLASSES) else "busi_" + "_".join(kept)
     return split_entries(
@@ -123,10 +139,11 @@ def build_busi(
         present,
         name=name or default_name,
         description=(
-            f"BUSI breast ultrasound, classes {', '.join(kept)}; lesion masks (several per image are merged). "
+            f"BUSI breast ultrasound, classes {', '.join(kept)}; lesion masks (several per image are merged)"
+            f"{'; near-duplicate captures of a lesion kept in one split' if near_duplicate_bits is not None else ''}. "
             f"Paths are relative to the BUSI folder. {_CITATION}"
         ),
-        source={"builder": "busi", "classes_found": present},
+        source=source,
         fractions=fractions,
         seed=seed,
         report=report,
