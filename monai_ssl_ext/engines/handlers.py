@@ -18,7 +18,7 @@ from ignite.engine import Engine, Events
 
 from monai_ssl_ext.engines.pseudo_label_accuracy import UNLABELED_OUTPUT_KEYS
 from monai_ssl_ext.utils.atomic import write_json
-from monai_ssl_ext.utils.distributed import all_reduce_sum, get_world_size, is_main_process
+from monai_ssl_ext.utils.distributed import get_world_size, is_main_process
 
 if TYPE_CHECKING:
     from monai.engines import Workflow
@@ -297,13 +297,11 @@ class TrainingHistory:
     def _completed(self, engine: Engine) -> None:
         self._flush(engine.state.iteration)
         self.save()
-        # every process trains its share of each step: the images of all of them are the run's (a collective call,
-        # so before the other processes return)
-        local = getattr(engine.state, "samples_seen", 0) - self._samples0
-        device = engine.state.device if torch.device(engine.state.device).type == "cuda" else "cpu"
-        samples = int(all_reduce_sum(torch.tensor([local], dtype=torch.float64, device=device)).item())
         if not is_main_process():
             return
+        # every process trains an equal slice of each step's batches (the streams give each rank the same count), so
+        # the run's images are this process's times the processes: no collective call while the processes finish
+        samples = (getattr(engine.state, "samples_seen", 0) - self._samples0) * get_world_size()
         elapsed = time.perf_counter() - self._t0
         summary = {
             "iterations": engine.state.iteration,
