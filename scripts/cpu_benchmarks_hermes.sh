@@ -2,16 +2,20 @@
 # Hermes against supervised-only, FixMatch and FlexMatch on its two-branch network under the cpu profile
 # (docs/benchmarks.md), BUSI benign/malignant at 216 and 72 labels, then the ablation of each component changed to
 # the authors' training (one optimiser with shared gradients; the AND pixel rule; the earlier consistency term).
-# Two streams side by side with one thread each on a 2-core machine; seed-major; resumable (the harness skips
-# finished runs). Run from the repository root with the package installed:
+# BUSI is read through the manifest that keeps near-duplicate captures of a lesion in one split
+# (busi_binary_grouped.json; docs/benchmarks.md says why). Seed-major; resumable (the harness skips finished runs).
+# STREAMS=2 (default) runs two streams side by side with one thread each on a 2-core machine; STREAMS=1 runs them
+# one after the other. Run from the repository root with the package installed:
 #     bash scripts/cpu_benchmarks_hermes.sh [output folder] [data folder] [seeds]
 set -uo pipefail
 out=${1:-benchmarks/cpu}
 data=${2:-../shared/data}
 seeds=${3:-0 1 2}
+streams=${STREAMS:-2}
 export OMP_NUM_THREADS=1
 mkdir -p "$out"
-busi=(--bundle hermes_ultrasound --profile cpu --datalist data_manifests/busi/busi_binary.json --data_root "$data/busi")
+busi=(--bundle hermes_ultrasound --profile cpu --datalist data_manifests/busi/busi_binary_grouped.json
+      --data_root "$data/busi")
 bench() {
     local name=$1 labels=$2 algorithms=$3; shift 3
     for seed in $seeds; do
@@ -20,9 +24,17 @@ bench() {
     done
 }
 compared=supervised,fixmatch,flexmatch,hermes
-( bench hermes_busi216 216 "$compared"
-  bench hermes_ablation_busi216/one_optimizer_shared_gradients 216 hermes --per_branch_optimizers false \
-      --separate_task_gradients false ) &
-( bench hermes_busi72 72 "$compared"
-  bench hermes_ablation_busi216/components 216 hermes_pixel_rule_and,hermes_consistency_all_views ) &
-wait
+first() {
+    bench hermes_busi216 216 "$compared"
+    bench hermes_ablation_busi216/one_optimizer_shared_gradients 216 hermes --per_branch_optimizers false \
+        --separate_task_gradients false
+}
+second() {
+    bench hermes_busi72 72 "$compared"
+    bench hermes_ablation_busi216/components 216 hermes_pixel_rule_and,hermes_consistency_all_views
+}
+if [ "$streams" = 1 ]; then
+    first; second
+else
+    first & second & wait
+fi
