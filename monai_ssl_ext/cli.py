@@ -158,13 +158,15 @@ def _data_overrides(datalist: str | None, data_root: str | None, classes: Any) -
     return out
 
 
-def _label_budget(value: Any) -> int | float:
-    """A label budget from the command line: a whole count (``216``) or a fraction below 1 (``0.2``).
+def _label_budget(value: Any) -> int | float | str:
+    """A label budget from the command line: a whole count (``216``), a fraction below 1 (``0.2``) or ``all``.
 
     ``2.5`` used to become 2 images without a word; a count that is not whole is refused.
     """
     from monai_ssl_ext.data import LabelBudgetError
 
+    if isinstance(value, str) and value.strip().lower() == "all":
+        return "all"
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -493,6 +495,7 @@ class Commands:
         on_error: str = "raise",
         report: str | None = None,
         verify: bool = False,
+        unlabeled: str | None = None,
         **options: Any,
     ) -> str:
         """Build a manifest from a data set as distributed and write it to ``output``.
@@ -510,6 +513,8 @@ class Commands:
             report: where to write the skip report (default ``<output stem>.skipped.csv`` beside ``output``).
             verify: load every image and mask as training will; unreadable files, masks that do not fit
                 their image and empty lesion masks are errors (or skips with ``--on_error skip``).
+            unlabeled: a folder of images without labels (under the data root, or absolute): listed in the
+                manifest's ``unlabeled`` list, which training adds to the unlabeled stream.
             options: builder options (``--labels``, ``--key``, ``--group_by``...).
         """
         from monai_ssl_ext.data.builders import build_manifest
@@ -524,6 +529,7 @@ class Commands:
             on_error=on_error,
             report=report,
             verify=verify,
+            unlabeled=unlabeled,
             **options,
         )
         return str(output)

@@ -644,7 +644,7 @@ def test_dicom_builder_keep_unlabeled_lists_them_outside_the_splits(dicom_folder
     root, labels = dicom_folder
     _dicom(root / "study20" / "IM0000", "PX-0020", _uid("sop", 20, 0))
     manifest = build_dicom_dir(root, labels, keep_unlabeled=True)
-    pool = manifest.source["unlabeled"]
+    pool = manifest.unlabeled
     held_out = {e[DataKeys.GROUP] for s in SPLITS[1:] for e in manifest.split(s)}
     assert {"image": "study20/IM0000", "group": hash_identifier("PX-0020")} in pool
     assert all(e[DataKeys.GROUP] not in held_out for e in pool)

@@ -39,7 +39,7 @@ class BenchmarkSpec:
         bundle: bundle folder or name under ``bundles/``.
         algorithms: values of the bundle's ``algorithm_name`` key.
         seeds: run seeds (each also draws its own labeled subset).
-        labels: label budget, a count (``216``) or a fraction (``0.2``).
+        labels: label budget, a count (``216``), a fraction (``0.2``) or ``"all"``.
         profile: ``smoke`` or ``full`` (``configs/profiles/<profile>.json`` of the bundle).
         datalist: manifest path, or ``"synthetic"``.
         data_root: data root of the manifest's relative paths.
@@ -53,7 +53,7 @@ class BenchmarkSpec:
     bundle: str
     algorithms: Sequence[str]
     seeds: Sequence[int]
-    labels: int | float
+    labels: int | float | str
     profile: str = "smoke"
     datalist: str = "synthetic"
     data_root: str | None = None

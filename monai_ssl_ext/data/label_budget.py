@@ -24,7 +24,18 @@ import numpy as np
 from monai_ssl_ext.keys import DataKeys
 from monai_ssl_ext.utils.seeding import derive_seed
 
-__all__ = ["LabelBudgetError", "LabelSplit", "resolve_budget", "split_label_budget", "stratified_group_split"]
+__all__ = [
+    "UNKNOWN_LABEL",
+    "LabelBudgetError",
+    "LabelSplit",
+    "resolve_budget",
+    "split_label_budget",
+    "stratified_group_split",
+]
+
+# ``hidden_label`` of an image nobody labelled (benchmark mode): every entry of the unlabeled stream carries the
+# key so batches collate; pseudo-label accuracy leaves these out
+UNKNOWN_LABEL = -1
 
 _BUDGET_STREAM = 0x1ABE1  # keeps label-budget draws independent of other uses of the same seed
 _SPLIT_STREAM = 0x5B117
@@ -89,12 +100,15 @@ class LabelSplit:
 
 
 def resolve_budget(budget: int | float | str, num_train: int, where: str = "") -> int:
-    """Turn a count (``216``) or a fraction (``0.2``, ``"20%"``) into a number of images.
+    """Turn a count (``216``), a fraction (``0.2``, ``"20%"``) or ``"all"`` into a number of images.
 
     An ``int`` is a count; a ``float`` in (0, 1] is a fraction of ``num_train`` (so ``1`` is one image
-    and ``1.0`` is all of them); strings are parsed the same way.
+    and ``1.0`` is all of them); strings are parsed the same way, and ``"all"`` labels the whole training split
+    (a site whose unlabeled images are listed apart, under the manifest's ``unlabeled``).
     """
     value: int | float
+    if isinstance(budget, str) and budget.strip().lower() == "all":
+        return num_train
     if isinstance(budget, str):
         text = budget.strip()
         try:
@@ -181,6 +195,7 @@ def split_label_budget(
     group_key: str = DataKeys.GROUP,
     hide_labels: bool = False,
     source: str = "",
+    extra_unlabeled: Sequence[dict] = (),
 ) -> LabelSplit:
     """Draw a stratified, group-aware labeled subset of ``entries``; the rest becomes unlabeled.
 
@@ -192,6 +207,8 @@ def split_label_budget(
         group_key: entry key holding the patient/lesion id.
         hide_labels: keep the true label of unlabeled entries under ``hidden_label`` (benchmark mode).
         source: name of the manifest, used in error messages.
+        extra_unlabeled: images without any label (a manifest's ``unlabeled`` list), appended to the unlabeled
+            rest; with ``hide_labels`` their ``hidden_label`` is :data:`UNKNOWN_LABEL`.
 
     Raises:
         LabelBudgetError: the budget exceeds the entries, is below the number of classes, or leaves a
@@ -246,6 +263,11 @@ def split_label_budget(
         label = u.pop(DataKeys.LABEL, None)
         if hide_labels and label is not None:
             u[DataKeys.HIDDEN_LABEL] = label
+        unlabeled.append(u)
+    for entry in extra_unlabeled:
+        u = copy.deepcopy(entry)
+        if hide_labels:
+            u[DataKeys.HIDDEN_LABEL] = UNKNOWN_LABEL
         unlabeled.append(u)
     return LabelSplit(
         labeled=labeled,

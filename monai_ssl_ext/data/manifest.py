@@ -10,7 +10,8 @@ A manifest is the datalist format MONAI's ``load_decathlon_datalist`` reads, wit
         "training":   [{"image": "benign/benign (1).png", "label": 0, "mask": ["benign/benign (1)_mask.png"],
                         "group": "3f2a..."}, ...],
         "validation": [...],
-        "test":       [...]
+        "test":       [...],
+        "unlabeled":  [{"image": "archive/img_0001.png", "group": "9c1e..."}, ...]
     }
 
 - ``image`` and ``mask`` paths are relative to a *data root* given at run time (absolute paths are kept);
@@ -18,6 +19,11 @@ A manifest is the datalist format MONAI's ``load_decathlon_datalist`` reads, wit
 - ``label`` is an index into ``classes`` (a class name is accepted on input and converted).
 - ``group`` is an optional patient or lesion id (salted hash, never a name in clear). Label budgets and
   splits keep a group on one side.
+- ``unlabeled`` (optional) lists images that have no label at all: a hospital's archive beside the images an
+  expert labelled. Its entries take ``image`` (and ``group``, ``frame``), never ``label`` or ``mask``; training
+  adds them to the unlabeled stream after the label budget is drawn from ``training``. A group of theirs in
+  ``validation`` or ``test`` is refused like any other leak (training on a test patient's images, even
+  without labels, lets the model fit that patient).
 - ``"mask_resize": true`` (optional, top level) declares that masks come at another resolution than their
   images, with the same aspect ratio (HAM10000); they are then resized to their image. Without it a mask
   of another size than its image is an error.
@@ -46,9 +52,11 @@ from monai_ssl_ext.utils.atomic import write_json
 if TYPE_CHECKING:
     from monai_ssl_ext.data.label_budget import LabelSplit
 
-__all__ = ["HEALTHY_CLASSES", "SPLITS", "Manifest", "ManifestError"]
+__all__ = ["HEALTHY_CLASSES", "SPLITS", "UNLABELED", "Manifest", "ManifestError"]
 
 SPLITS = ("training", "validation", "test")
+# the list of images without labels: not a split (no label budget, no evaluation), read by training only
+UNLABELED = "unlabeled"
 _PATH_KEYS = (DataKeys.IMAGE, DataKeys.MASK)
 _MAX_LISTED = 10
 # classes whose images show no lesion, so an all-zero mask is the correct mask (BUSI "normal")
@@ -71,6 +79,7 @@ class Manifest:
         name: short identifier, used in results tables.
         classes: class names; an entry's ``label`` indexes this list.
         training, validation, test: entries (dicts with ``image``, ``label`` and optional ``mask``, ``group``).
+        unlabeled: entries of images without a label (``image``, optional ``group``): extra unlabeled images.
         description: free text.
         source: how the manifest was built (builder name, split seed, fractions, ...).
         path: the file it was read from, if any (named in error messages).
@@ -84,6 +93,7 @@ class Manifest:
     training: list[dict] = field(default_factory=list)
     validation: list[dict] = field(default_factory=list)
     test: list[dict] = field(default_factory=list)
+    unlabeled: list[dict] = field(default_factory=list)
     description: str = ""
     source: dict = field(default_factory=dict)
     path: str | None = None
@@ -102,10 +112,10 @@ class Manifest:
         if len(set(classes)) != len(classes):
             dup = [c for c, n in Counter(classes).items() if n > 1]
             raise ManifestError(f"{where}: 'classes' lists {dup} more than once.")
-        unknown = set(data) - {"name", "description", "classes", "source", "mask_resize", *SPLITS}
+        unknown = set(data) - {"name", "description", "classes", "source", "mask_resize", UNLABELED, *SPLITS}
         if unknown:
             raise ManifestError(
-                f"{where}: unknown top-level keys {sorted(unknown)}; expected {list(SPLITS)} and metadata."
+                f"{where}: unknown top-level keys {sorted(unknown)}; expected {[*SPLITS, UNLABELED]} and metadata."
             )
         # without a name, the file's (made safe); a name given is checked, not silently changed
         name = str(data.get("name") or re.sub(r"[^A-Za-z0-9._-]", "_", Path(where).stem).lstrip("._-")[:64] or "data")
@@ -132,6 +142,10 @@ class Manifest:
             setattr(manifest, split, [manifest._checked_entry(e, split, i) for i, e in enumerate(entries)])
         if not manifest.training:
             raise ManifestError(f"{where}: the 'training' split is empty.")
+        entries = data.get(UNLABELED, [])
+        if not isinstance(entries, list):
+            raise ManifestError(f"{where}: '{UNLABELED}' must be a list of entries.")
+        manifest.unlabeled = [manifest._checked_unlabeled_entry(e, i) for i, e in enumerate(entries)]
         manifest.check_group_leakage()
         return manifest
 
@@ -163,6 +177,16 @@ class Manifest:
             raise ManifestError(f"{where}: 'mask' is an empty list; leave the key out when there is no mask.")
         return entry
 
+    def _checked_unlabeled_entry(self, entry: Any, index: int) -> dict:
+        where = f"{self.path or self.name}: {UNLABELED}[{index}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get(DataKeys.IMAGE), str):
+            raise ManifestError(f"{where} must be an object with an 'image' path, got {entry!r}.")
+        for key, fix in ((DataKeys.LABEL, "move it to 'training'"), (DataKeys.MASK, "masks need a labelled entry")):
+            if key in entry:
+                image = entry[DataKeys.IMAGE]
+                raise ManifestError(f"{where} ({image}) has a '{key}': unlabeled images have none; {fix}.")
+        return dict(entry)
+
     def label_index(self, label: Any, where: str = "") -> int:
         """Class index of ``label`` (an index or a class name); raises :class:`ManifestError` if unknown.
 
@@ -192,8 +216,9 @@ class Manifest:
         return len(self.classes)
 
     def split(self, name: str) -> list[dict]:
-        if name not in SPLITS:
-            raise KeyError(f"Unknown split '{name}'; expected one of {SPLITS}.")
+        """The entries of a split, or of the ``unlabeled`` list."""
+        if name not in (*SPLITS, UNLABELED):
+            raise KeyError(f"Unknown split '{name}'; expected one of {(*SPLITS, UNLABELED)}.")
         return getattr(self, name)
 
     @property
@@ -211,6 +236,8 @@ class Manifest:
             lines.append(
                 f"  {split:<10} {len(self.split(split)):>6}  " + ", ".join(f"{k}={v}" for k, v in counts.items())
             )
+        if self.unlabeled:
+            lines.append(f"  {UNLABELED:<10} {len(self.unlabeled):>6}  (no labels)")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -221,6 +248,8 @@ class Manifest:
             out["mask_resize"] = True
         for split in SPLITS:
             out[split] = [dict(e) for e in self.split(split)]
+        if self.unlabeled:  # written only when there are any, so manifests without them keep their bytes
+            out[UNLABELED] = [dict(e) for e in self.unlabeled]
         return out
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -228,15 +257,19 @@ class Manifest:
 
     # ------------------------------------------------------------------ checks
     def check_group_leakage(self) -> None:
-        """Raise if one ``group`` (patient/lesion) appears in more than one split."""
+        """Raise if one ``group`` (patient/lesion) appears in more than one split.
+
+        The ``unlabeled`` list counts as part of training: a group of it may have labelled training images too,
+        never validation or test ones.
+        """
         seen: dict[str, str] = {}
-        for split in SPLITS:
+        for split in (*SPLITS, UNLABELED):
             for e in self.split(split):
                 g = e.get(DataKeys.GROUP)
                 if g is None:
                     continue
                 first = seen.setdefault(str(g), split)
-                if first != split:
+                if first != split and {first, split} != {"training", UNLABELED}:
                     raise ManifestError(
                         f"{self.path or self.name}: group '{g}' appears in both '{first}' and '{split}'; "
                         "a patient or lesion must stay in one split or results leak."
@@ -280,7 +313,7 @@ class Manifest:
         out = copy.deepcopy(self)
         out.data_root = str(root)
         missing: list[str] = []
-        for split in SPLITS:
+        for split in (*SPLITS, UNLABELED):
             for entry in out.split(split):
                 for key in _PATH_KEYS:
                     if key not in entry:
@@ -321,7 +354,8 @@ class Manifest:
         group_key: str = DataKeys.GROUP,
         require_validation: bool = True,
     ) -> LabelSplit:
-        """Split ``training`` into a labeled subset of size ``budget`` and the unlabeled rest.
+        """Split ``training`` into a labeled subset of size ``budget`` and the unlabeled rest, to which the
+        ``unlabeled`` list is added.
 
         See :func:`monai_ssl_ext.data.label_budget.split_label_budget`. This is the step a training run
         takes before it starts, so it also refuses a manifest without validation entries
@@ -340,4 +374,5 @@ class Manifest:
             group_key=group_key,
             hide_labels=hide_labels,
             source=self.path or self.name,
+            extra_unlabeled=self.unlabeled,
         )

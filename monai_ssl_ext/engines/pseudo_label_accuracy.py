@@ -33,17 +33,20 @@ def pseudo_label_accuracy(pseudo_label: torch.Tensor, pseudo_mask: torch.Tensor 
     Args:
         pseudo_label: ``(B_u,)`` pseudo labels of the unlabeled batch.
         pseudo_mask: ``(B_u,)`` their weights (``> 0``: used by the loss); ``None``: all used.
-        hidden_label: ``(B_u,)`` true labels.
+        hidden_label: ``(B_u,)`` true labels; a negative one (an image nobody labelled) is left out of both.
 
     Returns:
         ``pseudo_label_acc_all``: accuracy of all pseudo labels; ``pseudo_label_acc``: of the used ones,
-        ``nan`` when none was used ("no evidence", not "all wrong").
+        ``nan`` when none was used ("no evidence", not "all wrong"), or when no image of the batch has a
+        known label.
     """
     truth = torch.as_tensor(hidden_label, device=pseudo_label.device).long().view(-1)
+    known = truth >= 0
     correct = (pseudo_label.view(-1) == truth).float()
-    used = (pseudo_mask.view(-1) > 0) if pseudo_mask is not None else torch.ones_like(correct).bool()
+    used = (pseudo_mask.view(-1) > 0) if pseudo_mask is not None else torch.ones_like(known)
+    used = used & known
     return {
-        "pseudo_label_acc_all": float(correct.mean()),
+        "pseudo_label_acc_all": float(correct[known].mean()) if known.any() else float("nan"),
         "pseudo_label_acc": float(correct[used].mean()) if used.any() else float("nan"),
     }
 

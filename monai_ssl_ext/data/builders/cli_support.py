@@ -18,6 +18,7 @@ from monai_ssl_ext.data.builders.folder import build_folder
 from monai_ssl_ext.data.builders.ham10000 import build_ham10000
 from monai_ssl_ext.data.builders.medmnist import build_medmnist
 from monai_ssl_ext.data.builders.nct_crc import build_nct_crc
+from monai_ssl_ext.data.builders.unlabeled import add_unlabeled_folder
 from monai_ssl_ext.data.builders.verify import HEALTHY_CLASSES, verify_manifest
 from monai_ssl_ext.data.manifest import Manifest
 
@@ -77,6 +78,7 @@ def build_manifest(
     report: str | os.PathLike | None = None,
     verify: bool = False,
     empty_mask_classes: Sequence[str] = HEALTHY_CLASSES,
+    unlabeled: str | os.PathLike | None = None,
     **options: Any,
 ) -> Manifest:
     """Build a manifest from a data set as distributed and write it to ``output`` (atomically).
@@ -102,6 +104,9 @@ def build_manifest(
             cannot be matched to their image and empty lesion masks stop the build or, with
             ``on_error="skip"``, are left out and reported.
         empty_mask_classes: with ``verify``, classes whose masks may be empty (healthy images).
+        unlabeled: a folder of images without labels (relative to the data root, or absolute), listed in the
+            manifest's ``unlabeled`` list (:func:`~monai_ssl_ext.data.builders.unlabeled.add_unlabeled_folder`);
+            with ``verify`` they are read too.
         options: further arguments of the builder (``labels=``, ``key=``, ``group_by=``, ``root=``...).
 
     Raises:
@@ -112,6 +117,8 @@ def build_manifest(
     if source not in BUILDERS:
         raise KeyError(f"unknown manifest source '{source}'; choose one of {sorted(BUILDERS)}.")
     check_on_error(on_error)
+    if unlabeled is not None and source == "medmnist":
+        raise ValueError("--unlabeled: a MedMNIST archive has no folder of unlabeled images beside it.")
     builder = BUILDERS[source]
     accepted = inspect.signature(builder).parameters
     unknown = sorted(k for k in options if k not in accepted)
@@ -126,6 +133,8 @@ def build_manifest(
         manifest = builder(
             path, classes=_as_classes(classes), seed=seed, name=name, on_error=on_error, report=record, **options
         )
+    if unlabeled is not None:
+        manifest = add_unlabeled_folder(manifest, unlabeled, _data_root(source, path, out, options), record)
     if verify:
         manifest = verify_manifest(manifest, _data_root(source, path, out, options), record, empty_mask_classes)
     manifest.save(out)

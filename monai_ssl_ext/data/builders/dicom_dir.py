@@ -15,10 +15,9 @@ What happens to each file:
   presentation states, DICOMDIR): left out, recorded as ``no_pixel_data``; an *image* SOP class without
   them is a truncated header, a problem. Pixel data are checked when the images are loaded;
 - an image whose key has no label row: left out and recorded as ``unlabeled``; with
-  ``keep_unlabeled=True`` it is listed instead under ``source["unlabeled"]`` (``image`` and ``group``),
-  unless its patient is in the validation or test split. Manifests need a label for every entry in
-  the three splits, so unlabeled images cannot go there; that list is the pool a semi-supervised run
-  may add to its unlabeled stream, and the loaders do not read it by themselves;
+  ``keep_unlabeled=True`` it goes to the manifest's ``unlabeled`` list instead (``image`` and ``group``),
+  unless its patient is in the validation or test split; training adds those images to its unlabeled
+  stream;
 - problems (unreadable header, no SOP Instance UID, the same SOP Instance UID in two files, no
   PatientID, a path that contains the patient's name or id, a bad label row) stop the build, or are
   skipped and recorded with ``on_error="skip"``.
@@ -149,7 +148,7 @@ def build_dicom_dir(
         seed: split seed.
         fractions: training, validation and test shares.
         group_by: ``"patient"`` (PatientID) or ``"study"`` (StudyInstanceUID).
-        keep_unlabeled: list images without a label row under ``source["unlabeled"]`` (see above).
+        keep_unlabeled: list images without a label row in the manifest's ``unlabeled`` list (see above).
         key_column, label_column: CSV column names, when not the defaults.
         check_paths: treat a path that contains the PatientID or a part of the PatientName (4 characters
             or more) as a problem, since the manifest and the report hold the paths.
@@ -306,7 +305,7 @@ def build_dicom_dir(
                 )
             else:
                 pool.append(entry)
-        manifest.source["unlabeled"] = pool
+        manifest.unlabeled = pool
     if report.skipped:
         manifest.source["skipped"] = report.counts()
     return manifest
