@@ -467,6 +467,41 @@ class Commands:
 
     @staticmethod
     @_friendly
+    def fl_sites(
+        manifest: str,
+        output: str,
+        label_budgets: Any,
+        data_root: str,
+        seeds: Any = 0,
+        partition_seed: int = 0,
+    ) -> str:
+        """Deal a labelled manifest to simulated sites, for measuring federation against each site and pooling.
+
+        Writes ``site-<k>.json`` per site (whole groups, by class; every site keeps the whole test split), the sites
+        file ``sites.json`` for ``monai-ssl fl_job`` and ``pooled_seed<s>.json`` per seed: the sites' labeled
+        draws pooled (train it with ``--labels all``), their unlabeled rest as its ``unlabeled`` list.
+
+        Args:
+            manifest: the labelled manifest (BUSI: ``data_manifests/busi/busi_binary_grouped.json``).
+            output: folder to write into.
+            label_budgets: one per site, comma-separated (``40,80,96``); their number is the number of sites.
+            data_root: the data root, written into ``sites.json`` (absolute, or relative to ``output``).
+            seeds: label seeds to pool for, comma-separated (each site draws its labeled subset with the seed).
+            partition_seed: seed of the dealing of patients to sites.
+        """
+        from monai_ssl_ext.data import Manifest
+        from monai_ssl_ext.fl.partition import write_site_manifests
+
+        budgets = [_label_budget(b) for b in _as_list(label_budgets)]
+        seed_list = [int(s) for s in _as_list(seeds)]
+        written = write_site_manifests(
+            Manifest.load(manifest), output, data_root, budgets, seeds=seed_list, partition_seed=partition_seed
+        )
+        print(f"sites file: {written}")
+        return str(written)
+
+    @staticmethod
+    @_friendly
     def split(manifest: str, budget: float, seed: int = 0, output: str | None = None, classes: Any = None) -> dict:
         """Write the labeled subset of a manifest's training split for a label budget and a seed."""
         from monai_ssl_ext.data import Manifest
