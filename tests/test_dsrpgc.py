@@ -122,12 +122,23 @@ def test_similarity_fusion_is_a_weighted_mean_of_low_level_positions():
     fusion = net.fusion
     low, high = torch.rand(1, 128, 8, 8), torch.rand(1, 512, 2, 2)
     fused = fusion(low, high)
-    p = fusion.conv_p(low).flatten(2)
-    q = fusion.conv_q(high)
+    p = fusion.project_low(low).flatten(2)
+    q = fusion.project_high(high)
     weighted = fused - q  # P~ at each high-level position
     # each column lies inside the range of P's values (a convex combination of low-level positions)
     assert torch.all(weighted.flatten(2) <= p.max(dim=2, keepdim=True).values + 1e-5)
     assert torch.all(weighted.flatten(2) >= p.min(dim=2, keepdim=True).values - 1e-5)
+
+
+def test_similarity_fusion_keeps_the_fused_scale_whatever_the_scale_of_its_inputs():
+    # an ImageNet encoder's early stages come out ten times larger than its last: without the normalisation of P
+    # and Q the low level swamped the fused features and SGD diverged on the dermoscopy bundle's cpu profile
+    torch.manual_seed(0)
+    fusion = MedFuseNet(2, in_channels=3, backbone="resnet10", channels=16).fusion
+    high = torch.randn(4, 512, 2, 2)
+    for scale in (1.0, 100.0):
+        fused = fusion(scale * torch.randn(4, 128, 8, 8), high)
+        assert 0.3 < fused.std().item() < 3.0, scale
 
 
 @pytest.mark.parametrize("fuse", [True, False])
