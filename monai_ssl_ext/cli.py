@@ -467,6 +467,25 @@ class Commands:
 
     @staticmethod
     @_friendly
+    def fl_model(global_model: str, site_ckpt_dir: str, output: str) -> str:
+        """Make a federation's global model a trained model of the bundle, for ``evaluate``, ``infer`` and ``export``.
+
+        Args:
+            global_model: the server's ``best_FL_global_model.pt`` or ``FL_global_model.pt`` (in the simulator:
+                ``<workspace>/server/simulate_job/app_server/``).
+            site_ckpt_dir: a site's ``ckpt_dir`` (in the simulator ``<workspace>/<site>/models``): its
+                ``train_config.json`` says the network, classes, preprocessing and data.
+            output: folder for ``model.pt`` and ``train_config.json``; then ``monai-ssl evaluate --bundle B
+                --ckpt_dir OUTPUT`` tests it on that site's test split.
+        """
+        from monai_ssl_ext.fl.global_model import export_global_model
+
+        out = export_global_model(global_model, site_ckpt_dir, output)
+        print(f"global model: {out / 'model.pt'}\ntest it: monai-ssl evaluate --bundle BUNDLE --ckpt_dir {out}")
+        return str(out)
+
+    @staticmethod
+    @_friendly
     def fl_sites(
         manifest: str,
         output: str,

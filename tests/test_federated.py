@@ -14,9 +14,11 @@ import torch
 from monai.fl.utils.exchange_object import ExchangeObject
 
 from monai_ssl_ext.bundle.runner import find_bundle
+from monai_ssl_ext.cli import main
 from monai_ssl_ext.fl import check_site, load_sites
 from monai_ssl_ext.fl.algo import SemiSupervisedMonaiAlgo
 from monai_ssl_ext.fl.fedprox import FedProxTerm
+from monai_ssl_ext.fl.global_model import export_global_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 needs_flare = pytest.mark.skipif(
@@ -204,6 +206,15 @@ def test_two_sites_two_rounds_in_the_simulator_give_a_global_model(tmp_path, sma
     assert set(weights) == set(net.state_dict())
     net.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()})
     assert all(torch.isfinite(p).all() for p in net.parameters())
+    # the best global model, beside a site's trained configuration, is tested like any trained model
+    site_models = tmp_path / "ws" / "site-1" / "models"
+    assert json.loads((site_models / "train_config.json").read_text())["algorithm_name"] == "fixmatch"
+    out = tmp_path / "global"
+    main(["fl_model", str(server / "best_FL_global_model.pt"), str(site_models), str(out)])
+    main(["evaluate", "--bundle", "baselines_ultrasound", "--ckpt_dir", str(out)])
+    metrics = json.loads((tmp_path / "eval_test" / "metrics.json").read_text())
+    assert metrics["split"] == "test" and metrics["extra"]["checkpoint"] == str(out / "model.pt")
+    assert 0.0 <= metrics["classification"]["accuracy"] <= 1.0
 
 
 @needs_flare
@@ -221,3 +232,23 @@ def test_a_site_whose_data_root_is_missing_fails_its_task_and_the_job_says_why(t
     log = done.stdout + done.stderr
     assert f"site site-2: data root {tmp_path / 'not_here'} does not exist" in log
     assert "FedAvg exiting" in log or done.returncode != 0
+
+
+def test_a_global_model_file_becomes_a_trained_model_folder_beside_a_sites_configuration(tmp_path):
+    site = tmp_path / "site-1" / "models"
+    site.mkdir(parents=True)
+    (site / "train_config.json").write_text(json.dumps({"algorithm_name": "fixmatch", "image_size": 32}))
+    weights = {"head.weight": torch.ones(2, 4), "head.bias": torch.zeros(2)}
+    server = tmp_path / "best_FL_global_model.pt"
+    torch.save({"model": weights, "meta_props": {"round": 3}, "train_conf": {"train": {}}}, server)
+    out = export_global_model(server, site, tmp_path / "global")
+    saved = torch.load(out / "model.pt", weights_only=True)
+    assert set(saved) == {"model"} and all(torch.equal(saved["model"][k], v) for k, v in weights.items())
+    assert json.loads((out / "train_config.json").read_text())["algorithm_name"] == "fixmatch"
+
+    with pytest.raises(FileNotFoundError, match="no trained configuration; give the ckpt_dir of a site"):
+        export_global_model(server, tmp_path, tmp_path / "other")
+    torch.save({"meta_props": {"round": 3}}, server)
+    with pytest.raises(ValueError, match="holds no weights"):
+        export_global_model(server, site, tmp_path / "other")
+    assert not (tmp_path / "other").exists()

@@ -38,6 +38,7 @@ from monai.networks.utils import copy_model_state
 
 from monai_ssl_ext.algorithms.ema import EMATeacher
 from monai_ssl_ext.bundle.literal import inert
+from monai_ssl_ext.bundle.trained import write_trained_config
 from monai_ssl_ext.engines import SemiSupervisedTrainer
 from monai_ssl_ext.fl.fedprox import FedProxTerm
 
@@ -117,6 +118,10 @@ class SemiSupervisedMonaiAlgo(MonaiAlgo):
         self.evaluator = self.train_workflow.evaluator
         if not isinstance(self.evaluator, SupervisedEvaluator):
             raise TypeError(f"{self.bundle_root}: validate#evaluator is {type(self.evaluator).__name__}")
+        # the site's ckpt_dir gets the trained configuration, as a training run's does, so that its best model and
+        # a global model exported beside it (monai-ssl fl_model) are evaluated and exported like any trained model
+        parser = self.train_workflow.parser
+        write_trained_config(parser.get_parsed_content("ckpt_dir"), parser.get_parsed_content("trained_config"))
         if self.fedprox is not None:
             self.fedprox.attach(self.trainer)
         self.pre_filters = self.post_weight_filters = self.post_evaluate_filters = None
