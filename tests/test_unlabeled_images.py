@@ -198,3 +198,24 @@ def test_all_labels_the_whole_training_split_from_the_bundle_and_the_command_lin
     split = manifest.label_split("all", seed=0)
     assert len(split.labeled) == 6 and [e["image"] for e in split.unlabeled] == ["u0.png"]
     assert _label_budget("all") == "all" and _label_budget("1") == 1 and _label_budget("0.5") == 0.5
+
+
+def test_verify_reads_the_unlabeled_images_too_and_skips_an_unreadable_one(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "data" / "labelled"
+    for cls in _CLASSES:
+        (root / cls).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(root / cls / f"{cls}{i}.png")
+    archive = tmp_path / "data" / "archive"
+    archive.mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(archive / "good.png")
+    (archive / "truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    report = tmp_path / "report.csv"
+    manifest = build_manifest(
+        "folder", root, tmp_path / "m.json", unlabeled="../archive", verify=True, on_error="skip", report=report
+    )
+    assert [e["image"] for e in manifest.unlabeled] == ["../archive/good.png"]
+    assert "truncated.png" in report.read_text()
