@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from bundle_helpers import bundle_parser, train_in_process
+from test_builders_clinical import _dicom
 
 from monai_ssl_ext.data import Manifest, ManifestError
 from monai_ssl_ext.data.builders import build_manifest
@@ -131,7 +132,9 @@ def test_build_manifest_lists_a_folder_of_unlabeled_images_once_and_leaves_masks
     archive.mkdir(parents=True)
     for name in ("a1.png", "a2.jpg", "a2_mask.png", "notes.txt"):
         (archive / name).write_bytes(b"x")
-    (archive / "IM0000").write_bytes(b"\0" * 128 + b"DICM")  # a PACS export names its files without a suffix
+    _dicom(archive / "IM0000", "PX-1", "1.2.3.4")  # a PACS export names its files without a suffix
+    _dicom(archive / "SR0000", "PX-1", "1.2.3.5", pixels=False)  # a structured report: not an image
+    (archive / "DICOMDIR").write_bytes(b"\0" * 128 + b"DICM")
     out = tmp_path / "m.json"
     report = tmp_path / "report.csv"
     manifest = build_manifest("folder", root, out, unlabeled="../archive", on_error="skip", report=report)
@@ -142,7 +145,7 @@ def test_build_manifest_lists_a_folder_of_unlabeled_images_once_and_leaves_masks
     resolved = Manifest.load(out).resolve(root, check_files=False)
     assert all(Path(e["image"]).is_file() for e in resolved.unlabeled)
     text = report.read_text()
-    assert "a2_mask.png" in text and "notes.txt" in text
+    assert all(name in text for name in ("a2_mask.png", "notes.txt", "SR0000", "DICOMDIR"))
 
 
 def test_an_unlabeled_folder_that_holds_the_labelled_images_adds_only_the_others(tmp_path):

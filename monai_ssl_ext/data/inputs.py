@@ -34,7 +34,15 @@ from monai_ssl_ext.io.reader import IMAGE_SUFFIXES, image_format
 from monai_ssl_ext.keys import DataKeys
 from monai_ssl_ext.utils.errors import innermost_cause
 
-__all__ = ["IMAGE_SUFFIXES", "InferenceInputs", "SkippedInput", "list_inputs", "read_failure", "scan_inputs"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "InferenceInputs",
+    "SkippedInput",
+    "list_inputs",
+    "not_an_image_input",
+    "read_failure",
+    "scan_inputs",
+]
 
 logger = logging.getLogger("monai_ssl_ext.inference")
 
@@ -58,8 +66,10 @@ class SkippedInput:
     failed: bool
 
 
-def _not_an_input(path: Path) -> str | None:
-    """Why a file found in an input folder is not an image to predict on, or ``None`` when it is one."""
+def not_an_image_input(path: Path) -> str | None:
+    """Why a file found in a folder of images is not an image (to predict on, or to train on without a label), or
+    ``None`` when it is one: a hidden file, a DICOMDIR, a mask by its name, not an image, a DICOM object that is not
+    an image."""
     name = path.name.lower()
     if name.startswith("."):
         return "hidden file"
@@ -133,7 +143,7 @@ def scan_inputs(
     else:
         entries = []
         for f in sorted(f for f in p.rglob("*") if f.is_file()):
-            reason = _not_an_input(f)
+            reason = not_an_image_input(f)
             if reason is None:
                 entries.append({DataKeys.IMAGE: str(f)})
             elif reason != "hidden file":  # .DS_Store and the like: not worth a line

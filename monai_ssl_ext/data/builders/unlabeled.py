@@ -6,9 +6,10 @@ archive (below the manifest's data root, or anywhere by absolute path) and lists
 ``unlabeled``, which training adds to its unlabeled stream. With the class-folder layout (``folder`` builder)
 the archive lies beside the class folders' parent, not inside it (every folder inside is a class):
 
-- an image is a file with a suffix :mod:`monai_ssl_ext.io` reads, or a DICOM file by its ``DICM`` marker
-  whatever its name (PACS exports name files ``IM0000``); masks (``_mask``, ``_segmentation``), hidden files and
-  other files are left out and recorded;
+- an image is what inference takes from a folder (:func:`~monai_ssl_ext.data.inputs.not_an_image_input`): a file
+  with a suffix :mod:`monai_ssl_ext.io` reads, or a DICOM image by its ``DICM`` marker whatever its name (PACS
+  exports name files ``IM0000``); masks (``_mask``, ``_segmentation``), DICOMDIR, DICOM reports, presentation
+  states and other non-image objects, hidden and other files are left out and recorded;
 - a file the manifest already lists (in any split) is not listed again: the folder may be the whole archive;
 - empty files are problems (stop the build, or skipped and reported with ``on_error="skip"``).
 
@@ -24,10 +25,10 @@ import logging
 import os
 from pathlib import Path
 
-from monai_ssl_ext.data.builders.common import IMAGE_SUFFIXES, MASK_STEM, BuildReport, image_suffix
+from monai_ssl_ext.data.builders.common import BuildReport
 from monai_ssl_ext.data.builders.csv_list import natural_key
+from monai_ssl_ext.data.inputs import not_an_image_input
 from monai_ssl_ext.data.manifest import SPLITS, UNLABELED, Manifest
-from monai_ssl_ext.io.dicom import is_dicom_file
 from monai_ssl_ext.keys import DataKeys
 
 __all__ = ["add_unlabeled_folder"]
@@ -75,15 +76,12 @@ def add_unlabeled_folder(
             path = Path(current) / file
             if file.startswith("."):
                 continue
-            suffix = image_suffix(file)
-            if suffix not in IMAGE_SUFFIXES and not is_dicom_file(path):
-                report.exclude(path, "not_image", f"suffix '{suffix or '(none)'}' is not an image type, and not DICOM.")
-                continue
-            if MASK_STEM.match(file[: len(file) - len(suffix)] if suffix else file):
-                report.exclude(path, "mask", "a mask file; unlabeled images have no masks.")
-                continue
             if path.stat().st_size == 0:
                 report.problem(path, "empty_file", "empty file (0 bytes).")
+                continue
+            reason = not_an_image_input(path)  # what inference passes over in a folder is passed over here too
+            if reason is not None:
+                report.exclude(path, "not_image", reason)
                 continue
             if os.path.normpath(path) in listed:
                 already += 1
