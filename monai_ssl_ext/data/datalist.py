@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from monai_ssl_ext.data.manifest import HEALTHY_CLASSES, SPLITS, UNLABELED, Manifest
+from monai_ssl_ext.data.manifest import ENTRY_LISTS, HEALTHY_CLASSES, Manifest
 from monai_ssl_ext.data.synthetic import ensure_synthetic_dataset
 from monai_ssl_ext.io.frames import FrameSpec, frame_indices, parse_frame_policy
 from monai_ssl_ext.io.reader import count_frames
@@ -32,7 +32,7 @@ def add_mask_rules(manifest: Manifest, healthy_classes: Sequence[str] = HEALTHY_
     logs an empty mask on a lesion class; the profiles remove the key before batching. Every entry gets
     it, with or without a mask, so that the entries of a batch keep the same keys.
     """
-    for split in (*SPLITS, UNLABELED):
+    for split in ENTRY_LISTS:
         for entry in manifest.split(split):
             label = entry.get(DataKeys.LABEL)
             name = manifest.classes[label] if isinstance(label, int) else None
@@ -107,6 +107,6 @@ def load_manifest(
         manifest = manifest.with_classes(list(classes))
     manifest = manifest.resolve(data_root, check_files=check_files)
     if frames is not None:
-        for split in (*SPLITS, UNLABELED):
+        for split in ENTRY_LISTS:
             setattr(manifest, split, expand_frames(manifest.split(split), frames))
     return add_mask_rules(manifest)

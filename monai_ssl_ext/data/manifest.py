@@ -52,11 +52,13 @@ from monai_ssl_ext.utils.atomic import write_json
 if TYPE_CHECKING:
     from monai_ssl_ext.data.label_budget import LabelSplit
 
-__all__ = ["HEALTHY_CLASSES", "SPLITS", "UNLABELED", "Manifest", "ManifestError"]
+__all__ = ["ENTRY_LISTS", "HEALTHY_CLASSES", "SPLITS", "UNLABELED", "Manifest", "ManifestError"]
 
 SPLITS = ("training", "validation", "test")
 # the list of images without labels: not a split (no label budget, no evaluation), read by training only
 UNLABELED = "unlabeled"
+# every list of entries a manifest holds: the three splits, then the images without labels
+ENTRY_LISTS = (*SPLITS, UNLABELED)
 _PATH_KEYS = (DataKeys.IMAGE, DataKeys.MASK)
 _MAX_LISTED = 10
 # classes whose images show no lesion, so an all-zero mask is the correct mask (BUSI "normal")
@@ -112,10 +114,10 @@ class Manifest:
         if len(set(classes)) != len(classes):
             dup = [c for c, n in Counter(classes).items() if n > 1]
             raise ManifestError(f"{where}: 'classes' lists {dup} more than once.")
-        unknown = set(data) - {"name", "description", "classes", "source", "mask_resize", UNLABELED, *SPLITS}
+        unknown = set(data) - {"name", "description", "classes", "source", "mask_resize", *ENTRY_LISTS}
         if unknown:
             raise ManifestError(
-                f"{where}: unknown top-level keys {sorted(unknown)}; expected {[*SPLITS, UNLABELED]} and metadata."
+                f"{where}: unknown top-level keys {sorted(unknown)}; expected {list(ENTRY_LISTS)} and metadata."
             )
         # without a name, the file's (made safe); a name given is checked, not silently changed
         name = str(data.get("name") or re.sub(r"[^A-Za-z0-9._-]", "_", Path(where).stem).lstrip("._-")[:64] or "data")
@@ -217,8 +219,8 @@ class Manifest:
 
     def split(self, name: str) -> list[dict]:
         """The entries of a split, or of the ``unlabeled`` list."""
-        if name not in (*SPLITS, UNLABELED):
-            raise KeyError(f"Unknown split '{name}'; expected one of {(*SPLITS, UNLABELED)}.")
+        if name not in ENTRY_LISTS:
+            raise KeyError(f"Unknown split '{name}'; expected one of {ENTRY_LISTS}.")
         return getattr(self, name)
 
     @property
@@ -263,7 +265,7 @@ class Manifest:
         never validation or test ones.
         """
         seen: dict[str, str] = {}
-        for split in (*SPLITS, UNLABELED):
+        for split in ENTRY_LISTS:
             for e in self.split(split):
                 g = e.get(DataKeys.GROUP)
                 if g is None:
@@ -313,7 +315,7 @@ class Manifest:
         out = copy.deepcopy(self)
         out.data_root = str(root)
         missing: list[str] = []
-        for split in (*SPLITS, UNLABELED):
+        for split in ENTRY_LISTS:
             for entry in out.split(split):
                 for key in _PATH_KEYS:
                     if key not in entry:

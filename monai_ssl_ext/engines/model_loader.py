@@ -19,7 +19,13 @@ from torch import nn
 
 from monai_ssl_ext.utils import load_weights_file, unwrap_model
 
-__all__ = ["CheckpointMismatchError", "ModelLoader", "first_state_dict_difference", "load_model_weights"]
+__all__ = [
+    "CheckpointMismatchError",
+    "ModelLoader",
+    "first_state_dict_difference",
+    "load_model_weights",
+    "state_dict_of",
+]
 
 logger = logging.getLogger("monai_ssl_ext.engines")
 
@@ -41,7 +47,8 @@ def first_state_dict_difference(expected: Mapping[str, torch.Tensor], found: Map
     return None
 
 
-def _state_dict_of(checkpoint: Any, key: str | None) -> Mapping[str, torch.Tensor]:
+def state_dict_of(checkpoint: Any, key: str | None = "model") -> Mapping[str, torch.Tensor]:
+    """The weights in a loaded checkpoint: under ``key``, under ``"network"``, or the checkpoint itself."""
     # the best-model file holds the weights under "model" (or alone); a training checkpoint under "network"
     for name in (key, "network"):
         if name is not None and isinstance(checkpoint, Mapping) and isinstance(checkpoint.get(name), Mapping):
@@ -71,7 +78,7 @@ def load_model_weights(
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if map_location is not None and not isinstance(map_location, (dict, str)):
         map_location = str(map_location)
-    state = _state_dict_of(load_weights_file(path, map_location=map_location), key)
+    state = state_dict_of(load_weights_file(path, map_location=map_location), key)
     model = unwrap_model(network)
     difference = first_state_dict_difference(model.state_dict(), state)
     if difference is not None:

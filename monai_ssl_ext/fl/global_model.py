@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from monai_ssl_ext.bundle.trained import TRAINED_CONFIG_NAME
+from monai_ssl_ext.engines.model_loader import state_dict_of
 from monai_ssl_ext.utils.atomic import atomic_path
 from monai_ssl_ext.utils.weights import load_weights_file
 
@@ -37,8 +38,8 @@ def export_global_model(
     if not Path(global_model).is_file():
         raise FileNotFoundError(f"global model not found: {global_model}")
     state = load_weights_file(global_model, map_location="cpu")  # weights only: no code from the file runs
-    weights = state.get("model", state) if isinstance(state, dict) else None
-    if not weights or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+    weights = state_dict_of(state)
+    if not isinstance(weights, dict) or not weights or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise ValueError(f"{global_model}: holds no weights (a dict of tensors, or one under 'model')")
     out = Path(output)
     with atomic_path(out / "model.pt") as tmp:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import logging
 import os
-import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -33,7 +32,6 @@ from monai_ssl_ext.utils.atomic import atomic_open, write_json
 __all__ = [
     "DEFAULT_FRACTIONS",
     "IMAGE_SUFFIXES",
-    "MASK_STEM",
     "ON_ERROR",
     "BuildReport",
     "SkippedFile",
@@ -58,10 +56,6 @@ def check_on_error(on_error: str) -> str:
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}.")
     return on_error
-
-
-# ``<stem>_mask``, ``<stem>_mask_<n>`` or ``<stem>_segmentation``: the file stem of a mask of ``<stem>``
-MASK_STEM = re.compile(r"^(?P<stem>.+?)(?:_mask(?:_\d+)?|_segmentation)$", re.IGNORECASE)
 
 
 def image_suffix(name: str) -> str:

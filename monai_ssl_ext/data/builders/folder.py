@@ -27,7 +27,6 @@ from monai_ssl_ext.data.anonymise import hash_identifier, hash_policy
 from monai_ssl_ext.data.builders.common import (
     DEFAULT_FRACTIONS,
     IMAGE_SUFFIXES,
-    MASK_STEM,
     BuildReport,
     image_suffix,
     split_entries,
@@ -39,6 +38,8 @@ from monai_ssl_ext.keys import DataKeys
 __all__ = ["build_folder"]
 
 logger = logging.getLogger(__name__)
+
+_MASK = re.compile(r"^(?P<stem>.+?)(?:_mask(?:_\d+)?|_segmentation)$", re.IGNORECASE)
 
 
 def _stem(name: str) -> str:
@@ -61,7 +62,7 @@ def _scan_class(
             if image_suffix(file) not in suffixes:
                 report.exclude(path, "not_image", f"suffix '{image_suffix(file) or '(none)'}' is not an image type.")
                 continue
-            match = MASK_STEM.match(_stem(file))
+            match = _MASK.match(_stem(file))
             if path.stat().st_size == 0:
                 report.problem(path, "empty_file", "empty file (0 bytes).")
                 broken.add((path.parent, _stem(file)))

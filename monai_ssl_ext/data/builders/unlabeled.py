@@ -28,7 +28,7 @@ from pathlib import Path
 from monai_ssl_ext.data.builders.common import BuildReport
 from monai_ssl_ext.data.builders.csv_list import natural_key
 from monai_ssl_ext.data.inputs import not_an_image_input
-from monai_ssl_ext.data.manifest import SPLITS, UNLABELED, Manifest
+from monai_ssl_ext.data.manifest import ENTRY_LISTS, Manifest
 from monai_ssl_ext.keys import DataKeys
 
 __all__ = ["add_unlabeled_folder"]
@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 def _listed_paths(manifest: Manifest, root: Path) -> set[str]:
     """Every image path the manifest lists, as absolute normalised paths."""
     out = set()
-    for split in (*SPLITS, UNLABELED):
+    for split in ENTRY_LISTS:
         for entry in manifest.split(split):
             path = Path(entry[DataKeys.IMAGE])
             out.add(os.path.normpath(path if path.is_absolute() else root / path))
@@ -87,10 +87,11 @@ def add_unlabeled_folder(
                 already += 1
                 continue
             found.append(path)
-    entries = []
-    for path in sorted(found, key=lambda p: natural_key(p.as_posix())):
-        # relative to the data root even beside it (``../archive/...``), so the manifest moves with its data
-        entries.append({DataKeys.IMAGE: Path(os.path.relpath(path, root)).as_posix()})
+    # relative to the data root even beside it (``../archive/...``), so the manifest moves with its data
+    entries = [
+        {DataKeys.IMAGE: Path(os.path.relpath(p, root)).as_posix()}
+        for p in sorted(found, key=lambda p: natural_key(p.as_posix()))
+    ]
     manifest.unlabeled.extend(entries)
     logger.info(
         "%s: %d unlabeled images added from %s (%d already listed in the manifest)",

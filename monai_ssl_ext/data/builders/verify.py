@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from monai_ssl_ext.data.builders.common import BuildReport
-from monai_ssl_ext.data.manifest import HEALTHY_CLASSES, SPLITS, UNLABELED, Manifest
+from monai_ssl_ext.data.manifest import ENTRY_LISTS, HEALTHY_CLASSES, Manifest
 from monai_ssl_ext.io import ImageReadError, read_image
 from monai_ssl_ext.keys import DataKeys
 
@@ -50,7 +50,7 @@ def verify_manifest(
     root = Path(data_root)
     read_mask = ReadMask(resize=manifest.mask_resize)
     kept: dict[str, list[dict]] = {}
-    for split in (*SPLITS, UNLABELED):
+    for split in ENTRY_LISTS:
         kept[split] = []
         for entry in manifest.split(split):
             image = root / entry[DataKeys.IMAGE]
@@ -74,5 +74,5 @@ def verify_manifest(
                     continue
             kept[split].append(entry)
     data = manifest.to_dict()
-    data.update({split: entries for split, entries in kept.items() if entries or split != UNLABELED})
+    data.update(kept)
     return Manifest.from_dict(data)
