@@ -18,6 +18,7 @@ busi=(--bundle hermes_ultrasound --profile cpu --datalist data_manifests/busi/bu
       --data_root "$data/busi")
 bench() {
     local name=$1 labels=$2 algorithms=$3; shift 3
+    mkdir -p "$(dirname "$out/$name")"  # the ablations' logs sit in a folder of their own
     for seed in $seeds; do
         monai-ssl benchmark --algorithms "$algorithms" --seeds "$seed" --labels "$labels" --output "$out/$name" \
             "${busi[@]}" "$@" >> "$out/$name.log" 2>&1 || echo "$name seed $seed failed: see $out/$name.log"

@@ -152,9 +152,9 @@ def test_class_dependent_features_differ_in_the_documented_direction(features):
     assert np.mean(x[y == 1, posterior] > benign[posterior]) > 0.1
 
 
-def test_hand_features_separate_the_classes_above_chance_but_not_perfectly(features):
-    x, y, groups = features
-    # nearest centroid on standardised features, fitted on half of the patients, scored on the others
+def nearest_centroid_accuracy(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> tuple[float, float]:
+    """``(accuracy, chance)`` of a nearest centroid on standardised features, fitted on half of the patients
+    and scored on the others."""
     patients = np.unique(groups)
     fit_patients = set(np.random.default_rng(0).permutation(patients)[: len(patients) // 2])
     fit = np.array([g in fit_patients for g in groups])
@@ -163,9 +163,45 @@ def test_hand_features_separate_the_classes_above_chance_but_not_perfectly(featu
     centroids = np.stack([z[fit & (y == k)].mean(axis=0) for k in (0, 1)])
     predicted = np.argmin(((z[:, None, :] - centroids[None]) ** 2).sum(axis=-1), axis=1)
     accuracy = float(np.mean(predicted[~fit] == y[~fit]))
-    chance = max(np.mean(y[~fit]), 1 - np.mean(y[~fit]))
+    return accuracy, float(max(np.mean(y[~fit]), 1 - np.mean(y[~fit])))
+
+
+def test_hand_features_separate_the_classes_above_chance_but_not_perfectly(features):
+    accuracy, chance = nearest_centroid_accuracy(*features)
     assert accuracy > chance + 0.15
     assert accuracy < 0.97
+
+
+def test_textbook_lesions_separate_the_classes_better_than_overlapping_ones(features):
+    textbook = generate_synthetic_ultrasound(num_images=240, image_size=128, seed=3, overlap=0.0)
+    x = np.stack([lesion_features(c.image, c.mask) for c in textbook])
+    y, groups = np.array([c.label for c in textbook]), np.array([c.group for c in textbook])
+    # the same patients and labels: only the features moved to their class's side
+    assert np.array_equal(y, features[1])
+    realistic, _ = nearest_centroid_accuracy(*features)
+    separated, _ = nearest_centroid_accuracy(x, y, groups)
+    assert separated > realistic + 0.05
+    posterior = x[:, FEATURE_NAMES.index("posterior")]
+    # textbook malignant lesions shadow, textbook benign ones enhance
+    assert np.mean(posterior[y == 1] < 0) > 0.9 and np.mean(posterior[y == 0] > 0) > 0.9
+
+
+def test_overlap_one_and_scale_one_leave_the_images_as_they_were():
+    default = render_synthetic_case(5, 2, 0, 64)
+    explicit = render_synthetic_case(5, 2, 0, 64, overlap=1.0, lesion_scale=1.0)
+    assert np.array_equal(default.image, explicit.image)
+    # a share of textbook lesions draws once more per patient: other pixels, same label
+    mixed = render_synthetic_case(5, 2, 0, 64, overlap=0.5)
+    assert mixed.label == default.label
+
+
+def test_lesion_scale_enlarges_the_lesions():
+    areas = {
+        scale: np.mean([(c.mask > 0).sum() for c in generate_synthetic_ultrasound(40, 64, seed=2, lesion_scale=scale)])
+        for scale in (1.0, 1.6)
+    }
+    # area grows with the square of the size, less where a lesion is shrunk to fit the image
+    assert areas[1.6] > 1.8 * areas[1.0]
 
 
 def test_rejects_bad_arguments():
@@ -173,6 +209,10 @@ def test_rejects_bad_arguments():
         generate_synthetic_ultrasound(num_images=2, image_size=16)
     with pytest.raises(ValueError, match="num_images"):
         generate_synthetic_ultrasound(num_images=0)
+    with pytest.raises(ValueError, match="overlap"):
+        generate_synthetic_ultrasound(num_images=2, overlap=1.5)
+    with pytest.raises(ValueError, match="lesion_scale"):
+        generate_synthetic_ultrasound(num_images=2, lesion_scale=0)
 
 
 def test_bad_arguments_leave_an_existing_data_set_intact(tmp_path):
@@ -200,6 +240,8 @@ def test_ensure_writes_a_valid_group_disjoint_manifest_with_its_files(tmp_path):
         "num_images": 24,
         "image_size": 48,
         "seed": 4,
+        "overlap": 1.0,
+        "lesion_scale": 1.0,
         "split_fractions": [0.7, 0.1, 0.2],
     }
     entries = [e for s in SPLITS for e in manifest.split(s)]
@@ -240,6 +282,9 @@ def test_ensure_reuses_an_identical_data_set_and_regenerates_a_different_one(tmp
     assert len(_files(root)) == 16
     with Image.open(image) as im:
         assert im.size == (40, 40)
+    # another share of textbook lesions is another data set too
+    ensure_synthetic_dataset(root, num_images=8, image_size=40, seed=0, overlap=0.5)
+    assert Manifest.load(path).source["overlap"] == 0.5
 
     # a deleted file makes the data set incomplete: regenerated
     (root / "masks" / "case_0003_mask.png").unlink()

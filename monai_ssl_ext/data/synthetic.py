@@ -112,6 +112,7 @@ SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
 MALIGNANT_PREVALENCE = 0.4
 TWO_VIEW_FRACTION = 0.25
 _MIN_IMAGE_SIZE = 32
+_MAX_LESION_SCALE = 2.5  # beyond it nearly every lesion is shrunk back to the largest that fits
 _COMPOUND_ANGLES = 3
 
 # independent random streams for the same user seed
@@ -174,8 +175,13 @@ def _random_harmonics(rng: np.random.Generator, orders: range, scale: float) -> 
     return [(k, float(a), float(p)) for k, a, p in zip(orders, amps, phases, strict=True)]
 
 
-def _draw_lesion(rng: np.random.Generator, label: int) -> _Lesion:
-    """Draw lesion features from the overlapping class-conditional distributions of the module docstring."""
+def _draw_lesion(rng: np.random.Generator, label: int, overlap: float = 1.0, lesion_scale: float = 1.0) -> _Lesion:
+    """Draw lesion features from the overlapping class-conditional distributions of the module docstring.
+
+    With ``overlap < 1`` a share ``1 - overlap`` of the lesions is then made a textbook case of its class
+    (:func:`_textbook`); ``lesion_scale`` multiplies the half-width. The defaults draw nothing extra, so they
+    leave every image as it was.
+    """
     malignant = label == 1
     cyst = not malignant and rng.random() < 0.2
     if malignant:
@@ -224,8 +230,8 @@ def _draw_lesion(rng: np.random.Generator, label: int) -> _Lesion:
         low, high = {"shadow": (0.06, 0.35), "none": (0.8, 1.25), "enhancement": (2.0, 5.0)}[str(kind)]
         posterior = float(rng.uniform(low, high))
 
-    return _Lesion(
-        half_width=float(rng.uniform(0.08, 0.19)),
+    lesion = _Lesion(
+        half_width=float(rng.uniform(0.08, 0.19)) * lesion_scale,
         aspect=aspect,
         tilt=tilt,
         harmonics=tuple(harmonics),
@@ -237,6 +243,34 @@ def _draw_lesion(rng: np.random.Generator, label: int) -> _Lesion:
         halo=halo,
         calcifications=calcifications,
         posterior=posterior,
+    )
+    if overlap < 1.0 and rng.random() < 1.0 - overlap:
+        lesion = _textbook(lesion, malignant)
+    return lesion
+
+
+def _textbook(lesion: _Lesion, malignant: bool) -> _Lesion:
+    """The lesion moved to the characteristic side of each feature of its class (the table of the module
+    docstring), its other draws kept: a malignant one taller than wide, indistinct, heterogeneous and
+    shadowing; a benign one oval and parallel, sharp, homogeneous and enhancing, without spicules, halo or
+    calcifications."""
+    if malignant:
+        return dataclasses.replace(
+            lesion,
+            aspect=max(lesion.aspect, 1.1),
+            edge_blur=max(lesion.edge_blur, 1.5),
+            heterogeneity=max(lesion.heterogeneity, 0.5),
+            posterior=min(lesion.posterior, 0.3),
+        )
+    return dataclasses.replace(
+        lesion,
+        aspect=min(lesion.aspect, 0.65),
+        edge_blur=min(lesion.edge_blur, 0.8),
+        heterogeneity=min(lesion.heterogeneity, 0.2),
+        posterior=max(lesion.posterior, 2.0),
+        spicules=(),
+        halo=0.0,
+        calcifications=0,
     )
 
 
@@ -343,12 +377,14 @@ def _max_extent(lesion: _Lesion) -> float:
     return float(np.max(r * np.hypot(a * np.cos(theta), a * lesion.aspect * np.sin(theta))))
 
 
-def _patient_scene(rng: np.random.Generator, label: int, size: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
+def _patient_scene(
+    rng: np.random.Generator, label: int, size: int, pad: int, overlap: float, lesion_scale: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Reflectivity and lesion mask of one patient, ``(size, size + 2 * pad)``: ``pad`` columns each side
     leave room for the views' lateral probe shifts (the probe slides on the skin, so rows are not padded)."""
     scale = size / 128.0
     shape = (size, size + 2 * pad)
-    lesion = _draw_lesion(rng, label)
+    lesion = _draw_lesion(rng, label, overlap, lesion_scale)
     # keep the lesion inside every view: views crop columns [off, off + size) with off in [0, 2 * pad]
     extent = _max_extent(lesion) * size + 1.0  # a pixel of margin: the contour is sampled, not solved
     room = min(0.42 * size, (size - 2 * pad) / 2 - 2)
@@ -416,23 +452,31 @@ def _scan(rng: np.random.Generator, reflect: np.ndarray, scale: float) -> np.nda
     return np.round(255 * display).astype(np.uint8)
 
 
-def render_synthetic_case(seed: int, patient: int, view: int, image_size: int = 128) -> SyntheticCase:
+def render_synthetic_case(
+    seed: int, patient: int, view: int, image_size: int = 128, overlap: float = 1.0, lesion_scale: float = 1.0
+) -> SyntheticCase:
     """Render view ``view`` of patient ``patient``; a pure function of its arguments.
 
     The patient's label, lesion and tissue come from ``derive_seed(seed, stream, patient)``; the speckle,
     gain and TGC of the view from ``derive_seed(seed, stream, patient, view + 1)``. View 0 is centred on
     the patient's scene, other views slide the probe sideways by up to 10 % of ``image_size``.
 
+    Args:
+        overlap: share of the lesions whose features keep the overlapping class-conditional draws; the
+            others are textbook cases of their class (1: all overlapping, the realistic default; 0: all
+            textbook).
+        lesion_scale: factor on the lesion's size (a lesion is still shrunk to fit the image).
+
     Returns:
         :class:`SyntheticCase` with ``(image_size, image_size)`` image and mask.
     """
-    _check_arguments(1, image_size)
+    _check_arguments(1, image_size, overlap, lesion_scale)
     scale = image_size / 128.0
     pad = max(2, round(0.05 * image_size))
 
     rng = np.random.default_rng(derive_seed(seed, _CASE_STREAM, patient))
     label = int(rng.random() < MALIGNANT_PREVALENCE)
-    reflect, mask = _patient_scene(rng, label, image_size, pad)
+    reflect, mask = _patient_scene(rng, label, image_size, pad, overlap, lesion_scale)
 
     view_rng = np.random.default_rng(derive_seed(seed, _CASE_STREAM, patient, view + 1))
     # the first view is centred on the lesion's scene, a second one slides the probe sideways
@@ -442,11 +486,15 @@ def render_synthetic_case(seed: int, patient: int, view: int, image_size: int = 
     return SyntheticCase(image, mask[window].astype(np.uint8) * 255, label, f"patient_{patient:04d}")
 
 
-def _check_arguments(num_images: int, image_size: int) -> None:
+def _check_arguments(num_images: int, image_size: int, overlap: float = 1.0, lesion_scale: float = 1.0) -> None:
     if int(num_images) < 1:
         raise ValueError(f"num_images must be positive, got {num_images}.")
     if int(image_size) < _MIN_IMAGE_SIZE:
         raise ValueError(f"image_size must be at least {_MIN_IMAGE_SIZE} pixels, got {image_size}.")
+    if not 0.0 <= float(overlap) <= 1.0:
+        raise ValueError(f"overlap is a share of the lesions, between 0 and 1; got {overlap}.")
+    if not 0.0 < float(lesion_scale) <= _MAX_LESION_SCALE:
+        raise ValueError(f"lesion_scale must be in (0, {_MAX_LESION_SCALE}], got {lesion_scale}.")
 
 
 def _layout(num_images: int, seed: int) -> list[tuple[int, int]]:
@@ -461,36 +509,45 @@ def _layout(num_images: int, seed: int) -> list[tuple[int, int]]:
     return out
 
 
-def iter_synthetic_ultrasound(num_images: int = 600, image_size: int = 128, seed: int = 0) -> Iterator[SyntheticCase]:
+def iter_synthetic_ultrasound(
+    num_images: int = 600, image_size: int = 128, seed: int = 0, overlap: float = 1.0, lesion_scale: float = 1.0
+) -> Iterator[SyntheticCase]:
     """Yield ``num_images`` cases one at a time (constant memory); see :func:`generate_synthetic_ultrasound`."""
-    _check_arguments(num_images, image_size)
+    _check_arguments(num_images, image_size, overlap, lesion_scale)
     for patient, view in _layout(num_images, seed):
-        yield render_synthetic_case(seed, patient, view, image_size)
+        yield render_synthetic_case(seed, patient, view, image_size, overlap, lesion_scale)
 
 
-def generate_synthetic_ultrasound(num_images: int = 600, image_size: int = 128, seed: int = 0) -> list[SyntheticCase]:
+def generate_synthetic_ultrasound(
+    num_images: int = 600, image_size: int = 128, seed: int = 0, overlap: float = 1.0, lesion_scale: float = 1.0
+) -> list[SyntheticCase]:
     """Render the synthetic data set in memory.
 
     Args:
         num_images: number of images; patients with two views share a ``group``.
         image_size: side of the square images in pixels (at least 32).
         seed: the same arguments give byte-identical images.
+        overlap: share of lesions drawn from the overlapping class-conditional distributions, the rest
+            textbook cases of their class (see :func:`render_synthetic_case`).
+        lesion_scale: factor on the lesions' size.
 
     Returns:
         :class:`SyntheticCase` tuples ``(image, mask, label, group)``: ``image`` ``(H, W)`` uint8,
         ``mask`` ``(H, W)`` uint8 in ``{0, 255}``, ``label`` 0 benign / 1 malignant, ``group`` patient id.
     """
-    return list(iter_synthetic_ultrasound(num_images, image_size, seed))
+    return list(iter_synthetic_ultrasound(num_images, image_size, seed, overlap, lesion_scale))
 
 
 # ---------------------------------------------------------------------------------------------- files
-def _source(num_images: int, image_size: int, seed: int) -> dict:
+def _source(num_images: int, image_size: int, seed: int, overlap: float, lesion_scale: float) -> dict:
     return {
         "builder": BUILDER_NAME,
         "version": SYNTHETIC_VERSION,
         "num_images": int(num_images),
         "image_size": int(image_size),
         "seed": int(seed),
+        "overlap": float(overlap),
+        "lesion_scale": float(lesion_scale),
         "split_fractions": list(SPLIT_FRACTIONS),
     }
 
@@ -530,11 +587,17 @@ def _save_png(array: np.ndarray, path: Path) -> None:
         Image.fromarray(array, mode="L").save(tmp, format="PNG")
 
 
-def _generate(root: Path, num_images: int, image_size: int, seed: int) -> Path:
-    _check_arguments(num_images, image_size)  # before anything on disk changes
+def _generate(root: Path, num_images: int, image_size: int, seed: int, overlap: float, lesion_scale: float) -> Path:
+    _check_arguments(num_images, image_size, overlap, lesion_scale)  # before anything on disk changes
     manifest_path = root / MANIFEST_NAME
     logger.info(
-        "Generating %d synthetic ultrasound images of %d px (seed %d) in %s", num_images, image_size, seed, root
+        "Generating %d synthetic ultrasound images of %d px (seed %d, overlap %g, lesion scale %g) in %s",
+        num_images,
+        image_size,
+        seed,
+        overlap,
+        lesion_scale,
+        root,
     )
     # invalidate first: an interrupted regeneration must not leave a manifest over mixed files
     manifest_path.unlink(missing_ok=True)
@@ -542,7 +605,8 @@ def _generate(root: Path, num_images: int, image_size: int, seed: int) -> Path:
     (root / "masks").mkdir(parents=True, exist_ok=True)
     width = max(4, len(str(num_images)))
     entries, written = [], set()
-    for i, case in enumerate(iter_synthetic_ultrasound(num_images, image_size, seed), start=1):
+    cases = iter_synthetic_ultrasound(num_images, image_size, seed, overlap, lesion_scale)
+    for i, case in enumerate(cases, start=1):
         image_rel, mask_rel = f"images/case_{i:0{width}d}.png", f"masks/case_{i:0{width}d}_mask.png"
         _save_png(case.image, root / image_rel)
         _save_png(case.mask, root / mask_rel)
@@ -563,13 +627,18 @@ def _generate(root: Path, num_images: int, image_size: int, seed: int) -> Path:
         validation=validation,
         test=test,
         description=_DESCRIPTION,
-        source=_source(num_images, image_size, seed),
+        source=_source(num_images, image_size, seed, overlap, lesion_scale),
     )
     return manifest.save(manifest_path)
 
 
 def ensure_synthetic_dataset(
-    root: str | os.PathLike, num_images: int = 600, image_size: int = 128, seed: int = 0
+    root: str | os.PathLike,
+    num_images: int = 600,
+    image_size: int = 128,
+    seed: int = 0,
+    overlap: float = 1.0,
+    lesion_scale: float = 1.0,
 ) -> Path:
     """Generate the synthetic data set under ``root`` unless an identical one is already there.
 
@@ -577,7 +646,8 @@ def ensure_synthetic_dataset(
     0/255) and ``root/datalist.json``, a :class:`~monai_ssl_ext.data.manifest.Manifest` with stratified,
     patient-disjoint ``training``/``validation``/``test`` splits (70/10/20 %). The manifest is written last
     and atomically, so a half-generated folder is never taken for a complete one; its ``source`` records
-    the arguments, and a call with other arguments (or with files missing) regenerates.
+    the arguments, and a call with other arguments (or with files missing) regenerates. ``overlap`` and
+    ``lesion_scale``: see :func:`render_synthetic_case`.
 
     Returns:
         The path of ``datalist.json``.
@@ -587,13 +657,19 @@ def ensure_synthetic_dataset(
     """
     root = Path(root).expanduser()
     manifest_path = root / MANIFEST_NAME
-    if _is_complete(manifest_path, _source(num_images, image_size, seed)):
+    if _is_complete(manifest_path, _source(num_images, image_size, seed, overlap, lesion_scale)):
         return manifest_path
-    return _generate(root, num_images, image_size, seed)
+    return _generate(root, num_images, image_size, seed, overlap, lesion_scale)
 
 
 def write_synthetic_dataset(
-    output: str, num_images: int = 600, image_size: int = 128, seed: int = 0, force: bool = False
+    output: str,
+    num_images: int = 600,
+    image_size: int = 128,
+    seed: int = 0,
+    force: bool = False,
+    overlap: float = 1.0,
+    lesion_scale: float = 1.0,
 ) -> str:
     """Command-line entry: write the synthetic data set into the folder ``output``; returns the manifest path.
 
@@ -603,10 +679,12 @@ def write_synthetic_dataset(
         image_size: side of the square images in pixels.
         seed: generation and split seed.
         force: regenerate even if an identical data set is already there.
+        overlap: share of lesions with overlapping class features, the rest textbook cases (1: realistic).
+        lesion_scale: factor on the lesions' size.
     """
     root = Path(output).expanduser()
     if force:
         # still refuses to overwrite a manifest of another data set
-        _is_complete(root / MANIFEST_NAME, _source(num_images, image_size, seed))
-        return str(_generate(root, num_images, image_size, seed))
-    return str(ensure_synthetic_dataset(root, num_images, image_size, seed))
+        _is_complete(root / MANIFEST_NAME, _source(num_images, image_size, seed, overlap, lesion_scale))
+        return str(_generate(root, num_images, image_size, seed, overlap, lesion_scale))
+    return str(ensure_synthetic_dataset(root, num_images, image_size, seed, overlap, lesion_scale))
