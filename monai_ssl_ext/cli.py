@@ -627,25 +627,24 @@ class Commands:
 
     @staticmethod
     @_friendly
-    def synthetic(
-        output: str,
-        num_images: int = 600,
-        image_size: int = 128,
-        seed: int = 0,
-        force: bool = False,
-        overlap: float = 1.0,
-        lesion_scale: float = 1.0,
-    ) -> str:
+    def synthetic(output: str, **options: Any) -> str:
         """Generate the synthetic ultrasound-like data set (images, masks, datalist.json) into ``output``.
 
-        ``overlap``: share of lesions whose class features overlap (1, realistic); the others are textbook
-        cases of their class. ``lesion_scale``: factor on the lesions' size.
+        Options, with the defaults of :func:`~monai_ssl_ext.data.synthetic.write_synthetic_dataset`:
+        ``--num_images``, ``--image_size``, ``--seed``, ``--force``, ``--overlap`` (share of lesions whose class
+        features overlap, the others textbook cases of their class; 1 is the realistic set) and
+        ``--lesion_scale`` (factor on the lesions' size).
         """
         from monai_ssl_ext.data.synthetic import write_synthetic_dataset
 
-        return write_synthetic_dataset(
-            output, num_images, image_size, seed, force=force, overlap=overlap, lesion_scale=lesion_scale
-        )
+        known = [name for name in inspect.signature(write_synthetic_dataset).parameters if name != "output"]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ValueError(
+                f"unknown option {', '.join('--' + u for u in unknown)}; the options are "
+                + ", ".join("--" + k for k in known)
+            )
+        return write_synthetic_dataset(output, **options)
 
     @staticmethod
     @_friendly

@@ -144,3 +144,15 @@ def test_a_label_count_that_is_not_whole_is_refused(command, tmp_path, monkeypat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "label budget 2.5: a count must be a whole number" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_synthetic_writes_the_options_into_the_manifest_and_names_an_unknown_one(tmp_path, capsys):
+    main(["synthetic", str(tmp_path / "s"), "--num_images", "4", "--image_size", "40", "--overlap", "0.5"])
+    source = json.loads((tmp_path / "s" / "datalist.json").read_text())["source"]
+    assert (source["num_images"], source["image_size"], source["overlap"], source["lesion_scale"]) == (4, 40, 0.5, 1.0)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["synthetic", str(tmp_path / "t"), "--overlpa", "0.5"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("monai-ssl synthetic: error: unknown option --overlpa; the options are --num_images")
+    assert not (tmp_path / "t").exists()
