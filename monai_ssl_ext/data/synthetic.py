@@ -52,6 +52,15 @@ echo envelope and log-compresses it, the order in which a scanner forms a B-mode
    gain and dynamic range for the log compression (28-38 dB of display range, a gamma of 1.2-1.6) and
    8-bit quantisation.
 
+Textbook lesions and lesion size
+--------------------------------
+``overlap`` (default 1) is the share of lesions whose features keep these overlapping draws; each of the
+others is then moved to its class's side of every feature (malignant: taller than wide, indistinct,
+heterogeneous, shadowing; benign: oval and parallel, sharp, homogeneous, enhancing, without spicules, halo
+or calcifications). ``lesion_scale`` (default 1) multiplies the lesion's width. ``monai-ssl demo`` uses 0.5
+and 1.6, so that at 64 px the classes can be learnt from the images and more labels clearly help: the room
+unlabeled images can fill (docs/benchmarks.md). The defaults draw nothing extra and leave every image as it is.
+
 Patients and views
 ------------------
 About a quarter of the patients have two images: two views of the same lesion and breast (same
