@@ -1,0 +1,36 @@
+#!/bin/bash
+# SEMISE against supervised-only, its contrastive-only variant and FlexMatch (the best baseline of the smoke tables)
+# on its network under the cpu profile (docs/benchmarks.md): BUSI normal/benign/malignant and HAM10000, 20 % labels.
+# BUSI is read through the manifest that keeps near-duplicate captures of a lesion in one split (busi_grouped.json;
+# docs/benchmarks.md says why). Seed-major; resumable (the harness skips finished runs).
+# STREAMS=2 (default) runs the two data sets side by side with one thread each on a 2-core machine; STREAMS=1 runs
+# them one after the other. Run from the repository root with the package installed:
+#     bash scripts/cpu_benchmarks_semise.sh [output folder] [data folder] [seeds]
+set -uo pipefail
+out=${1:-benchmarks/cpu}
+data=${2:-../shared/data}
+seeds=${3:-0 1 2}
+streams=${STREAMS:-2}
+export OMP_NUM_THREADS=1
+mkdir -p "$out"
+compared=semise,supervised,semise_contrastive_only,flexmatch
+bench() {
+    local name=$1; shift
+    for seed in $seeds; do
+        monai-ssl benchmark --bundle semise_ultrasound --profile cpu --algorithms "$compared" --seeds "$seed" \
+            --labels 0.2 --output "$out/$name" "$@" >> "$out/$name.log" 2>&1 \
+            || echo "$name seed $seed failed: see $out/$name.log"
+    done
+}
+busi() {
+    bench semise_busi_20 --datalist data_manifests/busi/busi_grouped.json --data_root "$data/busi"
+}
+ham() {
+    bench semise_ham10000_20 --modality dermoscopy --severity ham10000 \
+        --datalist data_manifests/ham10000/ham10000.json --data_root "$data/ham10000"
+}
+if [ "$streams" = 1 ]; then
+    busi; ham
+else
+    busi & ham & wait
+fi
