@@ -413,16 +413,27 @@ class Commands:
     def benchmark_merge(*results: str, output: str, baselines: Any = "supervised") -> str:
         """One table from the benchmark folders of bundles that train the same network (the baselines run once).
 
+        An ablation's folder (the bundle's settings changed on the command line) is given as ``NAME=FOLDER``:
+        its runs are shown as ``algorithm (NAME)`` and compared with the others on the same labeled subsets.
+
         Args:
-            results: benchmark output folders, each with its results.json; a run found in two must have
-                predicted every test image identically, or the merge is refused.
+            results: benchmark output folders, each with its results.json, or ``NAME=FOLDER``; a run found in
+                two must have predicted every test image identically, or the merge is refused.
             output: folder for the merged results.json and results.md.
             baselines: comma-separated algorithms that every other one is compared with (a table each).
         """
         from monai_ssl_ext.benchmark.merge import merge_results
 
+        folders, variants = [], {}
+        for entry in map(str, results):
+            name, sep, folder = entry.partition("=")
+            if sep and not Path(entry).is_dir():
+                folders.append(folder)
+                variants[folder] = name
+            else:
+                folders.append(entry)
         command = "monai-ssl " + " ".join(sys.argv[1:])
-        merge_results(list(results), output, command=command, baselines=_as_list(baselines))
+        merge_results(folders, output, command=command, baselines=_as_list(baselines), variants=variants)
         return str(Path(output) / "results.md")
 
     @staticmethod

@@ -82,6 +82,42 @@ def test_merge_refuses_a_folder_that_shares_no_run(tmp_path):
         merge_results([a, tmp_path / "missing"], tmp_path / "merged")
 
 
+def test_an_ablation_folder_is_merged_under_its_variant_name_and_paired_with_the_method(tmp_path):
+    main = _bench(tmp_path / "main", "hermes_busi", {"supervised": 1, "hermes": 3})
+    # the same algorithm retrained with the bundle's settings changed: its own folder, no shared run
+    ablation = _bench(tmp_path / "ablation", "hermes_busi", {"hermes": 6})
+    with pytest.raises(ValueError, match="predict the test images differently"):
+        merge_results([main, ablation], tmp_path / "merged")  # unnamed, it would pass for the method's own run
+    records = merge_results(
+        [main, ablation], tmp_path / "merged", baselines=["supervised", "hermes"],
+        variants={str(ablation): "one_optimizer"},
+    )  # fmt: skip
+    assert [r["algorithm"] for r in records] == ["supervised", "hermes", "hermes (one_optimizer)"]
+    table = (tmp_path / "merged" / "results.md").read_text()
+    assert "| hermes (one_optimizer) | 0 |" in table.split("Difference to hermes")[1]
+    with pytest.raises(ValueError, match="variant names for folders not merged"):
+        merge_results([main, ablation], tmp_path / "merged", variants={str(tmp_path / "other"): "x"})
+
+
+def test_a_folder_of_another_bundle_still_needs_a_shared_run_when_named(tmp_path):
+    main = _bench(tmp_path / "main", "hermes_busi", {"supervised": 1, "hermes": 3})
+    other = _bench(tmp_path / "other", "semise_busi", {"semise": 6})
+    with pytest.raises(ValueError, match="shares no run"):
+        merge_results([main, other], tmp_path / "merged", variants={str(other): "x"})
+
+
+def test_the_command_line_takes_an_ablation_folder_as_name_equals_folder(tmp_path, monkeypatch):
+    from monai_ssl_ext.cli import Commands
+
+    main = _bench(tmp_path / "main", "hermes_busi", {"supervised": 1, "hermes": 3})
+    ablation = _bench(tmp_path / "ablation", "hermes_busi", {"hermes": 6})
+    monkeypatch.chdir(tmp_path)
+    Commands.benchmark_merge("main", "one_optimizer=ablation", output="merged")
+    names = [r["algorithm"] for r in load_results(tmp_path / "merged" / "results.json")]
+    assert names == ["supervised", "hermes", "hermes (one_optimizer)"]
+    assert main.is_dir() and ablation.is_dir()
+
+
 def test_benchmark_refuses_an_output_folder_holding_another_bundles_runs(tmp_path):
     _bench(tmp_path / "bench", "hermes_busi", {"supervised": 1})
     spec = BenchmarkSpec(

@@ -6,13 +6,19 @@ are the same training, repeated. :func:`merge_results` lets the baselines be run
 every method be compared with them in one table, with paired differences, as if one bundle had run
 everything. That is only right when the bundles do train the same model: a run present in two inputs
 (same data set, label budget, profile, algorithm and seed) must have predicted every test image
-identically, and every input must share such a run with the ones before it, or the merge is refused.
+identically, and every input of another bundle must share such a run with the ones before it, or the merge is
+refused.
+
+An ablation run with the bundle's settings changed on the command line (``monai-ssl benchmark ...
+--per_branch_optimizers false``) keeps its algorithm's name in its own folder; merged under a variant name, its
+runs appear as ``hermes (one_optimizer)`` and are compared with the baselines and the method itself, paired on
+the same labeled subsets and test images.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +29,11 @@ from monai_ssl_ext.metrics.predictions import load_predictions
 from monai_ssl_ext.utils.atomic import write_text
 
 __all__ = ["merge_results"]
+
+
+def variant_name(algorithm: str, variant: str) -> str:
+    """How a run of ``algorithm`` trained with changed settings is named in a merged table."""
+    return f"{algorithm} ({variant})"
 
 
 def _run_key(record: dict) -> tuple:
@@ -48,6 +59,7 @@ def merge_results(
     output_dir: str | os.PathLike,
     command: str = "",
     baselines: Sequence[str] = (BASELINE_ALGORITHM,),
+    variants: Mapping[str | os.PathLike, str] | None = None,
 ) -> list[dict]:
     """Merge the ``results.json`` of several benchmark folders into ``output_dir`` (``results.json``, ``results.md``).
 
@@ -58,26 +70,40 @@ def merge_results(
             original run folders (relative where they lie below it), nothing is copied.
         command: shown at the top of ``results.md``.
         baselines: the algorithms every other one is compared with, a table each (paired differences).
+        variants: a name per folder whose runs changed the bundle's settings (an ablation): its algorithms are
+            shown as :func:`variant_name` ``(algorithm, name)``. A folder of the same bundle as one before it
+            needs no shared run (the bundle defines the network); one of another bundle does.
 
     Returns:
         The merged run records; each names the bundles merged, joined by ``" + "``.
 
     Raises:
         FileNotFoundError: a folder has no ``results.json``.
-        ValueError: a run present in two folders predicted differently, or a folder shares no run with
-            the ones before it (nothing shows the bundles train the same network).
+        ValueError: a run present in two folders predicted differently, or a folder of another bundle shares
+            no run with the ones before it (nothing shows the bundles train the same network), or ``variants`` names a
+            folder not given.
     """
     if len(results_dirs) < 2:
         raise ValueError("give two or more benchmark folders to merge")
+    named = {Path(folder).resolve(): name for folder, name in (variants or {}).items()}
+    unknown = set(named) - {Path(folder).resolve() for folder in results_dirs}
+    if unknown:
+        raise ValueError(f"variant names for folders not merged: {', '.join(sorted(map(str, unknown)))}")
     kept: dict[tuple, dict] = {}
     bundles: list[str] = []
     for n, folder in enumerate(results_dirs):
         path = Path(folder) / "results.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no results.json (is {folder} a benchmark output folder?)")
+        variant = named.get(Path(folder).resolve())
         shared = 0
+        earlier_bundles = set(bundles)
+        folder_bundles = set()
         for record in load_results(path):
+            if variant:
+                record["algorithm"] = variant_name(record["algorithm"], variant)
             bundles.append(record.get("bundle", ""))
+            folder_bundles.add(record.get("bundle", ""))
             key = _run_key(record)
             if key not in kept:
                 kept[key] = record
@@ -89,7 +115,7 @@ def merge_results(
                     "same model; report them in separate tables"
                 )
             shared += 1
-        if n and not shared:
+        if n and not shared and not folder_bundles <= earlier_bundles:
             raise ValueError(
                 f"{path}: shares no run with the folders before it, so nothing shows its bundle trains the same "
                 "network; run one algorithm and seed (supervised-only, seed 0) in both, then merge"
