@@ -2,7 +2,10 @@
 # SEMISE against supervised-only, its contrastive-only variant and FlexMatch (the best baseline of the smoke tables)
 # on its network under the cpu profile (docs/benchmarks.md): BUSI normal/benign/malignant and HAM10000, 20 % labels.
 # BUSI is read through the manifest that keeps near-duplicate captures of a lesion in one split (busi_grouped.json;
-# docs/benchmarks.md says why). Seed-major; resumable (the harness skips finished runs).
+# docs/benchmarks.md says why). Both schedule settings (bundle README, "Choices that are ours"): the shared one
+# (representation and fine-tuning as shares of the baselines' 1500 iterations), then SEMISE and its contrastive-only
+# variant with 750 representation steps before the baselines' 1500 fine-tuning steps and schedule, in a folder of
+# its own (merge it as NAME=FOLDER: README, "Benchmarks"). Seed-major; resumable (the harness skips finished runs).
 # STREAMS=2 (default) runs the two data sets side by side with one thread each on a 2-core machine; STREAMS=1 runs
 # them one after the other. Run from the repository root with the package installed:
 #     bash scripts/cpu_benchmarks_semise.sh [output folder] [data folder] [seeds]
@@ -15,18 +18,23 @@ export OMP_NUM_THREADS=1
 mkdir -p "$out"
 compared=semise,supervised,semise_contrastive_only,flexmatch
 bench() {
-    local name=$1; shift
+    local name=$1 algorithms=$2; shift 2
     for seed in $seeds; do
-        monai-ssl benchmark --bundle semise_ultrasound --profile cpu --algorithms "$compared" --seeds "$seed" \
+        monai-ssl benchmark --bundle semise_ultrasound --profile cpu --algorithms "$algorithms" --seeds "$seed" \
             --labels 0.2 --output "$out/$name" "$@" >> "$out/$name.log" 2>&1 \
             || echo "$name seed $seed failed: see $out/$name.log"
     done
 }
+both_schedules() {
+    local name=$1; shift
+    bench "$name" "$compared" "$@"
+    bench "${name}_separate_schedule" semise,semise_contrastive_only --representation_iterations 750 "$@"
+}
 busi() {
-    bench semise_busi_20 --datalist data_manifests/busi/busi_grouped.json --data_root "$data/busi"
+    both_schedules semise_busi_20 --datalist data_manifests/busi/busi_grouped.json --data_root "$data/busi"
 }
 ham() {
-    bench semise_ham10000_20 --modality dermoscopy --severity ham10000 \
+    both_schedules semise_ham10000_20 --modality dermoscopy --severity ham10000 \
         --datalist data_manifests/ham10000/ham10000.json --data_root "$data/ham10000"
 }
 if [ "$streams" = 1 ]; then
