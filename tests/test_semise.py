@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 import torch
+from conftest import run_two_ranks
 from monai.data import MetaTensor, list_data_collate
 
 from monai_ssl_ext.algorithms import SEMISE, severity_levels
@@ -235,6 +237,40 @@ def test_reference_is_a_running_mean_of_normalised_healthy_embeddings():
     algorithm.update_reference(torch.tensor([[1.0, 0.0]]), torch.tensor([1]))  # no healthy image
     torch.testing.assert_close(algorithm.reference, before)
     assert int(algorithm.reference_count) == 3
+
+
+_REFERENCE_WORKER = r"""
+import json, sys
+import torch, torch.distributed as dist
+from monai_ssl_ext.algorithms import SEMISE
+from monai_ssl_ext.networks import JointClassSegNet
+
+rank, out = int(sys.argv[1]), sys.argv[2]
+dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[3], rank=rank, world_size=2)
+algorithm = SEMISE(3, class_levels=[0, 1, 2], reference_momentum=0.75)
+algorithm.setup(JointClassSegNet(3, depth=10, decoder_channels=(16, 8, 8, 8), embed_dim=2), 20)
+# step 1: only rank 0 has healthy images; step 2: only rank 1; step 3: neither (both must still join)
+batches = {0: ([[3.0, 0.0], [0.0, 5.0]], [0, 0]), 1: ([[1.0, 1.0]], [2])} if rank == 0 else \
+    {0: ([[1.0, 0.0]], [1]), 1: ([[0.0, 2.0], [0.0, 3.0], [4.0, 4.0]], [0, 0, 1])}
+for step in range(3):
+    rows, levels = batches.get(step, ([[1.0, 1.0]], [2]))
+    algorithm.update_reference(torch.tensor(rows), torch.tensor(levels))
+json.dump({"reference": algorithm.reference.tolist(), "count": int(algorithm.reference_count)},
+          open(out + f"/rank{rank}.json", "w"))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow  # two fresh interpreters importing torch
+def test_two_ranks_hold_one_reference_whichever_rank_saw_the_healthy_images(tmp_path):
+    run_two_ranks(_REFERENCE_WORKER, tmp_path)
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert results[0] == results[1]
+    # one process seeing both ranks' rows: step 1 rank 0's two healthy rows, step 2 rank 1's two, step 3 none
+    first = torch.tensor([0.5, 0.5])  # mean of (1, 0) and (0, 1)
+    second = torch.tensor([0.0, 1.0])  # mean of (0, 1) and (0, 1)
+    torch.testing.assert_close(torch.tensor(results[0]["reference"]), 0.75 * first + 0.25 * second)
+    assert results[0]["count"] == 4
 
 
 def test_train_step_updates_the_reference_without_gradient_and_logs_its_norm():

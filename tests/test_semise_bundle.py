@@ -17,6 +17,8 @@ from bundle_helpers import (
     run_bundle,
     run_evaluation,
     run_inference,
+    train_in_two_processes,
+    training_checkpoint,
     workflow_overrides,
 )
 from monai.bundle import ConfigParser
@@ -228,3 +230,16 @@ def test_semise_train_evaluate_infer_export_end_to_end(tmp_path, small_data):
     out = model(torch.rand(2, 1, 32, 32))
     assert set(out) == {"class", "seg"}
     assert out["class"].shape == (2, 2) and out["seg"].shape == (2, 2, 32, 32)
+
+
+@pytest.mark.slow
+def test_two_process_semise_training_shares_the_budget_the_strata_and_the_reference(tmp_path, small_data):
+    """8 iterations in two processes: 4 steps each, the representation phases the first 2 (shares of the steps each
+    process runs); each global labeled batch (2 x 4) holds 4 images of each level, so the reference, reduced over
+    both processes, has seen 4 benign images at each of the 2 representation steps."""
+    log = train_in_two_processes(BUNDLE, small_data, tmp_path, settings=TINY, label_budget=12)
+    assert "loss_ranking" in log
+    algorithm = training_checkpoint(tmp_path, epoch=2)["algorithm"]
+    assert algorithm["phase_ends"].tolist() == [1, 2]
+    assert int(algorithm["reference_count"]) == 8
+    assert 0 < float(algorithm["reference"].norm()) <= 1 + 1e-6  # a mean of unit embeddings
