@@ -126,6 +126,53 @@ def test_the_teacher_starts_each_round_from_the_global_weights_or_keeps_its_own(
     assert site_algo.trainer.state.iteration == before + TINY["val_interval"]  # rounds continue one run
 
 
+# every method's bundle at a site: its key metric reaches the server, and a round sends back what it trained
+METHOD_BUNDLES = {
+    "hermes_ultrasound": ("hermes", "val_auc_dice"),
+    "semise_ultrasound": ("semise", "val_auc_dice"),
+    "hsc_histology": ("hsc", "val_auc"),
+    "clcpmt_dermoscopy": ("clcpmt", "val_auc"),
+    "dsrpgc_dermoscopy": ("dsrpgc", "val_auc"),
+}
+
+
+@pytest.mark.parametrize("bundle", sorted(METHOD_BUNDLES))
+def test_each_method_bundle_trains_a_round_from_the_global_weights_at_a_site(bundle, small_data, tmp_path):
+    algorithm, key_metric = METHOD_BUNDLES[bundle]
+    where = {"datalist": str(small_data), "data_root": str(small_data.parent), "label_budget": 12,
+             "output_dir": str(tmp_path / "runs"), "ckpt_dir": str(tmp_path / "models")}  # fmt: skip
+    batches = {"labeled_batch_size": 4, "unlabeled_batch_size": 4, "num_workers": 0}
+    settings = {**TINY, **batches, "algorithm_name": algorithm, **where}
+    algo = SemiSupervisedMonaiAlgo(find_bundle(bundle), ["configs/train.json"], settings)
+    algo.initialize({"fl_client_name": "site-1"})
+    assert type(algo.trainer.algorithm).__name__.lower() == algorithm
+    global_weights = _global(algo, 0.01)
+    metrics = algo.evaluate(ExchangeObject(weights=global_weights)).metrics
+    assert key_metric in metrics and 0.0 <= metrics[key_metric] <= 1.0, metrics  # what the server selects on
+    algo.train(ExchangeObject(weights=global_weights))
+    update = algo.get_weights()
+    assert update.statistics["num_executed_iterations"] == TINY["val_interval"]
+    assert set(update.weights) == set(global_weights)  # the whole network, both branches of a two-branch one
+    state = algo.trainer.network.state_dict()
+    for name, diff in update.weights.items():
+        assert torch.allclose(global_weights[name] + diff, state[name].cpu()), name
+    moved = {
+        name.split(".")[0] for name, diff in update.weights.items() if diff.is_floating_point() and diff.abs().sum()
+    }
+    assert moved, "nothing trained"
+    for branch, members in getattr(algo.trainer.network, "BRANCHES", {}).items():  # each optimiser of a set stepped
+        assert moved & set(members), f"the {branch} branch did not train"
+    # the job's server holds the same network and selects on the same key metric
+    from monai_ssl_ext.fl.job import bundle_network, write_job
+
+    net = bundle_network(bundle, ["train.json"], {**TINY, "class_names": CLASSES})
+    assert {k: v.shape for k, v in net.state_dict().items()} == {k: v.shape for k, v in state.items()}
+    job = write_job(bundle, _sites(tmp_path, small_data), tmp_path / "job", rounds=2, local_iterations=3,
+                    settings={**TINY, "algorithm_name": algorithm})  # fmt: skip
+    server = json.loads((job / "app" / "config" / "config_fed_server.json").read_text())
+    assert f'"key_metric": "{key_metric}"' in json.dumps(server)
+
+
 def test_a_bundle_with_another_trainer_is_refused_by_name(tmp_path):
     bundle = tmp_path / "bundle"
     (bundle / "configs").mkdir(parents=True)
