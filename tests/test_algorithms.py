@@ -162,6 +162,20 @@ def test_sigmoid_rampup_values():
     assert ramp(50) == pytest.approx(4.0 * math.exp(-5 * 0.25))
 
 
+def test_a_ramp_with_a_late_start_is_zero_until_its_start_then_ramps_from_there():
+    ramp = RampUp(max_value=2.0, fraction=0.25, start_fraction=0.5)
+    with pytest.raises(RuntimeError, match="start is a fraction"):
+        ramp(1)
+    ramp.set_total_steps(200)
+    assert ramp(0) == 0.0 and ramp(99.9) == 0.0
+    assert ramp(100) == pytest.approx(2.0 * math.exp(-5))  # the ramp's own first value, at its start
+    assert ramp(125) == pytest.approx(2.0 * math.exp(-5 * 0.25))
+    assert ramp(150) == ramp(199) == pytest.approx(2.0)
+    assert "start_fraction=0.5" in repr(ramp)
+    with pytest.raises(ValueError, match="start_fraction"):
+        RampUp(start_fraction=1.0)
+
+
 def test_fixed_threshold_mask_follows_threshold():
     probs = torch.tensor([[0.96, 0.02, 0.02], [0.5, 0.3, 0.2], [0.01, 0.95, 0.04], [0.1, 0.1, 0.8]])
     pseudo, mask = FixedThreshold(0.95)(probs)

@@ -146,6 +146,23 @@ def test_hsc_pseudo_label_follows_the_neighbourhood_and_plain_fixmatch_does_not(
     assert pseudo == {"hsc": 0, "none": 1}
 
 
+def test_before_the_calibration_starts_the_pseudo_label_is_the_model_s_own():
+    net = _Given(2)
+    logits = torch.log(torch.tensor([[0.4, 0.6]]))  # the model says class 1 for a sample of the class-0 cluster
+    z = _cluster(E0, 1, 3)
+    labeled = {"image": _inputs(torch.zeros(2, 2), torch.stack([E0, E1])), "label": torch.tensor([0, 1])}
+    unlabeled = {"image_weak": _inputs(logits, z), "image_strong": _inputs(logits, z), "index": torch.tensor([0])}
+    hsc = HSC(2, embed_dim=3, bank_size=64, k=8, alpha=0.5, threshold=0.0, rampup_fraction=0.0, calibration_start=0.5)
+    hsc.setup(net, total_steps=10, num_unlabeled=1)
+    hsc.bank.load_state_dict(_two_cluster_bank().state_dict())
+    early = hsc.train_step(net, labeled, unlabeled, step=4)
+    assert early.logs["calibration_ramp"] == 0.0 and early.pseudo_label.item() == 1  # uncalibrated
+    assert torch.isclose(early.loss.detach(), early.terms["loss_sup"] + early.terms["loss_unsup"])  # FixMatch's loss
+    hsc.bank.load_state_dict(_two_cluster_bank().state_dict())  # the same context as before the first step
+    late = hsc.train_step(net, labeled, unlabeled, step=5)
+    assert late.logs["calibration_ramp"] == 1.0 and late.pseudo_label.item() == 0  # the neighbours' class
+
+
 # ---------------------------------------------------------------- prototypes
 def test_prototypes_follow_the_momentum_update():
     protos = ClassPrototypes(num_classes=3, dim=2, momentum=0.9)

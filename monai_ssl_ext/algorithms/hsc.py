@@ -103,6 +103,9 @@ class HSC(SemiSupervisedAlgorithm):
         lambda_s: weight of the labeled prototype classification ``L_S`` (1.0; 0 switches it off).
         compactness_power: ``gamma`` of the compactness weight (1.0).
         rampup_fraction: share of the run over which ``r`` rises from 0 to 1 (sigmoid; 0.1).
+        calibration_start: share of the run before which ``r = 0`` (0: from the first step). Until then the
+            pseudo labels are the uncalibrated ``p`` (FixMatch's), while the bank and the prototypes fill; a
+            later start keeps the calibrations from making the early, mostly wrong predictions confident.
         bank_labeled: also store the labeled embeddings, with their labels, in the bank (True).
         use_neighbourhood, use_prototypes, use_consistency: the three components (all on). Without the
             neighbourhood ``q_N = p`` (the bank is still kept for the compactness weights of ``L_C``); without
@@ -132,6 +135,7 @@ class HSC(SemiSupervisedAlgorithm):
         lambda_s: float = 1.0,
         compactness_power: float = 1.0,
         rampup_fraction: float = 0.1,
+        calibration_start: float = 0.0,
         bank_labeled: bool = True,
         use_neighbourhood: bool = True,
         use_prototypes: bool = True,
@@ -171,7 +175,7 @@ class HSC(SemiSupervisedAlgorithm):
         self.neighbourhood = NeighbourhoodCalibration(k, neighbour_temperature)
         self.prototypes = ClassPrototypes(self.num_classes, self.embed_dim, prototype_momentum)
         self.selector: PseudoLabelSelector = selector if selector is not None else FixedThreshold(threshold)
-        self.ramp = RampUp(max_value=1.0, fraction=rampup_fraction, shape="sigmoid")
+        self.ramp = RampUp(max_value=1.0, fraction=rampup_fraction, shape="sigmoid", start_fraction=calibration_start)
 
     def embeddings(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """The network's ``embedding`` output, else its ``features`` ``(B, embed_dim)``."""
