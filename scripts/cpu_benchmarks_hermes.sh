@@ -27,7 +27,8 @@ bench() {
 compared=supervised,fixmatch,flexmatch,hermes
 first() {
     bench hermes_busi216 216 "$compared"
-    bench hermes_ablation_busi216/one_optimizer_shared_gradients 216 hermes --per_branch_optimizers false \
+    # supervised-only under the same training too: the optimisers change the baseline as well as the method
+    bench hermes_ablation_busi216/one_optimizer_shared_gradients 216 hermes,supervised --per_branch_optimizers false \
         --separate_task_gradients false
 }
 second() {
