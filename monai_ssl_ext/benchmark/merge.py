@@ -28,7 +28,7 @@ from monai_ssl_ext.benchmark.tables import BASELINE_ALGORITHM, predictions_path,
 from monai_ssl_ext.metrics.predictions import load_predictions
 from monai_ssl_ext.utils.atomic import write_text
 
-__all__ = ["merge_results"]
+__all__ = ["merge_results", "variant_name"]
 
 
 def variant_name(algorithm: str, variant: str) -> str:
@@ -79,9 +79,9 @@ def merge_results(
 
     Raises:
         FileNotFoundError: a folder has no ``results.json``.
-        ValueError: a run present in two folders predicted differently, or a folder of another bundle shares
-            no run with the ones before it (nothing shows the bundles train the same network), or ``variants`` names a
-            folder not given.
+        ValueError: a run present in two folders predicted differently, or a folder of another bundle
+            shares no run with the ones before it (nothing shows the bundles train the same network), or
+            ``variants`` names a folder not given.
     """
     if len(results_dirs) < 2:
         raise ValueError("give two or more benchmark folders to merge")
