@@ -6,7 +6,8 @@
 # (representation and fine-tuning as shares of the baselines' 1500 iterations), then SEMISE and its contrastive-only
 # variant with 800 representation steps (the shared setting has 750; a multiple of the validation interval) before
 # the baselines' 1500 fine-tuning steps and schedule, in a folder of its own (merge it as NAME=FOLDER: README,
-# "Benchmarks"). Seed-major; resumable (the harness skips finished runs).
+# "Benchmarks"); then SEMISE with its encoder frozen during fine-tuning (first folder). Seed-major; resumable (the harness skips
+# finished runs).
 # STREAMS=2 (default) runs the two data sets side by side with one thread each on a 2-core machine; STREAMS=1 runs
 # them one after the other. Run from the repository root with the package installed:
 #     bash scripts/cpu_benchmarks_semise.sh [output folder] [data folder] [seeds]
@@ -30,6 +31,8 @@ both_schedules() {
     local name=$1; shift
     bench "$name" "$compared" "$@"
     bench "${name}_separate_schedule" semise,semise_contrastive_only --representation_iterations 800 "$@"
+    # the ordering learnt in the representation phases is unlearnt when the encoder is fine-tuned (docs)
+    bench "$name" semise_frozen_encoder "$@"
 }
 busi() {
     both_schedules semise_busi_20 --datalist data_manifests/busi/busi_grouped.json --data_root "$data/busi"
