@@ -6,8 +6,8 @@
 # (representation and fine-tuning as shares of the baselines' 1500 iterations), then SEMISE and its contrastive-only
 # variant with 800 representation steps (the shared setting has 750; a multiple of the validation interval) before
 # the baselines' 1500 fine-tuning steps and schedule, in a folder of its own (merge it as NAME=FOLDER: README,
-# "Benchmarks"); then SEMISE with its encoder frozen during fine-tuning (first folder). Seed-major; resumable (the harness skips
-# finished runs).
+# "Benchmarks"); then SEMISE with its encoder frozen during fine-tuning (in the first folder). Seed-major;
+# resumable (the harness skips finished runs).
 # STREAMS=2 (default) runs the two data sets side by side with one thread each on a 2-core machine; STREAMS=1 runs
 # them one after the other. Run from the repository root with the package installed:
 #     bash scripts/cpu_benchmarks_semise.sh [output folder] [data folder] [seeds]
