@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,8 +53,10 @@ def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return ensure_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), num_images=40, image_size=48)
 
 
-def run_two_ranks(script: str, work_dir: Path, timeout: float = 120) -> None:
-    """Run ``script`` as two processes (argv: rank, work_dir, a free TCP port) and fail with their stderr."""
+def run_two_ranks(script: str, work_dir: Path, timeout: float = 120) -> list:
+    """Run ``script`` as two processes (argv: rank, work_dir, a free TCP port) and fail with their stderr.
+
+    Returns what each rank wrote as JSON to ``work_dir/rank<r>.json`` (``None`` for a rank that wrote none)."""
     import os
     import socket
     import subprocess
@@ -71,6 +74,8 @@ def run_two_ranks(script: str, work_dir: Path, timeout: float = 120) -> None:
     ]
     errors = [p.communicate(timeout=timeout)[1].decode() for p in procs]
     assert all(p.returncode == 0 for p in procs), errors
+    written = [work_dir / f"rank{r}.json" for r in (0, 1)]
+    return [json.loads(path.read_text()) if path.is_file() else None for path in written]
 
 
 def export_torchscript(bundle: Path, ckpt: Path, ts: Path, **overrides: object) -> None:
