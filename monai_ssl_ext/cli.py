@@ -426,12 +426,15 @@ class Commands:
 
         folders, variants = [], {}
         for entry in map(str, results):
-            name, sep, folder = entry.partition("=")
+            name, sep, folder = entry.rpartition("=")
             if sep and not Path(entry).is_dir():
-                folders.append(folder)
+                if not name or not folder:
+                    raise ValueError(f"{entry}: give an ablation's folder as NAME=FOLDER, both non-empty")
                 variants[folder] = name
-            else:
-                folders.append(entry)
+                entry = folder
+            if Path(entry).resolve() in {Path(f).resolve() for f in folders}:
+                raise ValueError(f"{entry}: given twice")
+            folders.append(entry)
         command = "monai-ssl " + " ".join(sys.argv[1:])
         merge_results(folders, output, command=command, baselines=_as_list(baselines), variants=variants)
         return str(Path(output) / "results.md")

@@ -97,12 +97,25 @@ def test_an_ablation_folder_is_merged_under_its_variant_name_and_paired_with_the
     assert "| hermes (one_optimizer) | 0 |" in table.split("Difference to hermes")[1]
     with pytest.raises(ValueError, match="variant names for folders not merged"):
         merge_results([main, ablation], tmp_path / "merged", variants={str(tmp_path / "other"): "x"})
+    with pytest.raises(ValueError, match="must not be empty"):
+        merge_results([main, ablation], tmp_path / "merged", variants={str(ablation): ""})
 
 
-def test_a_folder_of_another_bundle_still_needs_a_shared_run_when_named(tmp_path):
+def test_an_unnamed_folder_of_the_same_bundle_still_needs_a_shared_run(tmp_path):
+    # seeds 1-2 of an ablation merged unnamed would pass for the method's own runs
+    main = _bench(tmp_path / "main", "hermes_busi", {"supervised": 1, "hermes": 3})
+    ablation = _bench(tmp_path / "ablation", "hermes_busi", {"hermes_pixel_rule_and": 6})
+    with pytest.raises(ValueError, match=r"shares no run .* NAME=FOLDER"):
+        merge_results([main, ablation], tmp_path / "merged")
+    save_results(tmp_path / "empty" / "results.json", [])
+    with pytest.raises(ValueError, match="holds no runs"):
+        merge_results([main, tmp_path / "empty"], tmp_path / "merged")
+
+
+def test_a_named_folder_must_be_of_a_bundle_given_before_it(tmp_path):
     main = _bench(tmp_path / "main", "hermes_busi", {"supervised": 1, "hermes": 3})
     other = _bench(tmp_path / "other", "semise_busi", {"semise": 6})
-    with pytest.raises(ValueError, match="shares no run"):
+    with pytest.raises(ValueError, match=r"must hold runs of a bundle given before it \(hermes_busi\), not of semise"):
         merge_results([main, other], tmp_path / "merged", variants={str(other): "x"})
 
 
@@ -110,12 +123,19 @@ def test_the_command_line_takes_an_ablation_folder_as_name_equals_folder(tmp_pat
     from monai_ssl_ext.cli import Commands
 
     main = _bench(tmp_path / "main", "hermes_busi", {"supervised": 1, "hermes": 3})
-    ablation = _bench(tmp_path / "ablation", "hermes_busi", {"hermes": 6})
+    _bench(tmp_path / "ablation", "hermes_busi", {"hermes": 6})
     monkeypatch.chdir(tmp_path)
     Commands.benchmark_merge("main", "one_optimizer=ablation", output="merged")
     names = [r["algorithm"] for r in load_results(tmp_path / "merged" / "results.json")]
     assert names == ["supervised", "hermes", "hermes (one_optimizer)"]
-    assert main.is_dir() and ablation.is_dir()
+    for entries, message in [
+        (("main", "=ablation"), "both non-empty"),
+        (("main", "x="), "both non-empty"),
+        (("main", "one=ablation", "two=ablation"), "given twice"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            Commands.benchmark_merge.__wrapped__(*entries, output="merged2")
+    assert main.is_dir() and not (tmp_path / "merged2").exists()
 
 
 def test_benchmark_refuses_an_output_folder_holding_another_bundles_runs(tmp_path):

@@ -272,7 +272,6 @@ dist.destroy_process_group()
 
 @pytest.mark.slow  # two fresh interpreters importing torch
 def test_two_ranks_share_the_running_mean(tmp_path):
-
     from conftest import run_two_ranks
 
     for result in run_two_ranks(_WORKER, tmp_path):

@@ -184,7 +184,6 @@ dist.destroy_process_group()
 
 @pytest.mark.slow  # two fresh interpreters importing torch
 def test_two_ranks_count_pseudo_labels_together(tmp_path):
-
     results = run_two_ranks(_WORKER, tmp_path)
     tau, _, _ = _by_hand(0)
     for result in results:

@@ -154,9 +154,13 @@ def test_before_the_calibration_starts_the_pseudo_label_is_the_model_s_own():
     hsc = HSC(2, embed_dim=3, bank_size=64, k=8, alpha=0.5, threshold=0.0, rampup_fraction=0.0, calibration_start=0.5)
     hsc.setup(net, total_steps=10, num_unlabeled=1)
     hsc.bank.load_state_dict(_two_cluster_bank().state_dict())
+    hsc.prototypes.update(torch.stack([E0, E1]), torch.tensor([0, 1]), torch.ones(2))  # both classes have one
     early = hsc.train_step(net, labeled, unlabeled, step=4)
     assert early.logs["calibration_ramp"] == 0.0 and early.pseudo_label.item() == 1  # uncalibrated
-    assert torch.isclose(early.loss.detach(), early.terms["loss_sup"] + early.terms["loss_unsup"])  # FixMatch's loss
+    terms = early.terms
+    assert terms["loss_prototype"] > 0 and terms["loss_consistency"] > 0  # computed, but weighted 0 until the start
+    unramped = terms["loss_sup"] + terms["loss_unsup"] + hsc.lambda_s * terms["loss_prototype_labeled"]
+    assert torch.isclose(early.loss.detach(), unramped)
     hsc.bank.load_state_dict(_two_cluster_bank().state_dict())  # the same context as before the first step
     late = hsc.train_step(net, labeled, unlabeled, step=5)
     assert late.logs["calibration_ramp"] == 1.0 and late.pseudo_label.item() == 0  # the neighbours' class

@@ -6,13 +6,12 @@ are the same training, repeated. :func:`merge_results` lets the baselines be run
 every method be compared with them in one table, with paired differences, as if one bundle had run
 everything. That is only right when the bundles do train the same model: a run present in two inputs
 (same data set, label budget, profile, algorithm and seed) must have predicted every test image
-identically, and every input of another bundle must share such a run with the ones before it, or the merge is
-refused.
+identically, and every input must share such a run with the ones before it, or the merge is refused.
 
 An ablation run with the bundle's settings changed on the command line (``monai-ssl benchmark ...
 --per_branch_optimizers false``) keeps its algorithm's name in its own folder; merged under a variant name, its
 runs appear as ``hermes (one_optimizer)`` and are compared with the baselines and the method itself, paired on
-the same labeled subsets and test images.
+the same labeled subsets and test images; it needs no shared run, but its bundle must be one merged before it.
 """
 
 from __future__ import annotations
@@ -71,21 +70,24 @@ def merge_results(
         command: shown at the top of ``results.md``.
         baselines: the algorithms every other one is compared with, a table each (paired differences).
         variants: a name per folder whose runs changed the bundle's settings (an ablation): its algorithms are
-            shown as :func:`variant_name` ``(algorithm, name)``. A folder of the same bundle as one before it
-            needs no shared run (the bundle defines the network); one of another bundle does.
+            shown as :func:`variant_name` ``(algorithm, name)``. Such a folder shares no run (its runs are
+            renamed) and must hold runs of a bundle given before it; every other folder after the first must
+            share a run with the ones before it.
 
     Returns:
         The merged run records; each names the bundles merged, joined by ``" + "``.
 
     Raises:
         FileNotFoundError: a folder has no ``results.json``.
-        ValueError: a run present in two folders predicted differently, or a folder of another bundle
-            shares no run with the ones before it (nothing shows the bundles train the same network), or
-            ``variants`` names a folder not given.
+        ValueError: a run present in two folders predicted differently; a folder holds no runs; a folder
+            shares no run with the ones before it (nothing shows the bundles train the same network); a named
+            folder's bundle was not given before it; ``variants`` names a folder not given or gives an empty name.
     """
     if len(results_dirs) < 2:
         raise ValueError("give two or more benchmark folders to merge")
-    named = {Path(folder).resolve(): name for folder, name in (variants or {}).items()}
+    named = {Path(folder).resolve(): str(name) for folder, name in (variants or {}).items()}
+    if not all(named.values()):
+        raise ValueError("a variant name must not be empty")
     unknown = set(named) - {Path(folder).resolve() for folder in results_dirs}
     if unknown:
         raise ValueError(f"variant names for folders not merged: {', '.join(sorted(map(str, unknown)))}")
@@ -99,7 +101,10 @@ def merge_results(
         shared = 0
         earlier_bundles = set(bundles)
         folder_bundles = set()
-        for record in load_results(path):
+        records = load_results(path)
+        if not records:
+            raise ValueError(f"{path}: holds no runs")
+        for record in records:
             if variant:
                 record["algorithm"] = variant_name(record["algorithm"], variant)
             bundles.append(record.get("bundle", ""))
@@ -115,10 +120,18 @@ def merge_results(
                     "same model; report them in separate tables"
                 )
             shared += 1
-        if n and not shared and not folder_bundles <= earlier_bundles:
+        if variant and ("" in folder_bundles or not folder_bundles <= earlier_bundles):
+            # its runs are renamed, so it can share none: its bundle must be one merged before it
+            raise ValueError(
+                f"{path}: an ablation's folder ({variant}={folder}) must hold runs of a bundle given before it "
+                f"({', '.join(sorted(b for b in earlier_bundles if b)) or 'none'}), not of "
+                f"{', '.join(sorted(b or 'no bundle' for b in folder_bundles))}"
+            )
+        if n and not variant and not shared:
             raise ValueError(
                 f"{path}: shares no run with the folders before it, so nothing shows its bundle trains the same "
-                "network; run one algorithm and seed (supervised-only, seed 0) in both, then merge"
+                "network; run one algorithm and seed (supervised-only, seed 0) in both, then merge (an ablation of "
+                "a bundle given before it: NAME=FOLDER)"
             )
     name = " + ".join(dict.fromkeys(b for b in bundles if b))
     records = [{**record, "bundle": name} for record in kept.values()]
