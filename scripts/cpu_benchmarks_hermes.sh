@@ -1,7 +1,8 @@
 #!/bin/bash
 # Hermes against supervised-only, FixMatch and FlexMatch on its two-branch network under the cpu profile
 # (docs/benchmarks.md), BUSI benign/malignant at 216 and 72 labels, then the ablation of each component changed to
-# the authors' training (one optimiser with shared gradients; the AND pixel rule; the earlier consistency term).
+# the authors' training (one optimiser with shared gradients, and each of the two alone; the AND pixel rule; the
+# earlier consistency term).
 # BUSI is read through the manifest that keeps near-duplicate captures of a lesion in one split
 # (busi_binary_grouped.json; docs/benchmarks.md says why). Seed-major; resumable (the harness skips finished runs).
 # STREAMS=2 (default) runs two streams side by side with one thread each on a 2-core machine; STREAMS=1 runs them
@@ -34,6 +35,10 @@ first() {
 second() {
     bench hermes_busi72 72 "$compared"
     bench hermes_ablation_busi216/components 216 hermes_pixel_rule_and,hermes_consistency_all_views
+    # which of the two training changes carries the difference: each one alone, supervised-only beside it (the
+    # gradient routing is a network setting, so it changes the baseline too)
+    bench hermes_ablation_busi216/one_optimizer 216 hermes,supervised --per_branch_optimizers false
+    bench hermes_ablation_busi216/shared_gradients 216 hermes,supervised --separate_task_gradients false
 }
 if [ "$streams" = 1 ]; then
     first; second
