@@ -540,6 +540,46 @@ class Commands:
 
     @staticmethod
     @_friendly
+    def fl_benchmark(
+        sites_dir: str,
+        bundle: str = _DEFAULT_BUNDLE,
+        algorithms: Any = "fixmatch",
+        seeds: Any = "0,1,2",
+        profile: str = "cpu",
+        rounds: int = 10,
+        output: str | None = None,
+        threads: int | None = None,
+        teacher: str = "global",
+        fedprox_mu: float = 0.0,
+        **overrides: Any,
+    ) -> str:
+        """Each site alone, federated and centralised, for every algorithm and seed; write results.json and results.md.
+
+        Args:
+            sites_dir: the folder ``monai-ssl fl_sites`` wrote (with a pooled manifest for every seed).
+            bundle: bundle folder or name.
+            algorithms: comma-separated algorithm names.
+            seeds: comma-separated label seeds.
+            profile: ``smoke``, ``cpu`` or ``full``; every site trains its iterations, alone or over the rounds.
+            rounds: FedAvg rounds of the federated arm.
+            output: results folder (default ``<sites_dir>/benchmark_<profile>``).
+            threads: sites FLARE's simulator trains at once (default: all).
+            teacher: ``global`` or ``local`` (docs/federated.md).
+            fedprox_mu: FedProx's proximal weight (0: FedAvg).
+        """
+        from monai_ssl_ext.benchmark.federated import FederatedBenchmarkSpec, run_federated_benchmark
+
+        spec = FederatedBenchmarkSpec(
+            sites_dir=sites_dir, bundle=bundle, algorithms=_as_list(algorithms),
+            seeds=[int(s) for s in _as_list(seeds)], profile=profile, rounds=rounds,
+            output_dir=output or str(Path(sites_dir) / f"benchmark_{profile}"), threads=threads, teacher=teacher,
+            fedprox_mu=fedprox_mu, overrides=overrides, command="monai-ssl " + " ".join(sys.argv[1:]),
+        )  # fmt: skip
+        run_federated_benchmark(spec)
+        return str(Path(spec.output_dir) / "results.md")
+
+    @staticmethod
+    @_friendly
     def split(manifest: str, budget: float, seed: int = 0, output: str | None = None, classes: Any = None) -> dict:
         """Write the labeled subset of a manifest's training split for a label budget and a seed."""
         from monai_ssl_ext.data import Manifest

@@ -231,41 +231,6 @@ def _simulate(job: Path, workspace: Path, sites: list[str]) -> subprocess.Comple
 
 @needs_flare
 @pytest.mark.slow
-def test_two_sites_two_rounds_in_the_simulator_give_a_global_model(tmp_path, small_data):
-    from monai_ssl_ext.fl.job import bundle_network, write_job
-
-    sites = _sites(tmp_path, small_data)
-    job = write_job("baselines_ultrasound", sites, tmp_path / "jobs" / "fixmatch_fedavg", rounds=2,
-                    local_iterations=3, settings={**TINY, "algorithm_name": "fixmatch"})  # fmt: skip
-    done = _simulate(job, tmp_path / "ws", ["site-1", "site-2"])
-    log = done.stdout + done.stderr
-    assert done.returncode == 0, log[-4000:]
-    for site in ("site-1", "site-2"):
-        for round_ in (0, 1):
-            assert f"site {site}, round {round_}: global model {{'val_auc'" in log
-        # each site trained 2 rounds of 3 iterations in its own workspace
-        summary = json.loads((tmp_path / "ws" / site / "runs" / "fixmatch" / "train_summary.json").read_text())
-        assert (summary["iterations"], summary["best_metric_name"]) == (6, "val_auc")
-    server = tmp_path / "ws" / "server" / "simulate_job" / "app_server"
-    final = torch.load(server / "FL_global_model.pt", weights_only=False)
-    weights = final.get("model", final)
-    net = bundle_network("baselines_ultrasound", ["train.json"], {**TINY, "class_names": CLASSES})
-    assert set(weights) == set(net.state_dict())
-    net.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()})
-    assert all(torch.isfinite(p).all() for p in net.parameters())
-    # the best global model, beside a site's trained configuration, is tested like any trained model
-    site_models = tmp_path / "ws" / "site-1" / "models"
-    assert json.loads((site_models / "train_config.json").read_text())["algorithm_name"] == "fixmatch"
-    out = tmp_path / "global"
-    main(["fl_model", str(server / "best_FL_global_model.pt"), str(site_models), str(out)])
-    main(["evaluate", "--bundle", "baselines_ultrasound", "--ckpt_dir", str(out)])
-    metrics = json.loads((tmp_path / "eval_test" / "metrics.json").read_text())
-    assert metrics["split"] == "test" and metrics["extra"]["checkpoint"] == str(out / "model.pt")
-    assert 0.0 <= metrics["classification"]["accuracy"] <= 1.0
-
-
-@needs_flare
-@pytest.mark.slow
 def test_a_site_whose_data_root_is_missing_fails_its_task_and_the_job_says_why(tmp_path, small_data):
     from monai_ssl_ext.fl.job import write_job
 
@@ -299,3 +264,69 @@ def test_a_global_model_file_becomes_a_trained_model_folder_beside_a_sites_confi
     with pytest.raises(ValueError, match="holds no weights"):
         export_global_model(server, site, tmp_path / "other")
     assert not (tmp_path / "other").exists()
+
+
+# ---------------------------------------------------------------- the three arms
+
+
+@needs_flare
+@pytest.mark.slow
+def test_fl_benchmark_runs_each_site_alone_federated_and_centralised_and_pairs_them(tmp_path, small_data):
+    from monai_ssl_ext.fl.job import bundle_network
+
+    sites_dir = tmp_path / "sites"
+    main(["fl_sites", str(small_data), str(sites_dir), "--label_budgets", "4,6", "--data_root", str(small_data.parent),
+          "--seeds", "0"])  # fmt: skip
+    out = tmp_path / "bench"
+    tiny = [f"--{k}={v}" for k, v in TINY.items() if k not in ("val_interval", "num_iterations")]
+    args = ["fl_benchmark", str(sites_dir), "--bundle", "baselines_ultrasound", "--algorithms", "fixmatch",
+            "--seeds", "0", "--profile", "smoke", "--rounds", "2", "--num_iterations", "6", "--val_interval", "3",
+            "--output", str(out), *tiny]  # fmt: skip
+    main(args)
+    records = json.loads((out / "results.json").read_text())
+    arms = ["site-1 alone", "site-2 alone", "centralised", "federated"]
+    assert [r["algorithm"] for r in records] == [f"fixmatch ({arm})" for arm in arms]
+    # one group: the same test images, whatever the arm
+    assert {(r["dataset"], r["labels"]) for r in records} == {("synthetic_ultrasound, 2 sites", "4+6")}
+    test_ids = [json.loads((out / r["eval_dir"] / "predictions.json").read_text())["image_ids"] for r in records]
+    assert all(ids == test_ids[0] for ids in test_ids)
+    federated = records[-1]
+    assert (federated["iterations"], federated["rounds"]) == (6, 2)
+    assert federated["global_model"] == "best_FL_global_model.pt"
+    assert federated["train_images_per_s"] > 0 and federated["peak_memory_mb"] > 0  # from the sites' summaries
+    run = out / "federated" / "fixmatch" / "seed0"
+    log = (run / "simulator.log").read_text()
+    for site in ("site-1", "site-2"):
+        for round_ in (0, 1):  # each site validated each round's global model and sent the key metric
+            assert f"site {site}, round {round_}: global model {{'val_auc'" in log
+        # each site trained 2 rounds of 3 iterations in its own workspace
+        summary = json.loads((run / "workspace" / site / "runs" / "fixmatch" / "train_summary.json").read_text())
+        assert (summary["iterations"], summary["best_metric_name"]) == (6, "val_auc")
+    # the server's last model is the sites' training network, finite
+    server = run / "workspace" / "server" / "simulate_job" / "app_server"
+    weights = torch.load(server / "FL_global_model.pt", weights_only=False)["model"]
+    net = bundle_network("baselines_ultrasound", ["train.json"], {**TINY, "class_names": CLASSES})
+    net.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()})
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+    # the best one was tested beside a site's trained configuration, on the test split
+    metrics = json.loads((run / "eval_test" / "metrics.json").read_text())
+    assert metrics["split"] == "test" and metrics["extra"]["checkpoint"] == str(run / "global" / "model.pt")
+    table = (out / "results.md").read_text()
+    assert "Difference to fixmatch (federated)" in table
+    for arm in arms[:3]:
+        assert f"| fixmatch ({arm}) | 0 |" in table
+    # resumable: a second call trains nothing and writes the same records
+    started = os.path.getmtime(out / "federated" / "results.json")
+    main(args)
+    assert os.path.getmtime(out / "federated" / "results.json") == started
+    assert json.loads((out / "results.json").read_text()) == records
+
+
+def test_fl_benchmark_names_a_missing_pooled_manifest_before_training(tmp_path, small_data, capsys):
+    sites_dir = tmp_path / "sites"
+    main(["fl_sites", str(small_data), str(sites_dir), "--label_budgets", "4,6", "--data_root", str(small_data.parent),
+          "--seeds", "0"])  # fmt: skip
+    with pytest.raises(SystemExit):
+        main(["fl_benchmark", str(sites_dir), "--seeds", "0,1", "--output", str(tmp_path / "bench")])
+    assert f"{sites_dir / 'pooled_seed1.json'}: no pooled manifest for seed 1" in capsys.readouterr().err
+    assert not (tmp_path / "bench").exists()

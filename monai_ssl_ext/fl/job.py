@@ -28,7 +28,7 @@ from monai_ssl_ext.bundle.runner import find_bundle
 from monai_ssl_ext.fl.algo import TEACHER_POLICIES
 from monai_ssl_ext.fl.sites import load_sites
 
-__all__ = ["LAUNCHER", "bundle_network", "write_job"]
+__all__ = ["LAUNCHER", "bundle_network", "bundle_setting", "write_job"]
 
 #: the script each site runs (FLARE's ScriptRunner takes a file); the code is the installed package's
 LAUNCHER_NAME = "site_train.py"
@@ -43,23 +43,22 @@ def bundle_network(bundle: str, configs: Sequence[str], settings: Mapping[str, A
         configs: files under its ``configs/`` (``train.json`` and a profile).
         settings: bundle settings, ``class_names`` among them; strings are data and made inert.
     """
+    return bundle_setting(bundle, configs, settings, "network_def")
+
+
+def bundle_setting(bundle: str | os.PathLike, configs: Sequence[str], settings: Mapping[str, Any], key: str) -> Any:
+    """The parsed value of ``key`` in the bundle's ``configs`` with ``settings`` applied (made inert), without data.
+
+    For what a job needs to know before any site trains: the validation key metric the server selects on
+    (``validate#key_metric``), the profile's ``num_iterations``.
+    """
     from monai.bundle import ConfigParser
 
     root = find_bundle(bundle)
     parser = ConfigParser()
     parser.read_config([str(root / "configs" / c) for c in configs])
     parser.update({"bundle_root": str(root), **inert(dict(settings))})
-    return parser.get_parsed_content("network_def")
-
-
-def _key_metric(bundle: Path, configs: Sequence[str], settings: Mapping[str, Any]) -> str:
-    """The name of the bundle's validation key metric (``val_auc``...), which the server selects the model on."""
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config([str(bundle / "configs" / c) for c in configs])
-    parser.update({"bundle_root": str(bundle), **inert(dict(settings))})
-    return next(iter(parser.get_parsed_content("validate#key_metric")))
+    return parser.get_parsed_content(key)
 
 
 def write_job(
@@ -129,7 +128,7 @@ def write_job(
             num_rounds=rounds,
             train_script=LAUNCHER_NAME,
             train_args=" ".join(client_args),
-            key_metric=_key_metric(root, configs, common),
+            key_metric=next(iter(bundle_setting(root, configs, common, "validate#key_metric"))),
         )
         # the recipe has no accessor for its job; without this FLARE copies the package's files into the job
         recipe._job.set_app_packages(["monai_ssl_ext"])
