@@ -43,6 +43,7 @@ _DEBUG = contextvars.ContextVar("monai_ssl_debug", default=False)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from monai_ssl_ext.benchmark.federated import FederatedRunError
     from monai_ssl_ext.benchmark.harness import OutputFolderBusyError
     from monai_ssl_ext.bundle import BundleRunError
     from monai_ssl_ext.data import LabelBudgetError, ManifestError
@@ -55,6 +56,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         ImageReadError,
         BundleRunError,
         OutputFolderBusyError,
+        FederatedRunError,
         KeyError,
         ValueError,
     )

@@ -10,6 +10,7 @@ out=${1:-benchmarks/cpu}
 data=${2:-../shared/data}
 seeds=${3:-0 1 2}
 export OMP_NUM_THREADS=1
+[ -d "$data/busi" ] || { echo "no BUSI images in $data/busi" >&2; exit 1; }
 sites=$out/fl_busi_sites/sites
 mkdir -p "$sites"
 all_seeds=$(echo "$seeds" | tr ' ' ',')

@@ -269,14 +269,19 @@ def test_a_global_model_file_becomes_a_trained_model_folder_beside_a_sites_confi
 # ---------------------------------------------------------------- the three arms
 
 
+def _fl_sites(tmp_path: Path, small_data: Path, budgets: str = "4,6") -> Path:
+    sites_dir = tmp_path / "sites"
+    main(["fl_sites", str(small_data), str(sites_dir), "--label_budgets", budgets,
+          "--data_root", str(small_data.parent), "--seeds", "0"])  # fmt: skip
+    return sites_dir
+
+
 @needs_flare
 @pytest.mark.slow
 def test_fl_benchmark_runs_each_site_alone_federated_and_centralised_and_pairs_them(tmp_path, small_data):
     from monai_ssl_ext.fl.job import bundle_network
 
-    sites_dir = tmp_path / "sites"
-    main(["fl_sites", str(small_data), str(sites_dir), "--label_budgets", "4,6", "--data_root", str(small_data.parent),
-          "--seeds", "0"])  # fmt: skip
+    sites_dir = _fl_sites(tmp_path, small_data)
     out = tmp_path / "bench"
     tiny = [f"--{k}={v}" for k, v in TINY.items() if k not in ("val_interval", "num_iterations")]
     args = ["fl_benchmark", str(sites_dir), "--bundle", "baselines_ultrasound", "--algorithms", "fixmatch",
@@ -291,10 +296,17 @@ def test_fl_benchmark_runs_each_site_alone_federated_and_centralised_and_pairs_t
     test_ids = [json.loads((out / r["eval_dir"] / "predictions.json").read_text())["image_ids"] for r in records]
     assert all(ids == test_ids[0] for ids in test_ids)
     federated = records[-1]
-    assert (federated["iterations"], federated["rounds"]) == (6, 2)
-    assert federated["global_model"] == "best_FL_global_model.pt"
+    assert (federated["iterations"], federated["rounds"], federated["teacher"]) == (6, 2, "global")
     assert federated["train_images_per_s"] > 0 and federated["peak_memory_mb"] > 0  # from the sites' summaries
-    run = out / "federated" / "fixmatch" / "seed0"
+    # FLARE's best and its final global model were both validated (pooled validation); the better one was tested
+    validation = federated["validation_of_global_models"]
+    assert set(validation) == {"best_FL_global_model.pt", "FL_global_model.pt"}
+    assert federated["global_model"] == max(validation, key=validation.get)
+    run = out / "federated" / "fixmatch" / "labels4+6_rounds2_global_mu0" / "seed0"
+    chosen = run / Path(federated["global_model"]).stem
+    assert (chosen / "eval_validation" / "metrics.json").is_file()
+    metrics = json.loads((run / "eval_test" / "metrics.json").read_text())
+    assert metrics["split"] == "test" and metrics["extra"]["checkpoint"] == str(chosen / "model.pt")
     log = (run / "simulator.log").read_text()
     for site in ("site-1", "site-2"):
         for round_ in (0, 1):  # each site validated each round's global model and sent the key metric
@@ -308,9 +320,6 @@ def test_fl_benchmark_runs_each_site_alone_federated_and_centralised_and_pairs_t
     net = bundle_network("baselines_ultrasound", ["train.json"], {**TINY, "class_names": CLASSES})
     net.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()})
     assert all(torch.isfinite(p).all() for p in net.parameters())
-    # the best one was tested beside a site's trained configuration, on the test split
-    metrics = json.loads((run / "eval_test" / "metrics.json").read_text())
-    assert metrics["split"] == "test" and metrics["extra"]["checkpoint"] == str(run / "global" / "model.pt")
     table = (out / "results.md").read_text()
     assert "Difference to fixmatch (federated)" in table
     for arm in arms[:3]:
@@ -322,11 +331,40 @@ def test_fl_benchmark_runs_each_site_alone_federated_and_centralised_and_pairs_t
     assert json.loads((out / "results.json").read_text()) == records
 
 
-def test_fl_benchmark_names_a_missing_pooled_manifest_before_training(tmp_path, small_data, capsys):
-    sites_dir = tmp_path / "sites"
-    main(["fl_sites", str(small_data), str(sites_dir), "--label_budgets", "4,6", "--data_root", str(small_data.parent),
-          "--seeds", "0"])  # fmt: skip
+def test_fl_benchmark_checks_the_pooled_manifests_and_settings_before_training(tmp_path, small_data, capsys):
+    sites_dir = _fl_sites(tmp_path, small_data)
+    out = tmp_path / "bench"
+    base = ["fl_benchmark", str(sites_dir), "--output", str(out)]
     with pytest.raises(SystemExit):
-        main(["fl_benchmark", str(sites_dir), "--seeds", "0,1", "--output", str(tmp_path / "bench")])
+        main([*base, "--seeds", "0,1"])
     assert f"{sites_dir / 'pooled_seed1.json'}: no pooled manifest for seed 1" in capsys.readouterr().err
-    assert not (tmp_path / "bench").exists()
+    with pytest.raises(SystemExit):
+        main([*base, "--seeds", "0", "--label_budget", "10"])
+    assert "label_budget: set by the benchmark for each arm, not an override" in capsys.readouterr().err
+    # the sites file changed after the pooled manifests were written: they pool other budgets
+    entries = json.loads((sites_dir / "sites.json").read_text())
+    entries["site-1"]["label_budget"] = 5
+    (sites_dir / "sites.json").write_text(json.dumps(entries))
+    with pytest.raises(SystemExit):
+        main([*base, "--seeds", "0"])
+    assert "pools other sites than sites.json (label_budgets differ)" in capsys.readouterr().err
+    entries["site-1"] = {**entries["site-1"], "label_budget": 4, "settings": {"num_iterations": 3}}
+    (sites_dir / "sites.json").write_text(json.dumps(entries))
+    with pytest.raises(SystemExit):
+        main([*base, "--seeds", "0"])
+    assert "site site-1: its settings num_iterations are set by the benchmark" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_federation_that_ended_early_is_named_by_its_site(tmp_path):
+    from monai_ssl_ext.benchmark.federated import FederatedRunError, site_summaries
+
+    for site, iterations in (("site-1", 6), ("site-2", 3)):
+        folder = tmp_path / site / "runs" / "fixmatch"
+        folder.mkdir(parents=True)
+        (folder / "train_summary.json").write_text(json.dumps({"iterations": iterations}))
+    assert site_summaries(tmp_path, ["site-1"], 6, tmp_path / "log")["site-1"]["iterations"] == 6
+    with pytest.raises(FederatedRunError, match="site site-2 trained 3 of 6 iterations"):
+        site_summaries(tmp_path, ["site-1", "site-2"], 6, tmp_path / "log")
+    with pytest.raises(FederatedRunError, match="site site-3 trained 0 of 6 iterations"):
+        site_summaries(tmp_path, ["site-3"], 6, tmp_path / "log")

@@ -72,7 +72,12 @@ def pooled_manifest(sites: Sequence[Manifest], budgets: Sequence[int | float], s
     pooled = copy.deepcopy(sites[0])
     pooled.name = f"{sites[0].source.get('partition_of', sites[0].name)}_pooled_seed{seed}"
     pooled.description = f"The labeled draws (seed {seed}, budgets {list(budgets)}) of {len(sites)} sites pooled."
-    pooled.source = {"pooled_sites": [s.name for s in sites], "label_budgets": list(budgets), "label_seed": seed}
+    pooled.source = {
+        "pooled_sites": [s.name for s in sites],
+        "partition_seed": sites[0].source.get("partition_seed"),
+        "label_budgets": list(budgets),
+        "label_seed": seed,
+    }
     pooled.training, pooled.validation, pooled.unlabeled, pooled.path = [], [], [], None
     for site, budget in zip(sites, budgets, strict=True):
         split = site.label_split(budget, seed=seed)

@@ -18,6 +18,7 @@ from typing import Any
 
 from monai_ssl_ext.metrics.classification import classification_metrics
 from monai_ssl_ext.metrics.ordinal import severity_metrics, severity_rank_correlation
+from monai_ssl_ext.metrics.paired import SEGMENTATION_METRICS
 from monai_ssl_ext.metrics.plots import plot_confusion_matrix, plot_mask_overlays, plot_reliability_diagram
 from monai_ssl_ext.metrics.predictions import PREDICTIONS_FILE, save_predictions
 from monai_ssl_ext.metrics.segmentation import segmentation_counts, segmentation_metrics_from_counts
@@ -29,6 +30,7 @@ __all__ = [
     "format_report",
     "headline_metrics",
     "per_class_recall",
+    "selection_value",
 ]
 
 # the figures quoted in results tables, in display order: classification first, then segmentation
@@ -189,6 +191,24 @@ def per_class_recall(report: Mapping[str, Any]) -> dict[str, float]:
     per_class = _classification_section(report).get("per_class") or {}
     names = report.get("class_names", list(per_class))
     return {name: float(per_class[name]["recall"]) for name in names if name in per_class}
+
+
+def selection_value(report: Mapping[str, Any], name: str) -> float:
+    """A report's value of the selection metric ``name`` (a bundle's ``key_metric``: ``auc``, or ``auc+dice``
+    for the mean of several), as :func:`~monai_ssl_ext.engines.metrics.selection_metric` names it.
+
+    Raises:
+        KeyError: the report lacks one of the figures.
+    """
+    parts = [p.strip() for p in name.split("+") if p.strip()]
+    if not parts:
+        raise ValueError("selection metric name is empty")
+    sections = {p: report.get("segmentation") if p in SEGMENTATION_METRICS else _classification_section(report)
+                for p in parts}  # fmt: skip
+    missing = [p for p, section in sections.items() if not section or section.get(p) is None]
+    if missing:
+        raise KeyError(f"the report has no {', '.join(missing)} (selection metric {name!r})")
+    return float(sum(float(sections[p][p]) for p in parts) / len(parts))
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
