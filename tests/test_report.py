@@ -260,3 +260,16 @@ def test_two_ranks_gather_uneven_shards(tmp_path):
     assert not (tmp_path / "rank1").exists()  # only rank 0 writes
     for r in (0, 1):  # every rank holds the full report
         assert_close(written, json.loads((tmp_path / f"state{r}.json").read_text()))
+
+
+def test_selection_value_reads_a_key_metric_or_the_mean_of_several_from_a_report():
+    from monai_ssl_ext.metrics.report import selection_value
+
+    report = {"classification": {"auc": 0.8, "accuracy": 0.7}, "segmentation": {"dice": 0.6, "iou": 0.4}}
+    assert selection_value(report, "auc") == pytest.approx(0.8)
+    assert selection_value(report, "auc+dice") == pytest.approx(0.7)
+    assert selection_value(report, "accuracy + iou + dice") == pytest.approx(0.5666667)
+    with pytest.raises(KeyError, match="the report has no dice"):
+        selection_value({"classification": {"auc": 0.8}}, "auc+dice")
+    with pytest.raises(ValueError, match="empty"):
+        selection_value(report, " + ")
