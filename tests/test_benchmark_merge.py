@@ -154,12 +154,12 @@ def test_benchmark_refuses_an_output_folder_holding_another_bundles_runs(tmp_pat
 
 
 def test_a_second_benchmark_on_the_same_folder_is_refused_while_the_first_writes(tmp_path):
-    from monai_ssl_ext.benchmark.harness import OutputFolderBusyError, _only_writer
+    from monai_ssl_ext.benchmark.harness import OutputFolderBusyError, only_writer
 
     spec = BenchmarkSpec(bundle="baselines_ultrasound", algorithms=["supervised"], seeds=[0], labels=16,
                          profile="smoke", datalist="synthetic", output_dir=str(tmp_path / "bench"))  # fmt: skip
     (tmp_path / "bench").mkdir()
     busy = rf"another benchmark \(pid {os.getpid()}\) is writing"
-    with _only_writer(tmp_path / "bench"), pytest.raises(OutputFolderBusyError, match=busy):  # the first one runs
+    with only_writer(tmp_path / "bench"), pytest.raises(OutputFolderBusyError, match=busy):  # the first one runs
         run_benchmark(spec)
     assert not (tmp_path / "bench" / "results.json").exists()

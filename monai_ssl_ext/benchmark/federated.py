@@ -38,9 +38,9 @@ from typing import Any
 
 from monai_ssl_ext.benchmark.harness import (
     BenchmarkSpec,
-    _only_writer,
-    _progress_echo,
     load_results,
+    only_writer,
+    progress_echo,
     run_benchmark,
     save_results,
 )
@@ -199,7 +199,7 @@ def _federated_run(
     names = list(sites)
     simulate = [sys.executable, "-m", "nvflare.cli", "simulator", str(job), "-w", str(run_dir / "workspace"),
                 "-n", str(len(names)), "-t", str(spec.threads or len(names)), "-c", ",".join(names)]  # fmt: skip
-    train_s = run_workflow(simulate, run_dir / "simulator.log", echo=_progress_echo(f"{algorithm} seed {seed}"))
+    train_s = run_workflow(simulate, run_dir / "simulator.log", echo=progress_echo(f"{algorithm} seed {seed}"))
 
     iterations = spec.rounds * local_iterations
     summaries = site_summaries(run_dir / "workspace", names, iterations, run_dir / "simulator.log")
@@ -288,7 +288,7 @@ def _run_federated_arm(
     spec: FederatedBenchmarkSpec, sites_file: Path, sites: Mapping, local_iterations: int, out_dir: Path
 ) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    with _only_writer(out_dir):
+    with only_writer(out_dir):
         results_path = out_dir / "results.json"
         results = load_results(results_path)
         done = {(r["algorithm"], r["seed"]) for r in results if _is_this_federation(r, spec, sites)}
@@ -369,7 +369,7 @@ def run_federated_benchmark(spec: FederatedBenchmarkSpec) -> list[dict]:
         ))  # fmt: skip
     _run_federated_arm(spec, sites_file, sites, local_iterations, out / FEDERATED)
     combined = _combined(spec, sites, out)
-    with _only_writer(out):
+    with only_writer(out):
         save_results(out / "results.json", combined)
         algorithms = dict.fromkeys(r["algorithm"].rsplit(" (", 1)[0] for r in combined)
         baselines = [arm_name(a, FEDERATED) for a in algorithms]

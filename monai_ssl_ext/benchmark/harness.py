@@ -26,7 +26,15 @@ from monai_ssl_ext.engines.handlers import format_duration
 from monai_ssl_ext.metrics.report import headline_metrics, per_class_recall
 from monai_ssl_ext.utils.atomic import write_json, write_text
 
-__all__ = ["BenchmarkSpec", "load_results", "run_benchmark", "save_results"]
+__all__ = [
+    "BenchmarkSpec",
+    "OutputFolderBusyError",
+    "load_results",
+    "only_writer",
+    "progress_echo",
+    "run_benchmark",
+    "save_results",
+]
 
 logger = logging.getLogger("monai_ssl_ext.benchmark")
 
@@ -134,7 +142,7 @@ class OutputFolderBusyError(RuntimeError):
 
 
 @contextlib.contextmanager
-def _only_writer(out_dir: Path) -> Iterator[None]:
+def only_writer(out_dir: Path) -> Iterator[None]:
     """Hold ``out_dir/.lock`` for the benchmark's whole run: a second benchmark on the same folder would read
     ``results.json`` before the first adds to it, and its save would drop the first one's new records."""
     import fcntl
@@ -166,7 +174,7 @@ def run_benchmark(spec: BenchmarkSpec) -> list[dict]:
     """
     out_dir = Path(spec.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with _only_writer(out_dir):
+    with only_writer(out_dir):
         return _run_benchmark(spec, out_dir)
 
 
@@ -206,7 +214,7 @@ def _run_benchmark(spec: BenchmarkSpec, out_dir: Path) -> list[dict]:
         )
 
         train_cmd = workflow_command(bundle, "training", spec.profile, overrides=overrides, nproc=spec.nproc)
-        progress = _progress_echo(f"[{n}/{len(runs)}] {algorithm} seed {seed}")
+        progress = progress_echo(f"[{n}/{len(runs)}] {algorithm} seed {seed}")
         train_s = run_workflow(train_cmd, run_dir / "train.log", echo=progress)
         # evaluation reads the trained configuration beside the checkpoint: data, classes, network
         eval_overrides = {
@@ -255,7 +263,7 @@ def _run_benchmark(spec: BenchmarkSpec, out_dir: Path) -> list[dict]:
     return results
 
 
-def _progress_echo(prefix: str) -> Callable[[str], None]:
+def progress_echo(prefix: str) -> Callable[[str], None]:
     """Forward the trainer's progress lines (they carry the ETA) and errors; drop the rest of the log."""
 
     def echo(line: str) -> None:
