@@ -38,6 +38,7 @@ from typing import Any
 
 from monai_ssl_ext.benchmark.harness import (
     BenchmarkSpec,
+    evaluate_model,
     load_results,
     only_writer,
     progress_echo,
@@ -46,7 +47,7 @@ from monai_ssl_ext.benchmark.harness import (
 )
 from monai_ssl_ext.benchmark.merge import variant_name
 from monai_ssl_ext.benchmark.tables import results_markdown
-from monai_ssl_ext.bundle.runner import find_bundle, run_workflow, workflow_command
+from monai_ssl_ext.bundle.runner import find_bundle, run_workflow
 from monai_ssl_ext.engines.handlers import format_duration
 from monai_ssl_ext.metrics.report import headline_metrics, per_class_recall, selection_value
 from monai_ssl_ext.utils.atomic import write_text
@@ -173,15 +174,6 @@ def _check_federation(spec: FederatedBenchmarkSpec, sites_file: Path) -> int:
     return total // spec.rounds
 
 
-def _evaluate(spec: FederatedBenchmarkSpec, model_dir: Path, split: str, out: Path, data: Mapping[str, str]) -> dict:
-    """The bundle's evaluation of a trained-model folder on ``split`` of the manifest in ``data``; its report."""
-    overrides = {"ckpt_dir": str(model_dir), "output_dir": str(out.parent), "eval_split": split,
-                 "eval_output_dir": str(out), **data, **spec.overrides}  # fmt: skip
-    command = workflow_command(find_bundle(spec.bundle), "evaluating", overrides=overrides)
-    run_workflow(command, out.parent / f"{out.name}.log")
-    return json.loads((out / "metrics.json").read_text())
-
-
 def _federated_run(
     spec: FederatedBenchmarkSpec, sites_file: Path, sites: Mapping, local_iterations: int, algorithm: str, seed: int,
     run_dir: Path,
@@ -216,11 +208,13 @@ def _federated_run(
     validation = {}
     for model in candidates:  # beside the first site's trained configuration (network, classes, preprocessing)
         folder = export_global_model(model, run_dir / "workspace" / names[0] / "models", run_dir / model.stem)
-        report = _evaluate(spec, folder, "validation", folder / "eval_validation", pooled)
+        report = evaluate_model(spec.bundle, folder, "validation", folder / "eval_validation",
+                                {**pooled, **spec.overrides}, folder / "eval_validation.log")  # fmt: skip
         validation[model.name] = selection_value(report, key_metric)
     chosen = max(validation, key=validation.get)  # the first (FLARE's best) on a tie
     test_started = time.perf_counter()
-    report = _evaluate(spec, run_dir / Path(chosen).stem, "test", run_dir / "eval_test", {})
+    report = evaluate_model(spec.bundle, run_dir / Path(chosen).stem, "test", run_dir / "eval_test", spec.overrides,
+                            run_dir / "evaluate.log")  # fmt: skip
     speeds = [s["train_images_per_s"] for s in summaries.values() if s.get("train_images_per_s")]
     memory = [s["peak_memory_mb"] for s in summaries.values() if s.get("peak_memory_mb")]
     return {

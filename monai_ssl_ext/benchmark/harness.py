@@ -29,6 +29,7 @@ from monai_ssl_ext.utils.atomic import write_json, write_text
 __all__ = [
     "BenchmarkSpec",
     "OutputFolderBusyError",
+    "evaluate_model",
     "load_results",
     "only_writer",
     "progress_echo",
@@ -216,19 +217,12 @@ def _run_benchmark(spec: BenchmarkSpec, out_dir: Path) -> list[dict]:
         train_cmd = workflow_command(bundle, "training", spec.profile, overrides=overrides, nproc=spec.nproc)
         progress = progress_echo(f"[{n}/{len(runs)}] {algorithm} seed {seed}")
         train_s = run_workflow(train_cmd, run_dir / "train.log", echo=progress)
-        # evaluation reads the trained configuration beside the checkpoint: data, classes, network
-        eval_overrides = {
-            "ckpt_dir": overrides["ckpt_dir"],
-            "output_dir": overrides["output_dir"],
-            "eval_split": "test",
-            "eval_output_dir": str(run_dir / "eval_test"),
-            **spec.overrides,
-        }
-        eval_cmd = workflow_command(bundle, "evaluating", overrides=eval_overrides)
-        eval_s = run_workflow(eval_cmd, run_dir / "evaluate.log")
+        eval_started = time.perf_counter()
+        report = evaluate_model(bundle, run_dir / "models", "test", run_dir / "eval_test", spec.overrides,
+                                run_dir / "evaluate.log")  # fmt: skip
+        eval_s = time.perf_counter() - eval_started
 
         summary = json.loads((run_dir / "train_summary.json").read_text())
-        report = json.loads((run_dir / "eval_test" / "metrics.json").read_text())
         metrics = headline_metrics(report)
         record = {
             "bundle": bundle.name,
@@ -261,6 +255,20 @@ def _run_benchmark(spec: BenchmarkSpec, out_dir: Path) -> list[dict]:
     write_text(out_dir / "results.md", results_markdown(results, command=spec.command))
     logger.info(f"results: {results_path} and {out_dir / 'results.md'}")
     return results
+
+
+def evaluate_model(
+    bundle: str | os.PathLike, model_dir: Path, split: str, eval_dir: Path, overrides: dict[str, Any], log: Path
+) -> dict:
+    """The bundle's evaluation of a trained-model folder on ``split``, logged to ``log``; its report.
+
+    The evaluation reads the trained configuration beside the weights (data, classes, network); ``overrides``
+    go on top (another manifest's ``datalist``...). The report is also in ``eval_dir/metrics.json``.
+    """
+    settings = {"ckpt_dir": str(model_dir), "output_dir": str(eval_dir.parent), "eval_split": split,
+                "eval_output_dir": str(eval_dir), **overrides}  # fmt: skip
+    run_workflow(workflow_command(find_bundle(bundle), "evaluating", overrides=settings), log)
+    return json.loads((eval_dir / "metrics.json").read_text())
 
 
 def progress_echo(prefix: str) -> Callable[[str], None]:

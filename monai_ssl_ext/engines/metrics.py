@@ -252,9 +252,9 @@ def selection_metric(name: str) -> Metric:
     ``iou``), or several joined by ``+`` for their mean (``auc+dice``: one checkpoint that is good at
     both tasks of a joint network).
     """
-    parts = [p.strip() for p in name.split("+") if p.strip()]
-    if not parts:
-        raise ValueError("selection metric name is empty")
+    from monai_ssl_ext.metrics.report import selection_parts
+
+    parts = selection_parts(name)
     metrics = [SegmentationMetric(p) if p in SEGMENTATION_METRICS else ClassificationMetric(p) for p in parts]
     if len(metrics) == 1:
         return metrics[0]

@@ -30,6 +30,7 @@ __all__ = [
     "format_report",
     "headline_metrics",
     "per_class_recall",
+    "selection_parts",
     "selection_value",
 ]
 
@@ -193,6 +194,18 @@ def per_class_recall(report: Mapping[str, Any]) -> dict[str, float]:
     return {name: float(per_class[name]["recall"]) for name in names if name in per_class}
 
 
+def selection_parts(name: str) -> list[str]:
+    """The figures a selection metric's name joins with ``+`` (``auc+dice``: ``["auc", "dice"]``).
+
+    Raises:
+        ValueError: an empty name.
+    """
+    parts = [p.strip() for p in name.split("+") if p.strip()]
+    if not parts:
+        raise ValueError("selection metric name is empty")
+    return parts
+
+
 def selection_value(report: Mapping[str, Any], name: str) -> float:
     """A report's value of the selection metric ``name`` (a bundle's ``key_metric``: ``auc``, or ``auc+dice``
     for the mean of several), as :func:`~monai_ssl_ext.engines.metrics.selection_metric` names it.
@@ -200,9 +213,7 @@ def selection_value(report: Mapping[str, Any], name: str) -> float:
     Raises:
         KeyError: the report lacks one of the figures.
     """
-    parts = [p.strip() for p in name.split("+") if p.strip()]
-    if not parts:
-        raise ValueError("selection metric name is empty")
+    parts = selection_parts(name)
     sections = {p: report.get("segmentation") if p in SEGMENTATION_METRICS else _classification_section(report)
                 for p in parts}  # fmt: skip
     missing = [p for p, section in sections.items() if not section or section.get(p) is None]
