@@ -7,10 +7,12 @@ import json
 import pydoc
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from monai.bundle import ConfigParser
+from monai.bundle.config_item import ConfigExpression
 
 from monai_ssl_ext.bundle import (
     TrainedConfigError,
@@ -222,6 +224,22 @@ def test_multi_gpu_overlay_finds_tensorboard_and_validation_by_their_handler_ind
     # under torchrun each process validates every val_interval / world_size of its steps (the budget is shared)
     (key,) = [k for k in overlay if k.startswith("train#handlers#") and k.endswith("#interval")]
     assert handlers[int(key.split("#")[2])] is validator and overlay[key] == "@steps_per_validation"
+
+
+@pytest.mark.parametrize("name", bundle_names())
+def test_multi_gpu_finalize_waits_for_every_rank_before_destroying_the_process_group(name):
+    # a rank that leaves first can reach interpreter shutdown while its gloo worker still frees the last
+    # all-gather's tensors, which then needs the GIL and aborts the process: the barrier gives it that time
+    overlay = json.loads(render_bundle(name)["configs/multi_gpu_train.json"])
+    calls: list[str] = []
+    fake_dist = SimpleNamespace(
+        is_initialized=lambda: True,
+        barrier=lambda: calls.append("barrier"),
+        destroy_process_group=lambda: calls.append("destroy_process_group"),
+    )
+    for expression in overlay["finalize"]:
+        ConfigExpression(id="finalize", config=expression, globals={"dist": fake_dist}).evaluate()
+    assert calls == ["barrier", "destroy_process_group"]
 
 
 # where each bundle's eval_metrics come from: the default algorithm's row of a table in docs/benchmarks.md
