@@ -13,7 +13,16 @@ import pytest
 import torch
 
 from monai_ssl_ext.utils import atomic as atomic_module
-from monai_ssl_ext.utils import atomic_open, derive_seed, save_torch, seed_everything, write_json, write_text
+from monai_ssl_ext.utils import (
+    atomic_open,
+    derive_seed,
+    finish_process_group,
+    save_torch,
+    seed_everything,
+    write_json,
+    write_text,
+)
+from monai_ssl_ext.utils import distributed as distributed_module
 
 
 def _names(folder):
@@ -182,3 +191,21 @@ def test_seed_everything_reseeds_all_generators():
     other = (random.random(), np.random.rand(), torch.rand(1).item())
     assert first == again
     assert all(x != y for x, y in zip(first, other, strict=True))
+
+
+@pytest.mark.parametrize("rank, ends_process", [(0, False), (1, True)])
+def test_finish_process_group_waits_destroys_and_ends_every_rank_but_0(monkeypatch, rank, ends_process):
+    calls: list[str] = []
+    dist = distributed_module.dist
+    monkeypatch.setattr(distributed_module, "is_dist", lambda: True)
+    monkeypatch.setattr(dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(dist, "get_rank", lambda: rank)
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: calls.append("destroy_process_group"))
+    monkeypatch.setattr(distributed_module.os, "_exit", lambda code: calls.append(f"exit {code}"))
+    finish_process_group()
+    assert calls == ["barrier", "destroy_process_group"] + (["exit 0"] if ends_process else [])
+
+
+def test_finish_process_group_does_nothing_without_dist():
+    assert not distributed_module.is_dist()
+    finish_process_group()  # no process group: no barrier to wait at, the process goes on

@@ -2,6 +2,7 @@ from .atomic import atomic_open, atomic_path, save_figure, save_torch, write_jso
 from .distributed import (
     all_gather_cat,
     all_gather_objects,
+    finish_process_group,
     get_rank,
     get_world_size,
     is_dist,
@@ -19,6 +20,7 @@ __all__ = [
     "atomic_open",
     "atomic_path",
     "derive_seed",
+    "finish_process_group",
     "get_rank",
     "get_world_size",
     "innermost_cause",

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
+
 import torch
 import torch.distributed as dist
 
@@ -9,6 +13,7 @@ __all__ = [
     "all_gather_cat",
     "all_gather_objects",
     "all_reduce_sum",
+    "finish_process_group",
     "get_rank",
     "get_world_size",
     "is_dist",
@@ -68,3 +73,27 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     return (
         model.module if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)) else model
     )
+
+
+def finish_process_group() -> None:
+    """End a torchrun process's part in a finished run: wait for every rank, destroy the default process group,
+    then end every rank but 0 at once (after flushing its logs and streams). Nothing without dist.
+
+    Why a rank > 0 does not return to the interpreter: gloo's worker threads may still free the tensors of the
+    last collectives while the interpreter shuts down; freeing a tensor Python has seen takes the GIL, which during
+    shutdown ends the thread inside a destructor and aborts the process ("terminate called without an active
+    exception", SIGABRT; pytorch/pytorch#190489), and torchrun then reports a finished training as failed. Such a
+    rank has written nothing (its handlers are off) and has nothing left to do. Rank 0 writes the run's outputs and
+    leaves through the interpreter, so that every writer is closed; it is the last to reach the barrier.
+    """
+    if not is_dist():
+        return
+    dist.barrier()
+    rank = dist.get_rank()
+    dist.destroy_process_group()
+    if rank == 0:
+        return
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
