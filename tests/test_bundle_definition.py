@@ -233,7 +233,7 @@ def test_multi_gpu_finalize_ends_the_process_group_through_the_package(name):
 # where each bundle's eval_metrics come from: the default algorithm's row of a table in docs/benchmarks.md
 EVAL_METRICS_SOURCE = {
     "baselines_ultrasound": ("## BUSI, benign vs malignant, 216 labels", "fixmatch"),
-    "hermes_ultrasound": ("### 216 labels (146 benign, 70 malignant), three seeds", "hermes"),
+    "hermes_ultrasound": ("### 216 labels under the `cpu` profile (version 0.3.1), the authors' training", "hermes"),
     "semise_ultrasound": ("### BUSI: normal < benign < malignant", "semise"),
 }
 COLUMNS = {
