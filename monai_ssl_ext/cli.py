@@ -378,6 +378,9 @@ class Commands:
     ) -> str:
         """Train and test every algorithm for every seed; write results.json and results.md.
 
+        The same command again resumes: finished runs are skipped and a training that was cut off continues
+        from its newest checkpoint (delete a run's folder to train it from the start).
+
         Args:
             bundle: bundle folder or name.
             algorithms: comma-separated algorithm names.

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -234,3 +237,38 @@ def test_misspelled_setting_is_refused_with_the_closest_key(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "did you mean 'algorithm_name'" in err[0]
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_run_cut_off_mid_training_continues_from_its_checkpoint_to_the_uninterrupted_result(tmp_path):
+    data = ensure_synthetic_dataset(tmp_path / "data", num_images=60, image_size=48)
+    settings = {"image_size": 32, "num_iterations": 40, "val_interval": 2, "unlabeled_batch_size": 8}
+
+    def spec(output: Path) -> BenchmarkSpec:
+        return BenchmarkSpec(bundle="baselines_ultrasound", algorithms=["fixmatch"], seeds=[0], labels=16,
+                             datalist=str(data), data_root=str(data.parent), output_dir=str(output),
+                             overrides=dict(settings))  # fmt: skip
+
+    whole = run_benchmark(spec(tmp_path / "whole"))[0]
+    # the same benchmark from the command line, killed with its training once that has written a few checkpoints
+    options = [f"--{k}={v}" for k, v in settings.items()]
+    cmd = [sys.executable, "-m", "monai_ssl_ext.cli", "benchmark", "--bundle", "baselines_ultrasound",
+           "--algorithms", "fixmatch", "--seeds", "0", "--labels", "16", "--datalist", str(data),
+           "--data_root", str(data.parent), "--output", str(tmp_path / "cut"), *options]  # fmt: skip
+    run_dir = tmp_path / "cut" / whole["dataset"] / "labels16" / "fixmatch" / "seed0"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        while proc.poll() is None and not list((run_dir / "models").glob("checkpoint_epoch=[3-9].pt")):
+            time.sleep(0.01)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (run_dir / "train_summary.json").exists(), "the training ended before it could be cut off"
+    assert not load_results(tmp_path / "cut" / "results.json")
+
+    resumed = run_benchmark(spec(tmp_path / "cut"))[0]
+    assert 6 <= resumed["resumed_at_iteration"] < 40 and resumed["iterations"] == 40
+    assert resumed["metrics"] == whole["metrics"]  # the trainer's resume is exact
+    assert resumed["wall_s"] > 0
+    log = (run_dir / "train.log").read_text()
+    assert log.count("$ ") == 2 and "resuming from" in log  # the cut-off attempt's log is kept

@@ -5,7 +5,8 @@ the selected checkpoint once on the test split, and appends a record to ``result
 ``eval_dir`` holds ``metrics.json`` and the per-image ``predictions.json``); after each run
 ``results.md`` (mean +- std over seeds, and the paired difference of each algorithm to
 supervised-only with a bootstrap interval) is rewritten, so a long benchmark shows its table as it
-goes and can be resumed (finished runs are skipped).
+goes and can be resumed: finished runs are skipped, and a run whose training was cut off continues from its
+newest checkpoint (the trainer's resume is exact: it ends with the weights of an uninterrupted run).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 from monai_ssl_ext.benchmark.tables import results_markdown
 from monai_ssl_ext.bundle.runner import find_bundle, run_workflow, workflow_command
+from monai_ssl_ext.engines.checkpoint import find_latest_checkpoint
 from monai_ssl_ext.engines.handlers import format_duration
 from monai_ssl_ext.metrics.report import headline_metrics, per_class_recall
 from monai_ssl_ext.utils.atomic import write_json, write_text
@@ -30,6 +32,7 @@ __all__ = [
     "BenchmarkSpec",
     "OutputFolderBusyError",
     "evaluate_model",
+    "interrupted_training",
     "load_results",
     "only_writer",
     "progress_echo",
@@ -210,13 +213,20 @@ def _run_benchmark(spec: BenchmarkSpec, out_dir: Path) -> list[dict]:
         overrides = _overrides(spec, algorithm, seed, run_dir)
         remaining = len(runs) - n + 1
         eta = (time.perf_counter() - started) / finished_here * remaining if finished_here else float("nan")
+        resume = interrupted_training(run_dir)
+        if resume is not None:
+            overrides["resume_from"] = "latest"
+        else:
+            _clear_unrecorded_training(run_dir)
         logger.info(
-            f"[{n}/{len(runs)}] {algorithm} seed {seed}: training ({run_dir}) | benchmark ETA {format_duration(eta)}"
+            f"[{n}/{len(runs)}] {algorithm} seed {seed}: "
+            + (f"continuing the interrupted training from {resume.name}" if resume else "training")
+            + f" ({run_dir}) | benchmark ETA {format_duration(eta)}"
         )
 
         train_cmd = workflow_command(bundle, "training", spec.profile, overrides=overrides, nproc=spec.nproc)
         progress = progress_echo(f"[{n}/{len(runs)}] {algorithm} seed {seed}")
-        train_s = run_workflow(train_cmd, run_dir / "train.log", echo=progress)
+        train_s = run_workflow(train_cmd, run_dir / "train.log", echo=progress, append=resume is not None)
         eval_started = time.perf_counter()
         report = evaluate_model(bundle, run_dir / "models", "test", run_dir / "eval_test", spec.overrides,
                                 run_dir / "evaluate.log")  # fmt: skip
@@ -246,6 +256,11 @@ def _run_benchmark(spec: BenchmarkSpec, out_dir: Path) -> list[dict]:
             # metrics.json and predictions.json (per-image predictions for the paired differences of results.md)
             "eval_dir": str(run_dir / "eval_test"),
         }
+        iterations, this_run = summary.get("iterations") or 0, summary.get("iterations_this_run")
+        if this_run is not None and this_run < iterations:
+            # the cut-off attempt's time is not known: the whole run's time at the rate of the part run here
+            record["resumed_at_iteration"] = iterations - this_run
+            record["wall_s"] = train_s * iterations / this_run if this_run else None
         results.append(record)
         finished_here += 1
         save_results(results_path, results)
@@ -255,6 +270,30 @@ def _run_benchmark(spec: BenchmarkSpec, out_dir: Path) -> list[dict]:
     write_text(out_dir / "results.md", results_markdown(results, command=spec.command))
     logger.info(f"results: {results_path} and {out_dir / 'results.md'}")
     return results
+
+
+def interrupted_training(run_dir: Path) -> Path | None:
+    """The newest readable checkpoint of a training in ``run_dir`` that was cut off; ``None`` for none begun.
+
+    A training that finished wrote ``train_summary.json``: when its evaluation was cut off (the run has no
+    record), it is trained again from the start.
+    """
+    if (run_dir / "train_summary.json").is_file():
+        return None
+    return find_latest_checkpoint(run_dir / "models", readable=True)
+
+
+def _clear_unrecorded_training(run_dir: Path) -> None:
+    """Before a training starts over in ``run_dir``: the summary and periodic checkpoints of one that has no record.
+
+    Otherwise, were the new training cut off before its first checkpoint, the next attempt would continue the old
+    one's; its best model and logs are overwritten by the new training as it goes.
+    """
+    (run_dir / "train_summary.json").unlink(missing_ok=True)
+    models = run_dir / "models"
+    if models.is_dir():
+        for stale in models.glob("checkpoint_*.pt"):
+            stale.unlink()
 
 
 def evaluate_model(

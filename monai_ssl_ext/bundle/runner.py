@@ -230,8 +230,11 @@ def run_workflow(
     log_file: str | os.PathLike,
     echo: Callable[[str], None] | None = None,
     env: Mapping[str, str] | None = None,
+    append: bool = False,
 ) -> float:
     """Run ``cmd``, writing its output to ``log_file`` (and passing each line to ``echo``); return seconds taken.
+
+    With ``append`` the log goes after what ``log_file`` holds (a resumed run keeps the log of the cut-off one).
 
     Raises:
         BundleRunError: non-zero exit; the message quotes the end of the log.
@@ -243,7 +246,7 @@ def run_workflow(
     python_warnings = ",".join(w for w in (os.environ.get("PYTHONWARNINGS"), HOLOSCAN_IMPORT_WARNING) if w)
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": python_warnings, **(env or {})}
     start = time.perf_counter()
-    with open(log_file, "w", encoding="utf-8") as log:
+    with open(log_file, "a" if append else "w", encoding="utf-8") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
         with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env) as proc:
