@@ -23,7 +23,7 @@ from typing import Any
 
 from monai_ssl_ext.benchmark.tables import results_markdown
 from monai_ssl_ext.bundle.runner import find_bundle, run_workflow, workflow_command
-from monai_ssl_ext.engines.checkpoint import find_latest_checkpoint
+from monai_ssl_ext.engines.checkpoint import find_latest_checkpoint, periodic_checkpoints
 from monai_ssl_ext.engines.handlers import format_duration
 from monai_ssl_ext.metrics.report import headline_metrics, per_class_recall
 from monai_ssl_ext.utils.atomic import write_json, write_text
@@ -218,10 +218,9 @@ def _run_benchmark(spec: BenchmarkSpec, out_dir: Path) -> list[dict]:
             overrides["resume_from"] = "latest"
         else:
             _clear_unrecorded_training(run_dir)
+        action = f"continuing the interrupted training from {resume.name}" if resume else "training"
         logger.info(
-            f"[{n}/{len(runs)}] {algorithm} seed {seed}: "
-            + (f"continuing the interrupted training from {resume.name}" if resume else "training")
-            + f" ({run_dir}) | benchmark ETA {format_duration(eta)}"
+            f"[{n}/{len(runs)}] {algorithm} seed {seed}: {action} ({run_dir}) | benchmark ETA {format_duration(eta)}"
         )
 
         train_cmd = workflow_command(bundle, "training", spec.profile, overrides=overrides, nproc=spec.nproc)
@@ -290,10 +289,8 @@ def _clear_unrecorded_training(run_dir: Path) -> None:
     one's; its best model and logs are overwritten by the new training as it goes.
     """
     (run_dir / "train_summary.json").unlink(missing_ok=True)
-    models = run_dir / "models"
-    if models.is_dir():
-        for stale in models.glob("checkpoint_*.pt"):
-            stale.unlink()
+    for stale in periodic_checkpoints(run_dir / "models"):
+        stale.unlink()
 
 
 def evaluate_model(

@@ -1,6 +1,6 @@
 """The semi-supervised trainer, its handlers, validation metrics and the evaluation-report handler."""
 
-from .checkpoint import AtomicCheckpointSaver, ResumeCheckpointLoader, find_latest_checkpoint
+from .checkpoint import AtomicCheckpointSaver, ResumeCheckpointLoader, find_latest_checkpoint, periodic_checkpoints
 from .evaluation_report import EvaluationReport
 from .handlers import ProgressLogger, TrainingHistory, format_duration, output_scalars, peak_memory_mb
 from .metrics import (
@@ -46,6 +46,7 @@ __all__ = [
     "output_scalars",
     "parameter_groups",
     "peak_memory_mb",
+    "periodic_checkpoints",
     "phase_schedule",
     "pseudo_label_accuracy",
     "seg_logits",

@@ -18,7 +18,7 @@ from monai.handlers import CheckpointSaver as MonaiCheckpointSaver
 
 from monai_ssl_ext.utils.weights import UnreadableWeightsError, load_weights_file
 
-__all__ = ["AtomicCheckpointSaver", "ResumeCheckpointLoader", "find_latest_checkpoint"]
+__all__ = ["AtomicCheckpointSaver", "ResumeCheckpointLoader", "find_latest_checkpoint", "periodic_checkpoints"]
 
 logger = logging.getLogger(__name__)
 
@@ -150,16 +150,20 @@ def _periodic_files(folder: Path, prefix: str, unit: str | None = None) -> list[
     return [p for _, p in sorted(found, reverse=True)]
 
 
+def periodic_checkpoints(ckpt_dir: str | os.PathLike) -> list[Path]:
+    """The ``checkpoint_epoch=N.pt`` / ``checkpoint_iteration=N.pt`` files of ``ckpt_dir`` a run resumes from,
+    newest first (none for a missing folder)."""
+    ckpt_dir = Path(ckpt_dir)
+    return _periodic_files(ckpt_dir, "checkpoint") if ckpt_dir.is_dir() else []
+
+
 def find_latest_checkpoint(ckpt_dir: str | os.PathLike, readable: bool = False) -> Path | None:
     """The newest ``checkpoint_epoch=N.pt`` / ``checkpoint_iteration=N.pt`` (largest N) in ``ckpt_dir``.
 
     With ``readable``, the newest that also loads as a weights-only checkpoint: a damaged newer file is
     named in a warning and passed over for the one before it.
     """
-    ckpt_dir = Path(ckpt_dir)
-    if not ckpt_dir.is_dir():
-        return None
-    for path in _periodic_files(ckpt_dir, "checkpoint"):
+    for path in periodic_checkpoints(ckpt_dir):
         if not readable:
             return path
         try:
