@@ -234,7 +234,7 @@ def test_multi_gpu_finalize_ends_the_process_group_through_the_package(name):
 EVAL_METRICS_SOURCE = {
     "baselines_ultrasound": ("## BUSI, benign vs malignant, 216 labels", "fixmatch"),
     "hermes_ultrasound": ("### 216 labels under the `cpu` profile (version 0.3.1), the authors' training", "hermes"),
-    "semise_ultrasound": ("### BUSI: normal < benign < malignant", "semise"),
+    "semise_ultrasound": ("### The bundle's default under the `cpu` profile (version 0.3.0)", "semise"),
 }
 COLUMNS = {
     "Accuracy": "accuracy",

@@ -99,6 +99,22 @@ def test_representation_iterations_come_before_the_baselines_fine_tuning_schedul
     assert isinstance(parser.get_parsed_content("lr_scheduler"), torch.optim.lr_scheduler.PolynomialLR)
 
 
+def test_the_cpu_profile_runs_the_representation_before_the_baselines_1500_steps(small_data):
+    # the profile's setting (chosen on validation, docs/benchmarks.md), not the algorithm's default shares
+    configs = ("train.json", "profiles/cpu.json")
+    parser = _parser(small_data, configs, algorithm_name="semise", pretrained_weights=None)
+    trainer = parser.get_parsed_content("train#trainer")
+    assert trainer.state.max_epochs * trainer.state.epoch_length == 800 + 1500
+    assert trainer.algorithm.phase_ends.tolist() == [400, 800]
+    parser = _parser(small_data, configs, algorithm_name="supervised", pretrained_weights=None)
+    assert parser.get_parsed_content("train#trainer").state.max_epochs * 100 == 1500
+    # the shared schedule stays one setting away
+    parser = _parser(small_data, configs, algorithm_name="semise", pretrained_weights=None, representation_iterations=0)
+    trainer = parser.get_parsed_content("train#trainer")
+    assert trainer.state.max_epochs * trainer.state.epoch_length == 1500
+    assert trainer.algorithm.phase_ends.tolist() == [375, 750]
+
+
 def test_severity_key_accepts_a_name_groups_or_the_manifest_order(small_data):
     for severity, levels in (("busi", [1, 2]), (None, [0, 1]), ([["malignant"], ["benign"]], [1, 0])):
         parser = _parser(small_data, severity=severity)
