@@ -26,6 +26,7 @@ import contextvars
 import functools
 import inspect
 import logging
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -36,6 +37,13 @@ import fire
 __all__ = ["Commands", "main"]
 
 logger = logging.getLogger("monai_ssl_ext.cli")
+
+
+def _invocation() -> str:
+    """This command line as a shell would take it again (an argument with spaces or quotes stays one argument), for
+    the "Produced by" line of a results table."""
+    return shlex.join(["monai-ssl", *sys.argv[1:]])
+
 
 _DEFAULT_BUNDLE = "baselines_ultrasound"
 # whether the running command was given --debug (commands that report errors themselves consult it)
@@ -249,7 +257,7 @@ class Commands:
             data_root=str(data_root),
             output_dir=output,
             overrides=overrides,
-            command="monai-ssl demo " + " ".join(sys.argv[2:]),
+            command=_invocation(),
         )
         logger.info(f"[demo] {baseline} and {algorithm} on the synthetic ultrasound set, {budget} labels, seed {seed}")
         records = run_benchmark(spec)
@@ -408,7 +416,7 @@ class Commands:
             classes=_as_list(classes) or None,
             overrides=overrides,
             nproc=nproc,
-            command="monai-ssl " + " ".join(sys.argv[1:]),
+            command=_invocation(),
         )
         run_benchmark(spec)
         return str(Path(spec.output_dir) / "results.md")
@@ -440,7 +448,7 @@ class Commands:
             if Path(entry).resolve() in {Path(f).resolve() for f in folders}:
                 raise ValueError(f"{entry}: given twice")
             folders.append(entry)
-        command = "monai-ssl " + " ".join(sys.argv[1:])
+        command = _invocation()
         merge_results(folders, output, command=command, baselines=_as_list(baselines), variants=variants)
         return str(Path(output) / "results.md")
 
@@ -578,7 +586,7 @@ class Commands:
             sites_dir=sites_dir, bundle=bundle, algorithms=_as_list(algorithms),
             seeds=[int(s) for s in _as_list(seeds)], profile=profile, rounds=rounds,
             output_dir=output or str(Path(sites_dir) / f"benchmark_{profile}"), threads=threads, teacher=teacher,
-            fedprox_mu=fedprox_mu, overrides=overrides, command="monai-ssl " + " ".join(sys.argv[1:]),
+            fedprox_mu=fedprox_mu, overrides=overrides, command=_invocation(),
         )  # fmt: skip
         run_federated_benchmark(spec)
         return str(Path(spec.output_dir) / "results.md")

@@ -9,7 +9,8 @@
 # baselines' 1500 fine-tuning steps and schedule, in a folder of its own (merge it as NAME=FOLDER: README,
 # "Benchmarks"); then SEMISE with its encoder frozen during fine-tuning (shared schedule, in the first folder). Each
 # setting is given on the command line, so the folders hold what their names say whatever the profile's default.
-# Seed-major; resumable (the harness skips finished runs).
+# Each setting for every seed given, then the next (give one seed at a time for seed-major order); resumable (the
+# harness skips finished runs).
 # STREAMS=2 (default) runs the two data sets side by side with one thread each on a 2-core machine; STREAMS=1 runs
 # them one after the other. Run from the repository root with the package installed:
 #     bash scripts/cpu_benchmarks_semise.sh [output folder] [data folder] [seeds]

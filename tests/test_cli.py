@@ -156,3 +156,14 @@ def test_synthetic_writes_the_options_into_the_manifest_and_names_an_unknown_one
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("monai-ssl synthetic: error: unknown option --overlpa; the options are --num_images")
     assert not (tmp_path / "t").exists()
+
+
+def test_the_recorded_command_line_keeps_an_argument_with_spaces_whole(monkeypatch):
+    import shlex
+
+    from monai_ssl_ext.cli import _invocation
+
+    argv = ["monai-ssl", "benchmark_merge", "a", "--baselines", "supervised,semise (separate_schedule)"]
+    monkeypatch.setattr("sys.argv", argv)
+    recorded = _invocation()
+    assert shlex.split(recorded) == argv and "'supervised,semise (separate_schedule)'" in recorded

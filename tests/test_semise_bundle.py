@@ -101,18 +101,22 @@ def test_representation_iterations_come_before_the_baselines_fine_tuning_schedul
 
 def test_the_cpu_profile_runs_the_representation_before_the_baselines_1500_steps(small_data):
     # the profile's setting (chosen on validation, docs/benchmarks.md), not the algorithm's default shares
-    configs = ("train.json", "profiles/cpu.json")
-    parser = _parser(small_data, configs, algorithm_name="semise", pretrained_weights=None)
-    trainer = parser.get_parsed_content("train#trainer")
-    assert trainer.state.max_epochs * trainer.state.epoch_length == 800 + 1500
-    assert trainer.algorithm.phase_ends.tolist() == [400, 800]
-    parser = _parser(small_data, configs, algorithm_name="supervised", pretrained_weights=None)
-    assert parser.get_parsed_content("train#trainer").state.max_epochs * 100 == 1500
+    def trainer_of(algorithm: str, **overrides) -> tuple:
+        parser = _parser(small_data, ("train.json", "profiles/cpu.json"), algorithm_name=algorithm,
+                         pretrained_weights=None, **overrides)  # fmt: skip
+        trainer = parser.get_parsed_content("train#trainer")
+        return trainer, trainer.state.max_epochs * trainer.state.epoch_length, parser.get_parsed_content("lr_scheduler")
+
+    for algorithm in ("semise", "semise_contrastive_only"):
+        trainer, steps, scheduler = trainer_of(algorithm)
+        assert steps == 800 + 1500 and trainer.algorithm.phase_ends.tolist() == [400, 800]
+        # the baselines' schedule starts again with fine-tuning
+        assert isinstance(scheduler, torch.optim.lr_scheduler.SequentialLR) and scheduler._milestones == [800]
+    _, steps, scheduler = trainer_of("supervised")
+    assert steps == 1500 and isinstance(scheduler, torch.optim.lr_scheduler.PolynomialLR)
     # the shared schedule stays one setting away
-    parser = _parser(small_data, configs, algorithm_name="semise", pretrained_weights=None, representation_iterations=0)
-    trainer = parser.get_parsed_content("train#trainer")
-    assert trainer.state.max_epochs * trainer.state.epoch_length == 1500
-    assert trainer.algorithm.phase_ends.tolist() == [375, 750]
+    trainer, steps, _ = trainer_of("semise", representation_iterations=0)
+    assert steps == 1500 and trainer.algorithm.phase_ends.tolist() == [375, 750]
 
 
 def test_severity_key_accepts_a_name_groups_or_the_manifest_order(small_data):
