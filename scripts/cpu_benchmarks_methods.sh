@@ -2,8 +2,9 @@
 # The evidence the three new methods still need under the cpu profile (docs/benchmarks.md), as two streams of runs
 # side by side with one thread each on a 2-core machine; seed-major, resumable (the harness skips finished runs):
 #   - HSC, HAM10000 20 %: the later start of its calibrations (calibration_start 0.2 and 0.4; the default 0 is the
-#     table's hsc), seed 0, each in a folder of its own (merge as NAME=FOLDER) and chosen on validation only (each
-#     record's best_val_metric); then the table's runs for every seed (FixMatch and FlexMatch beside it);
+#     table's hsc) and a context smoothed towards uniform (context_smoothing 0.1), seed 0, each in a folder of its
+#     own (merge as NAME=FOLDER) and chosen on validation only (each record's best_val_metric); then the table's
+#     runs for every seed (FixMatch beside it);
 #   - CLCP-MT: FlexMatch on HAM10000 20 % for every seed; chest X-ray 5 %, CLCP-MT and the four baselines on its network;
 #   - DSRPGC, HAM10000 20 %: FlexMatch and the four ablations, then every algorithm for seeds 1 and 2.
 # Run from the repository root with the package installed:
@@ -25,9 +26,9 @@ bench() {
     done
 }
 hsc_and_clcpmt() {
-    for start in 0.2 0.4; do
-        bench "hsc_ham10000_20_calibration_start$start" hsc_histology hsc 0 "${ham[@]}" \
-            "--algorithms#hsc#calibration_start" "$start"
+    for candidate in calibration_start=0.2 calibration_start=0.4 context_smoothing=0.1; do
+        key=${candidate%%=*} value=${candidate##*=}
+        bench "hsc_ham10000_20_$key$value" hsc_histology hsc 0 "${ham[@]}" "--algorithms#hsc#$key" "$value"
     done
     bench hsc_ham10000_20 hsc_histology supervised,hsc,fixmatch "$seeds" "${ham[@]}"
     bench clcpmt_dermoscopy_ham10000_20 clcpmt_dermoscopy flexmatch "$seeds" "${ham[@]}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import pytest
@@ -126,6 +127,22 @@ def test_agreeing_context_raises_the_confidence_and_disagreeing_context_lowers_i
     assert (0.5 * p + 0.5 * agree).max() < 0.95
     by_hand = p * agree.sqrt() / (p * agree.sqrt()).sum()
     assert torch.allclose(pool_evidence(p, agree, 0.5), by_hand)
+
+
+def test_smoothing_bounds_how_far_a_unanimous_one_hot_vote_moves_the_prediction():
+    p = torch.tensor([[0.60, 0.27] + [0.13 / 5] * 5])
+    vote = F.one_hot(torch.tensor([1]), 7).float()  # every neighbour a labeled image of class 1
+    unsmoothed = pool_evidence(p, vote, 0.3)
+    assert unsmoothed.argmax(1).item() == 1 and unsmoothed.max() > 0.95  # the vote alone passes FixMatch's bar
+    for smoothing in (0.05, 0.1, 0.3):
+        q = pool_evidence(p, vote, 0.3, smoothing)
+        assert q.argmax(1).item() == 1 and q.max() < 0.95  # the class follows the vote, the confidence does not
+        bound = 0.3 * math.log(1 + 7 * (1 - smoothing) / smoothing)
+        shift = (q.log() - p.log())[0, 1] - (q.log() - p.log())[0, 0]
+        assert shift == pytest.approx(bound, rel=1e-5)  # the largest move between two classes
+    assert pool_evidence(p, vote, 0.3, 0.1)[0, 1] > pool_evidence(p, vote, 0.3, 0.3)[0, 1]
+    with pytest.raises(ValueError, match="context_smoothing"):
+        HSC(7, embed_dim=3, context_smoothing=1.0)
 
 
 def test_hsc_pseudo_label_follows_the_neighbourhood_and_plain_fixmatch_does_not():

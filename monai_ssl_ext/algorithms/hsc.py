@@ -27,7 +27,7 @@ __all__ = ["HSC", "pool_evidence"]
 _FLOOR = 1e-6
 
 
-def pool_evidence(probs: torch.Tensor, context: torch.Tensor, weight: float) -> torch.Tensor:
+def pool_evidence(probs: torch.Tensor, context: torch.Tensor, weight: float, smoothing: float = 0.0) -> torch.Tensor:
     """``q = p * c^w / sum_k p_k c_k^w`` (log-linear pooling): ``probs`` and ``context`` ``(B, K)``.
 
     The context's evidence multiplies the prediction: where it agrees, ``max q`` rises above ``max p``; where it
@@ -35,9 +35,19 @@ def pool_evidence(probs: torch.Tensor, context: torch.Tensor, weight: float) -> 
     ``q = p``). A linear mixture ``(1 - w) p + w c`` cannot do the first: its maximum never exceeds the larger of
     the two maxima, so a threshold of 0.95 on it accepts only images on which the model and its context are both
     near certain (on HAM10000 it accepted none).
+
+    ``smoothing`` ``e`` mixes the context with the uniform distribution first, ``c' = (1 - e) c + e / K``, which
+    bounds the log-odds the context can move between two classes by ``w log(1 + K (1 - e) / e)``. Without it
+    only the floor of 1e-6 bounds them: a unanimous vote of one-hot neighbours (labeled bank entries) moves them by
+    ``w log(1e6)``, 4.1 at ``w = 0.3``, which turns a prediction of 0.60 for one of seven classes (0.27 for the
+    second) into 0.96 for the second, past FixMatch's 0.95; with ``e = 0.1`` the class still changes, at 0.56.
     """
     if weight == 0:
         return probs
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"smoothing must be in [0, 1), got {smoothing}.")
+    if smoothing > 0:
+        context = (1.0 - smoothing) * context + smoothing / context.shape[1]
     log_q = torch.log(probs.clamp_min(_FLOOR)) + weight * torch.log(context.clamp_min(_FLOOR))
     return torch.softmax(log_q, dim=1)
 
@@ -57,13 +67,14 @@ class HSC(SemiSupervisedAlgorithm):
 
     - **Semantic neighbourhood alignment** (local): ``q_nb`` the similarity-weighted vote of the ``k``
       nearest bank entries of ``z_w`` (:class:`NeighbourhoodCalibration`), and
-      ``q_N = p * q_nb^(alpha r)``, normalised (:func:`pool_evidence`).
+      ``q_N = p * q_nb'^(alpha r)``, normalised (:func:`pool_evidence`; ``q_nb'`` the vote smoothed towards
+      uniform by ``context_smoothing``).
     - **Cluster-prototype calibration** (global): ``a(z) = softmax_k(z . c_k / T_p)`` and the calibrated
-      distribution ``q = q_N * a(z_w)^(beta r)``, normalised; the pseudo label is ``argmax q``, kept where
-      the selector accepts ``q`` (FixMatch's ``max q >= tau`` by default). The prototypes are momentum
-      means of the labeled embeddings (true labels) and of the accepted weak-view embeddings (pseudo
-      labels) (:class:`ClassPrototypes`); across views, the strong view's class centroids of the batch
-      are pulled onto them: ``L_P = mean_k (1 - cos(mu_k^s, c_k))`` (:func:`prototype_alignment_loss`).
+      distribution ``q = q_N * a'(z_w)^(beta r)``, normalised (``a'`` smoothed likewise); the pseudo label is
+      ``argmax q``, kept where the selector accepts ``q`` (FixMatch's ``max q >= tau`` by default). The
+      prototypes are momentum means of the labeled embeddings (true labels) and of the accepted weak-view
+      embeddings (pseudo labels) (:class:`ClassPrototypes`); across views, the strong view's class centroids
+      of the batch are pulled onto them: ``L_P = mean_k (1 - cos(mu_k^s, c_k))`` (:func:`prototype_alignment_loss`).
     - **Neighbourhood-prototype consistency**: ``L_C = 1/B sum_b w_b H(q_N(b), a(z_s(b)))``: the
       strong view's prototype distribution follows the neighbourhood-calibrated one, weighted by the
       compactness of the neighbourhood ``w_b = max(kappa_b, 0)^gamma``, ``kappa_b`` the mean cosine
@@ -96,6 +107,9 @@ class HSC(SemiSupervisedAlgorithm):
         neighbour_temperature: temperature of the neighbours' similarity weights (0.1).
         alpha: exponent of the neighbours' vote in ``q_N`` (0.3).
         beta: exponent of the prototype distribution in ``q`` (0.2).
+        context_smoothing: share ``e`` of the uniform distribution mixed into the neighbours' vote and the
+            prototype distribution before pooling (0: only a floor of 1e-6, under which a unanimous vote of
+            labeled neighbours can overrule a prediction of 0.6; see :func:`pool_evidence`).
         prototype_momentum: momentum of the prototypes (0.9).
         prototype_temperature: ``T_p`` of the prototype distribution (0.1).
         lambda_p: weight of the prototype alignment across views (1.0).
@@ -104,8 +118,9 @@ class HSC(SemiSupervisedAlgorithm):
         compactness_power: ``gamma`` of the compactness weight (1.0).
         rampup_fraction: share of the run over which ``r`` rises from 0 to 1 (sigmoid; 0.1).
         calibration_start: share of the run before which ``r = 0`` (0: from the first step). Until then the
-            pseudo labels are the uncalibrated ``p`` (FixMatch's), while the bank and the prototypes fill; a
-            later start keeps the calibrations from making the early, mostly wrong predictions confident.
+            pseudo labels are the uncalibrated ``p`` (FixMatch's) and ``L_P``, ``L_C`` weigh nothing, while the
+            bank and the prototypes fill (``L_S`` trains them); a later start keeps the calibrations from making
+            the early, mostly wrong predictions confident.
         bank_labeled: also store the labeled embeddings, with their labels, in the bank (True).
         use_neighbourhood, use_prototypes, use_consistency: the three components (all on). Without the
             neighbourhood ``q_N = p`` (the bank is still kept for the compactness weights of ``L_C``); without
@@ -128,6 +143,7 @@ class HSC(SemiSupervisedAlgorithm):
         neighbour_temperature: float = 0.1,
         alpha: float = 0.3,
         beta: float = 0.2,
+        context_smoothing: float = 0.0,
         prototype_momentum: float = 0.9,
         prototype_temperature: float = 0.1,
         lambda_p: float = 1.0,
@@ -155,11 +171,14 @@ class HSC(SemiSupervisedAlgorithm):
         for name, value in (("alpha", alpha), ("beta", beta)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}.")
+        if not 0.0 <= context_smoothing < 1.0:
+            raise ValueError(f"context_smoothing must be in [0, 1), got {context_smoothing}.")
         if prototype_temperature <= 0:
             raise ValueError(f"prototype_temperature must be > 0, got {prototype_temperature}.")
         self.embed_dim = int(embed_dim)
         self.alpha = float(alpha)
         self.beta = float(beta)
+        self.context_smoothing = float(context_smoothing)
         self.prototype_temperature = float(prototype_temperature)
         self.lambda_p = float(lambda_p)
         self.lambda_c = float(lambda_c)
@@ -209,7 +228,7 @@ class HSC(SemiSupervisedAlgorithm):
         if (self.use_neighbourhood or self.use_consistency) and self.neighbourhood.ready(self.bank):
             q_nb, kappa = self.neighbourhood(self.bank, z_w)
             alpha = self.alpha * ramp if self.use_neighbourhood else 0.0
-            q_local = pool_evidence(probs, q_nb, alpha)
+            q_local = pool_evidence(probs, q_nb, alpha, self.context_smoothing)
             logs["compactness"] = float(kappa.mean())
             if self.use_neighbourhood:
                 logs["neighbour_agreement"] = float((q_nb.argmax(1) == probs.argmax(1)).float().mean())
@@ -218,7 +237,7 @@ class HSC(SemiSupervisedAlgorithm):
         calibrated = q_local
         if self.use_prototypes and have_prototypes:
             a_w = self.prototypes.assign(z_w.detach(), self.prototype_temperature)
-            calibrated = pool_evidence(q_local, a_w, self.beta * ramp)
+            calibrated = pool_evidence(q_local, a_w, self.beta * ramp, self.context_smoothing)
         pseudo, mask = self.selector(calibrated, self.unlabeled_indices(unlabeled))
         logs["mask_rate"] = float(mask.mean())
         logs["calibration_changed"] = float((pseudo != probs.argmax(1)).float().mean())
