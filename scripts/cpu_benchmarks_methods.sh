@@ -5,7 +5,9 @@
 #     table's hsc) and a context smoothed towards uniform (context_smoothing 0.1), seed 0, each in a folder of its
 #     own (merge as NAME=FOLDER) and chosen on validation only (each record's best_val_metric); then the table's
 #     runs for every seed (FixMatch beside it);
-#   - CLCP-MT: FlexMatch on HAM10000 20 % for every seed; chest X-ray 5 %, CLCP-MT and the four baselines on its network;
+#   - CLCP-MT: CAPR's progress as FlexMatch's learning effect (progress_measure confident_share), seed 0 in a
+#     folder of its own, to be chosen on validation; FlexMatch on HAM10000 20 % for every seed; chest X-ray 5 %,
+#     CLCP-MT and the four baselines on its network;
 #   - DSRPGC, HAM10000 20 %: FlexMatch and the four ablations, then every algorithm for seeds 1 and 2.
 # Run from the repository root with the package installed:
 #     bash scripts/cpu_benchmarks_methods.sh [output folder] [data folder] [seeds]
@@ -31,6 +33,8 @@ hsc_and_clcpmt() {
         bench "hsc_ham10000_20_$key$value" hsc_histology hsc 0 "${ham[@]}" "--algorithms#hsc#$key" "$value"
     done
     bench hsc_ham10000_20 hsc_histology supervised,hsc,fixmatch "$seeds" "${ham[@]}"
+    bench clcpmt_ham10000_20_progress_measureconfident_share clcpmt_dermoscopy clcpmt 0 "${ham[@]}" \
+        "--algorithms#clcpmt#progress_measure" confident_share
     bench clcpmt_dermoscopy_ham10000_20 clcpmt_dermoscopy flexmatch "$seeds" "${ham[@]}"
     bench clcpmt_chest_xray_5 clcpmt_dermoscopy supervised,clcpmt,mean_teacher,fixmatch,flexmatch "$seeds" "${xray[@]}"
 }

@@ -58,6 +58,27 @@ def test_threshold_falls_for_a_lagging_class_and_rises_once_it_is_learnt():
     assert learnt[1].item() == pytest.approx(0.95, abs=0.01)
 
 
+def test_the_confident_share_lowers_the_bar_of_a_rare_class_that_the_mean_confidence_raises():
+    # class 0 is common and predicted at 0.96 half of the time; class 2 is rare, predicted seldom but at 0.99
+    batch = _predicted([(0, 0.96), (0, 0.8), (1, 0.97), (1, 0.7)] * 3 + [(2, 0.99)])
+    by_confidence, by_share = _ready(momentum=0.5), _ready(momentum=0.5, progress_measure="confident_share")
+    assert torch.equal(by_share.thresholds(), torch.full((3,), 0.95))  # nothing confident yet: every bar is tau
+    for _ in range(20):
+        by_confidence(batch)
+        by_share(batch)
+    assert torch.allclose(by_share.progress, torch.tensor([3.0, 3.0, 1.0]) / 13, atol=1e-4)
+    share = by_share.thresholds()
+    assert share[2] < share[0] - 0.3  # the rare class gets the low bar ...
+    assert by_confidence.thresholds()[2] == pytest.approx(0.95, abs=1e-3)  # ... where its confidence gave the highest
+    beta = 1 / 3
+    assert share[2].item() == pytest.approx(max(0.5, 0.95 * beta / (2 - beta)), abs=1e-3)
+    # a class-2 prediction at 0.6 passes the rare class's bar, one of class 0 at the same confidence does not
+    _, mask = by_share(_predicted([(2, 0.6), (0, 0.6)]))
+    assert mask.tolist() == [1.0, 0.0]
+    with pytest.raises(ValueError, match="progress_measure"):
+        ClassAdaptiveThreshold(3, progress_measure="entropy")
+
+
 def test_thresholds_start_equal_and_become_adaptive_along_the_ramp():
     capr = ClassAdaptiveThreshold(3, threshold=0.95, min_threshold=0.5, momentum=0.5, rampup_fraction=0.5)
     capr.set_total_steps(100)

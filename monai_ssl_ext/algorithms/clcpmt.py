@@ -56,6 +56,9 @@ class CLCPMT(MeanTeacher):
         min_threshold: the lowest class bar (0.5).
         progress_momentum: momentum of the per-class progress (0.99).
         threshold_rampup: share of the run over which the bars become class-adaptive (0.2).
+        progress_measure: what CAPR reads as a class's learning progress: ``"confidence"`` (the mean confidence
+            of the teacher's predictions of the class) or ``"confident_share"`` (FlexMatch's learning effect);
+            see :class:`ClassAdaptiveThreshold`.
         use_sde, use_capr: the two components (both on).
         supervised_loss, class_balance: as in :class:`MeanTeacher`.
         distribution_alignment: applied to the teacher's probabilities before the pseudo labels are chosen.
@@ -75,6 +78,7 @@ class CLCPMT(MeanTeacher):
         min_threshold: float = 0.5,
         progress_momentum: float = 0.99,
         threshold_rampup: float = 0.2,
+        progress_measure: str = "confidence",
         use_sde: bool = True,
         use_capr: bool = True,
         supervised_loss: nn.Module | None = None,
@@ -96,7 +100,9 @@ class CLCPMT(MeanTeacher):
         self.use_capr = bool(use_capr)
         self.sde_loss = SupConLoss(temperature=sde_temperature)
         self.selector: PseudoLabelSelector = (
-            ClassAdaptiveThreshold(num_classes, threshold, min_threshold, progress_momentum, threshold_rampup)
+            ClassAdaptiveThreshold(
+                num_classes, threshold, min_threshold, progress_momentum, threshold_rampup, progress_measure
+            )
             if use_capr
             else FixedThreshold(threshold)
         )
