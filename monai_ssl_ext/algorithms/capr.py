@@ -99,13 +99,14 @@ class ClassAdaptiveThreshold(PseudoLabelSelector):
         """One momentum step of ``pi`` with the probabilities ``(B, C)`` of all ranks."""
         confidence, predicted = probs.detach().float().max(dim=1)
         one_hot = torch.nn.functional.one_hot(predicted, self.num_classes).float()
-        confident = (confidence >= self.threshold).float()
-        # one reduction for every statistic; every rank joins, even with an empty batch
-        stats = all_reduce_sum(torch.stack([one_hot.T @ confidence, one_hot.sum(dim=0), one_hot.T @ confident]))
-        sums, counts, confident_counts = stats.to(self.progress.device)
+        # per class, the measured values summed (confidences, or confident predictions counted) and the
+        # predictions counted: one reduction; every rank joins, even with an empty batch
+        measured = confidence if self.progress_measure == "confidence" else (confidence >= self.threshold).float()
+        stats = all_reduce_sum(torch.stack([one_hot.T @ measured, one_hot.sum(dim=0)]))
+        sums, counts = stats.to(self.progress.device)
         if self.progress_measure == "confident_share":
             if counts.sum() > 0:  # the images of all ranks
-                self.progress.mul_(self.momentum).add_((1.0 - self.momentum) * confident_counts / counts.sum())
+                self.progress.mul_(self.momentum).add_((1.0 - self.momentum) * sums / counts.sum())
             return
         present = counts > 0
         means = sums[present] / counts[present]
